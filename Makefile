@@ -1,0 +1,37 @@
+# A fresh clone needs two commands: `make demo` and `make test`. Both create .venv first when it is missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# torch comes first so pip takes the local-disk build on this machine; override for another CUDA / CPU build.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+DEMO_DIR ?= demo-output
+export HF_HUB_OFFLINE ?= 1
+export YOLO_OFFLINE ?= 1
+
+.PHONY: setup demo test bench lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+demo: setup
+	$(VENV)/bin/vehicle-diff tiny-models
+	$(VENV)/bin/vehicle-diff prompts --preset tiny --output_dir $(DEMO_DIR)/prompts
+
+test: setup
+	$(PY) -m pytest -m "not gpu" -q
+
+bench: setup
+	$(PY) -m benchmarks
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache

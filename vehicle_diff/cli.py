@@ -1,0 +1,50 @@
+"""`vehicle-diff STAGE [flags]`: one subcommand per stage; each is also `python -m MODULE`."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> (module with `main(argv)`, one-line description)
+STAGES = {
+    "tiny-models": ("vehicle_diff.tiny_models", "build the offline tiny model zoo (the `tiny` preset's models)"),
+    "prompts": ("generation.prompts", "stage 1: sample identities from the vehicle catalog into a prompt library"),
+}
+
+
+def run_main(main, argv: list[str] | None = None, prog: str | None = None) -> None:
+    """Run a stage's `main`; bad input becomes one clear message and exit status 2, not a traceback."""
+    from .errors import UserInputError
+
+    try:
+        main(argv)
+    except UserInputError as error:
+        print(f"{prog or 'vehicle-diff'}: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"{prog or 'vehicle-diff'}: interrupted; re-run the same command to resume", file=sys.stderr)
+        sys.exit(130)
+
+
+def usage() -> str:
+    lines = ["usage: vehicle-diff STAGE [--preset {paper,tiny,FILE}] [--output_dir DIR] [flags]", "", "stages:"]
+    lines += [f"  {name:12s} {description}" for name, (_, description) in STAGES.items()]
+    lines += ["", "`vehicle-diff STAGE --help` lists a stage's flags."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return
+    stage, *rest = argv
+    if stage not in STAGES:
+        print(f"vehicle-diff: unknown stage {stage!r}\n\n{usage()}", file=sys.stderr)
+        sys.exit(2)
+    module = importlib.import_module(STAGES[stage][0])
+    run_main(module.main, rest, prog=f"vehicle-diff {stage}")
+
+
+if __name__ == "__main__":
+    main()
