@@ -1,0 +1,1 @@
+"""`make bench`: speed and memory targets, each measured against a baseline in the same process."""

@@ -1,0 +1,98 @@
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from generation.catalog import CatalogError, Prototype, canonical_body_style, load_catalog, parse_row
+
+
+def write_csv(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_multi_valued_body_style_becomes_one_prototype_per_style():
+    row = {"brand": "Audi", "model": "A5", "year": 2012, "body_style": "Coupe, Convertible"}
+    assert parse_row(row, "x") == [Prototype("Audi", "A5", 2012, "coupe"), Prototype("Audi", "A5", 2012, "convertible")]
+
+
+def test_body_style_aliases_and_case():
+    assert canonical_body_style("Van/Minivan") == "van"
+    assert canonical_body_style(" SUV ") == "suv"
+    assert canonical_body_style("Station  Wagon") == "wagon"
+    assert canonical_body_style("hovercraft") is None
+
+
+@pytest.mark.parametrize(
+    "row, column, message",
+    [
+        ({"brand": "", "model": "A5", "year": 2012, "body_style": "coupe"}, "brand", "missing value"),
+        ({"model": "A5", "year": 2012, "body_style": "coupe"}, "brand", "missing value"),
+        ({"brand": "Audi", "model": "A5", "year": "20x2", "body_style": "coupe"}, "year", "not an integer"),
+        ({"brand": "Audi", "model": "A5", "year": 2012.5, "body_style": "coupe"}, "year", "not an integer"),
+        ({"brand": "Audi", "model": "A5", "year": 1700, "body_style": "coupe"}, "year", "outside"),
+        ({"brand": "Audi", "model": "A5", "year": 3000, "body_style": "coupe"}, "year", "outside"),
+        (
+            {"brand": "Audi", "model": "A5", "year": 2012, "body_style": "hovercraft"},
+            "body_style",
+            "unknown body style",
+        ),
+    ],
+)
+def test_bad_rows_name_row_and_column(row, column, message):
+    with pytest.raises(CatalogError) as error:
+        parse_row(row, "cat.csv row 7")
+    assert str(error.value).startswith("cat.csv row 7, column " + repr(column))
+    assert message in str(error.value)
+
+
+def test_csv_errors_name_file_and_row(tmp_path):
+    path = write_csv(tmp_path / "cat.csv", "brand,model,year,body_style\nAudi,A5,2012,Coupe\nBMW,X5,abc,SUV\n")
+    with pytest.raises(CatalogError, match=r"cat.csv row 2, column 'year': 'abc'"):
+        load_catalog(path)
+
+
+def test_duplicate_rows_are_errors_and_skip_invalid_reports_them(tmp_path):
+    text = "brand,model,year,body_style\nAudi,A5,2012,Coupe\nBMW,X5,2010,SUV\naudi,a5,2012,coupe\n"
+    path = write_csv(tmp_path / "cat.csv", text)
+    with pytest.raises(CatalogError, match="row 3: duplicate of row 1"):
+        load_catalog(path)
+    prototypes, skipped = load_catalog(path, skip_invalid=True)
+    assert prototypes == [Prototype("Audi", "A5", 2012, "coupe"), Prototype("BMW", "X5", 2010, "suv")]
+    assert len(skipped) == 1 and "row 3" in skipped[0]
+
+
+def test_missing_column_and_unsupported_type(tmp_path):
+    with pytest.raises(CatalogError, match=r"missing column\(s\) \['body_style'\]"):
+        load_catalog(write_csv(tmp_path / "cat.csv", "brand,model,year\nAudi,A5,2012\n"))
+    with pytest.raises(CatalogError, match="unsupported file type '.xlsx'"):
+        load_catalog(write_csv(tmp_path / "cat.xlsx", "x"))
+    with pytest.raises(CatalogError, match="no such file"):
+        load_catalog(tmp_path / "absent.csv")
+    with pytest.raises(CatalogError, match="no valid rows"):
+        load_catalog(write_csv(tmp_path / "empty.csv", "brand,model,year,body_style\n"))
+
+
+def test_jsonl_and_parquet_read_the_same_catalog(tmp_path):
+    rows = [
+        {"brand": "Audi", "model": "A5", "year": 2012, "body_style": "Coupe"},
+        {"brand": "Kia", "model": "Rio", "year": 2015, "body_style": "Sedan, Hatchback"},
+    ]
+    jsonl = tmp_path / "cat.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    parquet = tmp_path / "cat.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), parquet)
+    assert load_catalog(jsonl)[0] == load_catalog(parquet)[0]
+    assert len(load_catalog(jsonl)[0]) == 3
+    jsonl.write_text('{"brand": "Audi"\n')
+    with pytest.raises(CatalogError, match="row 1: not valid JSON"):
+        load_catalog(jsonl)
+
+
+def test_builtin_catalog_is_faker_vehicle_with_its_two_bad_rows_reported():
+    prototypes, skipped = load_catalog()
+    assert len(prototypes) > 9581  # multi-valued categories add prototypes
+    assert len({p.brand for p in prototypes}) == 62
+    assert {p.year for p in prototypes} == set(range(1992, 2021))
+    assert len(skipped) == 2 and all("SUV1992" in s or "SUV2020" in s for s in skipped)
