@@ -27,3 +27,35 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def tiny_prompts(tiny_zoo, tmp_path_factory):
+    """A tiny preset prompt library (8 identities)."""
+    from generation.prompts import main
+
+    return main(["--preset", "tiny", "--output_dir", str(tmp_path_factory.mktemp("prompts"))])
+
+
+def make_lora(pipe, out_dir, rank=4, seed=0):
+    """A LoRA on the UNet's attention projections with non-zero weights, saved in diffusers' format."""
+    import torch
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    pipe.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in pipe.unet.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))
+    type(pipe).save_lora_weights(out_dir, unet_lora_layers=layers, safe_serialization=True)
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_lora(tiny_zoo, tmp_path_factory):
+    from vehicle_diff.models import load_sdxl_pipeline
+
+    return make_lora(load_sdxl_pipeline("tiny:sdxl"), tmp_path_factory.mktemp("lora"))

@@ -1,0 +1,315 @@
+"""Stage 3b: generate the synthetic images (paper §III-C, §IV-A), resumable and sharded with accelerate.
+
+The plan is the prompt library x `--images_per_identity` K, cut into fixed batches. Image `i` of identity `v`
+gets `image_id = "{identity}-{i:04d}"` and a seed derived from the global seed and that id, so any image can be
+regenerated from its record alone. Processes take the unfinished batches in turn; a batch is finished when its
+record shard exists (see `vehicle_diff.records`), so a killed run resumes where it stopped.
+
+    vehicle-diff generate --prompts out/prompts --lora_weights out/lora --output_dir out/generated
+    accelerate launch --num_processes 8 -m generation.generate --prompts out/prompts --output_dir out/generated
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vehicle_diff.config import parse_config, save_config
+from vehicle_diff.errors import UserInputError
+from vehicle_diff.io import atomic_path
+from vehicle_diff.records import check_plan, done_batches, merge_shards, write_shard
+
+LIBRARY_COLUMNS = ("vehicle_id", "identity", "color", "year", "brand", "model", "body_style", "template_id", "prompt")
+IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
+DTYPES = {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def image_seed(seed: int, image_id: str) -> int:
+    """A 63-bit seed from the global seed and the image id: independent of batching and process count."""
+    digest = hashlib.sha256(f"{seed}/{image_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
+
+
+def view_phrase_for(image_id: str, phrases: list[str]) -> str:
+    """An optional viewpoint / scene phrase, picked by the image id (so it is stable and recorded)."""
+    if not phrases:
+        return ""
+    return phrases[int.from_bytes(hashlib.sha256(f"view/{image_id}".encode()).digest()[:4], "big") % len(phrases)]
+
+
+def image_prompt(prompt: str, view_phrase: str) -> str:
+    return f"{prompt.rstrip('. ')}, {view_phrase}." if view_phrase else prompt
+
+
+def batch_requests(library: dict[str, list], images_per_identity: int, batch_index: int, batch_size: int,
+                   seed: int, view_phrases: list[str]) -> list[dict]:  # fmt: skip
+    """The images of one batch of the plan: attributes, prompt, seed. Pure, so any batch can be rebuilt."""
+    total = len(library["identity"]) * images_per_identity
+    requests = []
+    for plan_index in range(batch_index * batch_size, min((batch_index + 1) * batch_size, total)):
+        row, sample = divmod(plan_index, images_per_identity)
+        attributes = {column: library[column][row] for column in LIBRARY_COLUMNS}
+        image_id = f"{attributes['identity']}-{sample:04d}"
+        view_phrase = view_phrase_for(image_id, view_phrases)
+        requests.append({
+            **attributes,
+            "image_id": image_id,
+            "plan_index": plan_index,
+            "batch_index": batch_index,
+            "view_phrase": view_phrase,
+            "prompt": image_prompt(attributes["prompt"], view_phrase),
+            "seed": image_seed(seed, image_id),
+        })  # fmt: skip
+    return requests
+
+
+def prompt_library_file(path: str) -> Path:
+    """`path` is the prompts stage's folder or its Parquet file."""
+    return Path(path) / "prompts.parquet" if Path(path).is_dir() else Path(path)
+
+
+def read_prompt_library(path: str) -> dict[str, list]:
+    """The prompt library as columns."""
+    import pyarrow.parquet as pq
+
+    file = prompt_library_file(path)
+    if not file.is_file():
+        raise UserInputError(f"--prompts {path}: no prompt library there; run `vehicle-diff prompts` first")
+    try:
+        table = pq.read_table(file)
+    except Exception as error:  # pyarrow raises several types for a damaged file
+        raise UserInputError(f"--prompts {file}: not a readable Parquet file ({error})") from error
+    missing = [column for column in LIBRARY_COLUMNS if column not in table.column_names]
+    if missing or table.num_rows == 0:
+        raise UserInputError(f"--prompts {file}: not a prompt library (missing columns {missing} or no rows)")
+    return table.select(list(LIBRARY_COLUMNS)).to_pydict()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def lora_file(path: str) -> Path:
+    """The LoRA safetensors file of a path that is the file itself or a folder holding one."""
+    candidate = Path(path)
+    if candidate.is_dir():
+        candidate = candidate / "pytorch_lora_weights.safetensors"
+    if not candidate.is_file():
+        raise UserInputError(f"--lora_weights {path}: no LoRA file (expected pytorch_lora_weights.safetensors)")
+    return candidate
+
+
+def load_pipeline(config: GenerateConfig, lora: Path | None, device):
+    """Base SDXL pipeline (+ LoRA) on `device` in the requested dtype, with a clear error for a LoRA that
+    does not fit the base model."""
+    import torch
+
+    from vehicle_diff.models import load_sdxl_pipeline
+
+    dtype = getattr(torch, DTYPES[config.mixed_precision])
+    pipe = load_sdxl_pipeline(config.pretrained_model_name_or_path, revision=config.revision, torch_dtype=dtype)
+    if lora is not None:
+        try:
+            pipe.load_lora_weights(str(lora.parent), weight_name=lora.name)
+        except (ValueError, RuntimeError, KeyError) as error:
+            raise UserInputError(
+                f"--lora_weights {lora}: does not fit {config.pretrained_model_name_or_path} "
+                f"({type(error).__name__}: {str(error).splitlines()[0][:300]}); use a LoRA trained on this base model"
+            ) from error
+        if not pipe.get_list_adapters():
+            raise UserInputError(f"--lora_weights {lora}: no layer of the base model matched its keys")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def render_batch(pipe, requests: list[dict], config: GenerateConfig, device) -> list:
+    import torch
+
+    generators = [torch.Generator(device=device).manual_seed(request["seed"]) for request in requests]
+    result = pipe(
+        prompt=[request["prompt"] for request in requests],
+        negative_prompt=[config.negative_prompt] * len(requests) if config.negative_prompt else None,
+        num_inference_steps=config.num_inference_steps,
+        guidance_scale=config.guidance_scale,
+        height=config.height,
+        width=config.width,
+        generator=generators,
+        cross_attention_kwargs={"scale": config.lora_scale} if config.lora_weights else None,
+    )
+    return result.images
+
+
+@dataclass
+class GenerateConfig:
+    """Generate the synthetic images of a prompt library with SDXL (+ LoRA)."""
+
+    output_dir: str = field(
+        default="vehicle-diff-output/generated", metadata={"help": "images/, records/, records.parquet"}
+    )
+    preset: str = field(default="paper", metadata={"help": "paper, tiny, or a YAML file"})
+    prompts: str = field(
+        default="vehicle-diff-output/prompts", metadata={"help": "prompt library folder or Parquet file"}
+    )
+    pretrained_model_name_or_path: str = "stabilityai/stable-diffusion-xl-base-1.0"
+    revision: str | None = None
+    lora_weights: str | None = field(
+        default=None, metadata={"help": "LoRA file or folder; none = the vanilla base model"}
+    )
+    lora_scale: float = 1.0
+    images_per_identity: int = field(default=30, metadata={"help": "K images per identity (paper: ~30)"})
+    seed: int = 0
+    num_inference_steps: int = 50
+    guidance_scale: float = 8.0
+    height: int = 1024
+    width: int = 1024
+    negative_prompt: str | None = None
+    view_phrases: list[str] = field(default_factory=list, metadata={"help": "optional phrases, one picked per image"})
+    batch_size: int = 4
+    mixed_precision: str = field(default="no", metadata={"help": "no (fp32), fp16 or bf16"})
+    image_format: str = field(default="png", metadata={"help": "png (lossless), jpg or webp"})
+    image_quality: int = field(default=95, metadata={"help": "for jpg / webp"})
+    dry_run: bool = field(
+        default=False, metadata={"help": "print the plan and a measured time estimate, write nothing"}
+    )
+
+    def __post_init__(self):
+        for name in ("images_per_identity", "num_inference_steps", "batch_size", "height", "width"):
+            if getattr(self, name) <= 0:
+                raise UserInputError(f"--{name} must be positive (got {getattr(self, name)})")
+        for name in ("height", "width"):
+            if getattr(self, name) % 8:
+                raise UserInputError(
+                    f"--{name} must be a multiple of 8 (got {getattr(self, name)}): the VAE works on 8x8 patches"
+                )
+        if self.mixed_precision not in DTYPES:
+            raise UserInputError(f"--mixed_precision {self.mixed_precision!r}: use one of {list(DTYPES)}")
+        if self.image_format not in IMAGE_FORMATS:
+            raise UserInputError(f"--image_format {self.image_format!r}: use one of {list(IMAGE_FORMATS)}")
+        if not 1 <= self.image_quality <= 100:
+            raise UserInputError(f"--image_quality must be in 1..100 (got {self.image_quality})")
+        if self.guidance_scale < 0:
+            raise UserInputError(f"--guidance_scale must be >= 0 (got {self.guidance_scale})")
+
+
+def main(argv: list[str] | None = None) -> Path:
+    config = parse_config(GenerateConfig, "generate", argv)
+    import torch
+    from accelerate import PartialState
+    from tqdm.auto import tqdm
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    out_dir = Path(config.output_dir)
+    records_dir = out_dir / "records"
+    library = read_prompt_library(config.prompts)
+    lora = lora_file(config.lora_weights) if config.lora_weights else None
+    num_images = len(library["identity"]) * config.images_per_identity
+    num_batches = math.ceil(num_images / config.batch_size)
+    plan = {
+        "prompt_library_sha256": sha256_file(prompt_library_file(config.prompts)),
+        "lora_sha256": sha256_file(lora) if lora else None,
+        **{name: getattr(config, name) for name in (
+            "pretrained_model_name_or_path", "revision", "lora_scale", "images_per_identity", "seed",
+            "num_inference_steps", "guidance_scale", "height", "width", "negative_prompt", "view_phrases",
+            "batch_size", "mixed_precision", "image_format", "image_quality")},
+    }  # fmt: skip
+
+    todo = sorted(set(range(num_batches)) - done_batches(records_dir))
+    mine = todo[state.process_index :: state.num_processes]
+    if config.dry_run:
+        return dry_run(config, library, lora, state, num_images, num_batches, todo)
+    if state.is_main_process:
+        check_plan(out_dir, plan)
+        save_config(config, out_dir / "config.yaml", stage="generate")
+    state.wait_for_everyone()
+
+    if mine:
+        pipe = load_pipeline(config, lora, state.device)
+        scheduler = type(pipe.scheduler).__name__
+        suffix = "." + config.image_format
+        progress = tqdm(
+            total=sum(min(config.batch_size, num_images - b * config.batch_size) for b in mine),
+            desc=f"generate [process {state.process_index}]", unit="img", position=state.process_index, dynamic_ncols=True,
+        )  # fmt: skip
+        for batch_index in mine:
+            requests = batch_requests(library, config.images_per_identity, batch_index, config.batch_size,
+                                      config.seed, config.view_phrases)  # fmt: skip
+            started = time.perf_counter()
+            images = render_batch(pipe, requests, config, state.device)
+            seconds = (time.perf_counter() - started) / len(requests)
+            records = []
+            for request, image in zip(requests, images, strict=True):
+                file_name = f"images/{request['identity']}/{request['image_id']}{suffix}"
+                with atomic_path(out_dir / file_name) as tmp:
+                    image.save(tmp, format=IMAGE_FORMATS[config.image_format], quality=config.image_quality)
+                records.append({
+                    **request,
+                    "file_name": file_name,
+                    "base_model": config.pretrained_model_name_or_path,
+                    "base_model_revision": config.revision,
+                    "lora_sha256": plan["lora_sha256"],
+                    "lora_scale": config.lora_scale if lora else None,
+                    "scheduler": scheduler,
+                    "num_inference_steps": config.num_inference_steps,
+                    "guidance_scale": config.guidance_scale,
+                    "negative_prompt": config.negative_prompt,
+                    "height": config.height,
+                    "width": config.width,
+                    "mixed_precision": config.mixed_precision,
+                    "seconds": round(seconds, 4),
+                })  # fmt: skip
+            write_shard(records_dir, batch_index, records)
+            progress.update(len(requests))
+        progress.close()
+    state.wait_for_everyone()
+
+    if state.is_main_process:
+        missing = num_batches - len(done_batches(records_dir))
+        if missing:
+            raise UserInputError(
+                f"{missing} batch(es) of {out_dir} are unfinished; re-run the same command to finish them"
+            )
+        count = merge_shards(records_dir, out_dir / "records.parquet")
+        print(f"generated {count} images of {len(library['identity'])} identities into {out_dir / 'images'}")
+        print(f"records: {out_dir / 'records.parquet'}")
+    return out_dir
+
+
+def dry_run(config, library, lora, state, num_images, num_batches, todo) -> Path:
+    """Print the plan and, from one measured batch on this hardware, the time the rest will take."""
+    estimate = "nothing left to do"
+    if todo:
+        pipe = load_pipeline(config, lora, state.device)
+        requests = batch_requests(
+            library, config.images_per_identity, todo[0], config.batch_size, config.seed, config.view_phrases
+        )
+        render_batch(pipe, requests[:1], config, state.device)  # warm-up: first call pays for lazy initialisation
+        started = time.perf_counter()
+        render_batch(pipe, requests, config, state.device)
+        per_batch = time.perf_counter() - started
+        remaining_s = per_batch * math.ceil(len(todo) / state.num_processes)
+        estimate = f"~{remaining_s / 3600:.2f} h on {state.num_processes} process(es) ({per_batch / len(requests):.2f} s/image measured on {state.device})"
+    if state.is_main_process:
+        print(json.dumps({
+            "identities": len(library["identity"]),
+            "images": num_images,
+            "batches": num_batches,
+            "batches_done": num_batches - len(todo),
+            "record_shards": num_batches,
+            "processes": state.num_processes,
+            "estimate": estimate,
+        }, indent=2))  # fmt: skip
+    return Path(config.output_dir)
+
+
+if __name__ == "__main__":
+    from vehicle_diff.cli import run_main
+
+    run_main(main)

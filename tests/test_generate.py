@@ -1,0 +1,178 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+import pytest
+from safetensors.torch import load_file, save_file
+
+from generation.generate import batch_requests, image_prompt, image_seed, main, view_phrase_for
+from vehicle_diff.errors import UserInputError
+
+LIBRARY = {
+    "vehicle_id": [0, 1, 2],
+    "identity": ["red-a", "blue-b", "white-c"],
+    "color": ["red", "blue", "white"],
+    "year": [2000, 2001, 2002],
+    "brand": ["A", "B", "C"],
+    "model": ["a", "b", "c"],
+    "body_style": ["sedan", "suv", "van"],
+    "template_id": ["paper"] * 3,
+    "prompt": ["a red car.", "a blue car.", "a white car."],
+}
+TIME_FIELDS = {"seconds"}
+
+
+def test_seeds_depend_on_global_seed_and_image_id_only():
+    assert image_seed(0, "red-a-0000") == image_seed(0, "red-a-0000")
+    assert len({image_seed(0, f"red-a-{i:04d}") for i in range(1000)}) == 1000
+    assert image_seed(0, "red-a-0000") != image_seed(1, "red-a-0000")
+    assert 0 <= image_seed(123, "x") < 2**63
+
+
+def test_batches_cover_the_plan_exactly_once():
+    requests = [r for b in range(4) for r in batch_requests(LIBRARY, 4, b, 3, seed=0, view_phrases=[])]
+    assert [r["plan_index"] for r in requests] == list(range(12))
+    assert len({r["image_id"] for r in requests}) == 12
+    assert requests[5]["image_id"] == "blue-b-0001" and requests[5]["vehicle_id"] == 1
+    assert batch_requests(LIBRARY, 4, 3, 5, seed=0, view_phrases=[]) == []  # past the end
+    assert len(batch_requests(LIBRARY, 4, 2, 5, seed=0, view_phrases=[])) == 2  # the short last batch
+
+
+def test_view_phrases_are_stable_per_image_and_recorded():
+    phrases = ["seen from the front", "seen from the rear", "seen from the side"]
+    picked = [view_phrase_for(f"red-a-{i:04d}", phrases) for i in range(30)]
+    assert picked == [view_phrase_for(f"red-a-{i:04d}", phrases) for i in range(30)]
+    assert set(picked) == set(phrases)
+    assert (
+        image_prompt("a red car driving down the road.", "seen from the rear")
+        == "a red car driving down the road, seen from the rear."
+    )
+    request = batch_requests(LIBRARY, 2, 0, 2, seed=0, view_phrases=phrases)[0]
+    assert request["prompt"] == image_prompt("a red car.", request["view_phrase"])
+
+
+def records(out_dir):
+    rows = pq.read_table(out_dir / "records.parquet").to_pylist()
+    return [{k: v for k, v in row.items() if k not in TIME_FIELDS} for row in rows]
+
+
+def images(out_dir):
+    return {p.relative_to(out_dir): p.read_bytes() for p in sorted((out_dir / "images").rglob("*.png"))}
+
+
+def tiny_args(prompts, out_dir, *extra):
+    return ["--preset", "tiny", "--prompts", str(prompts), "--output_dir", str(out_dir), *extra]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tiny_prompts, tmp_path_factory):
+    """An uninterrupted run: 8 identities x 3 images in batches of 4."""
+    return main(tiny_args(tiny_prompts, tmp_path_factory.mktemp("ref") / "gen"))
+
+
+def test_generate_writes_images_and_full_records(reference_run):
+    rows = records(reference_run)
+    assert len(rows) == 24 and len({r["image_id"] for r in rows}) == 24
+    first = rows[0]
+    for key in ("image_id", "identity", "vehicle_id", "brand", "model", "year", "body_style", "color", "prompt",
+                "template_id", "seed", "base_model", "base_model_revision", "lora_sha256", "scheduler",
+                "num_inference_steps", "guidance_scale", "height", "width", "file_name"):  # fmt: skip
+        assert key in first, key
+    assert first["scheduler"] == "EulerDiscreteScheduler" and first["lora_sha256"] is None
+    assert len(images(reference_run)) == 24
+    from PIL import Image
+
+    assert Image.open(reference_run / first["file_name"]).size == (64, 64)
+
+
+def test_same_records_and_settings_give_byte_identical_images(reference_run, tiny_prompts, tmp_path):
+    again = main(tiny_args(tiny_prompts, tmp_path / "gen"))
+    assert images(again) == images(reference_run)
+    assert records(again) == records(reference_run)
+
+
+def test_rerun_of_a_finished_run_changes_nothing(reference_run, tiny_prompts):
+    before = {p: p.stat().st_mtime_ns for p in (reference_run / "images").rglob("*.png")}
+    main(tiny_args(tiny_prompts, reference_run))
+    assert before == {p: p.stat().st_mtime_ns for p in (reference_run / "images").rglob("*.png")}
+
+
+def test_sigkill_then_rerun_equals_an_uninterrupted_run(tiny_prompts, tmp_path):
+    def command(out_dir):
+        flags = tiny_args(tiny_prompts, out_dir, "--batch_size", "1", "--images_per_identity", "6")
+        return [sys.executable, "-m", "generation.generate", *flags]
+
+    process = subprocess.Popen(command(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    records_dir = tmp_path / "killed" / "records"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(records_dir.glob("batch-*.jsonl"))) < 3:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    finished = len(list(records_dir.glob("batch-*.jsonl")))
+    assert 3 <= finished < 48, "the kill should land mid-run"
+    assert not (tmp_path / "killed" / "records.parquet").exists()
+    subprocess.run(command(tmp_path / "killed"), check=True, capture_output=True)
+    subprocess.run(command(tmp_path / "straight"), check=True, capture_output=True)
+    assert records(tmp_path / "killed") == records(tmp_path / "straight")
+    assert images(tmp_path / "killed") == images(tmp_path / "straight")
+    assert not list((tmp_path / "killed").rglob("*.tmp"))
+
+
+def test_lora_changes_images_and_is_recorded(reference_run, tiny_prompts, tiny_lora, tmp_path):
+    out = main(tiny_args(tiny_prompts, tmp_path / "gen", "--lora_weights", str(tiny_lora)))
+    rows = records(out)
+    assert all(r["lora_sha256"] and len(r["lora_sha256"]) == 64 for r in rows)
+    assert images(out).keys() == images(reference_run).keys()
+    assert images(out) != images(reference_run)
+
+
+def test_a_lora_of_another_base_model_is_a_clear_error(tiny_prompts, tiny_lora, tmp_path):
+    state = load_file(tiny_lora / "pytorch_lora_weights.safetensors")
+    wrong = {key: value[..., :3].contiguous() if value.ndim == 2 else value for key, value in state.items()}
+    (tmp_path / "wrong").mkdir()
+    save_file(wrong, tmp_path / "wrong" / "pytorch_lora_weights.safetensors")
+    with pytest.raises(UserInputError, match="does not fit tiny:sdxl"):
+        main(tiny_args(tiny_prompts, tmp_path / "gen", "--lora_weights", str(tmp_path / "wrong")))
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--images_per_identity", "0"], "--images_per_identity must be positive"),
+        (["--height", "60"], "--height must be a multiple of 8"),
+        (["--mixed_precision", "fp8"], "--mixed_precision 'fp8'"),
+        (["--lora_weights", "/nonexistent"], "--lora_weights /nonexistent: no LoRA file"),
+    ],
+)
+def test_bad_flags(tiny_prompts, tmp_path, flags, message):
+    with pytest.raises(UserInputError, match=message):
+        main(tiny_args(tiny_prompts, tmp_path / "gen", *flags))
+
+
+def test_missing_prompt_library_and_mixed_plans_are_refused(reference_run, tiny_prompts, tmp_path):
+    with pytest.raises(UserInputError, match="no prompt library there"):
+        main(tiny_args(tmp_path / "nothing", tmp_path / "gen"))
+    with pytest.raises(UserInputError, match=r"different plan \(seed: 0 -> 1\)"):
+        main(tiny_args(tiny_prompts, reference_run, "--seed", "1"))
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tiny_prompts, tmp_path, capsys):
+    main(tiny_args(tiny_prompts, tmp_path / "gen", "--dry_run"))
+    output = capsys.readouterr().out
+    assert '"images": 24' in output and '"batches": 6' in output and "s/image measured" in output
+    assert not (tmp_path / "gen").exists()
+
+
+def test_two_processes_split_the_batches(tiny_prompts, reference_run, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "-m",
+               "generation.generate", *tiny_args(tiny_prompts, tmp_path / "gen")]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "generate [process 1]" in result.stderr and "12/12" in result.stderr
+    assert records(tmp_path / "gen") == records(reference_run)
+    assert images(tmp_path / "gen").keys() == images(reference_run).keys()
