@@ -59,3 +59,12 @@ def tiny_lora(tiny_zoo, tmp_path_factory):
     from vehicle_diff.models import load_sdxl_pipeline
 
     return make_lora(load_sdxl_pipeline("tiny:sdxl"), tmp_path_factory.mktemp("lora"))
+
+
+@pytest.fixture(scope="session")
+def tiny_generated(tiny_prompts, tmp_path_factory):
+    """The tiny preset's generation output (8 identities x 3 images, 64 px)."""
+    from generation.generate import main
+
+    out = tmp_path_factory.mktemp("generated") / "gen"
+    return main(["--preset", "tiny", "--prompts", str(tiny_prompts), "--output_dir", str(out)])

@@ -10,6 +10,7 @@ STAGES = {
     "tiny-models": ("vehicle_diff.tiny_models", "build the offline tiny model zoo (the `tiny` preset's models)"),
     "prompts": ("generation.prompts", "stage 1: sample identities from the vehicle catalog into a prompt library"),
     "generate": ("generation.generate", "stage 3b: generate images per identity with SDXL (+ LoRA), resumable"),
+    "filter": ("generation.filter", "stage 3c: detect + crop vehicles, CLIP color check, near-duplicates"),
 }
 
 

@@ -37,7 +37,8 @@ def load_preset(name_or_path: str) -> dict:
 
 
 def _as_argv(section: dict) -> list[str]:
-    """Preset values as flags, so the parser converts and checks them exactly like typed flags."""
+    """Preset values as flags, so the parser converts and checks them exactly like typed flags (nulls are
+    applied as defaults instead)."""
     argv = []
     for key, value in section.items():
         if value is None:
@@ -76,8 +77,11 @@ def parse_config(config_cls, stage: str, argv: list[str] | None = None):
             f"preset {known.preset!r}, section {stage!r}: unknown key(s) {unknown}; valid keys: {sorted(field_names)}"
         )
     preset_argv = _as_argv(section)
+    nulls = {key: None for key, value in section.items() if value is None}  # `key: null` in YAML
     _parser(config_cls, prog, f"preset {known.preset!r}, section {stage!r}").parse_args_into_dataclasses(preset_argv)
-    return _parser(config_cls, prog).parse_args_into_dataclasses(preset_argv + argv)[0]
+    parser = _parser(config_cls, prog)
+    parser.set_defaults(**nulls)
+    return parser.parse_args_into_dataclasses(preset_argv + argv)[0]
 
 
 def save_config(config, path: Path, stage: str) -> None:

@@ -53,7 +53,7 @@ def load_sdxl_pipeline(
 
     with clear_load_errors(model_id, flag):
         return StableDiffusionXLPipeline.from_pretrained(
-            resolve_model(model_id), revision=revision, torch_dtype=torch_dtype, use_safetensors=True
+            resolve_model(model_id), revision=revision, dtype=torch_dtype, use_safetensors=True
         )
 
 

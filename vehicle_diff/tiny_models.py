@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
-ZOO_VERSION = 1
+ZOO_VERSION = 2
 ZOO_MODELS = ("sdxl", "blip2", "yolo.pt", "open_clip", "timm-resnet", "timm-densenet", "timm-swinv2")
 MANIFEST = "manifest.json"
 
@@ -169,6 +169,12 @@ def build_yolo(out_file: Path) -> None:
 
     model = YOLO("yolov5n-p6.yaml", verbose=False)
     model.model.names = YAML.load(check_yaml("coco.yaml"))["names"]
+    # Random weights score every class near ultralytics' tiny prior (~0.001), so nothing would ever pass the
+    # paper's 0.65 threshold. Raise the priors of car (~0.69) and truck (~0.57) so data flows in tiny runs;
+    # the boxes themselves are as meaningless as the rest of the weights.
+    for class_branch in model.model.model[-1].cv3:
+        class_branch[-1].bias.data[2] = 0.8
+        class_branch[-1].bias.data[7] = 0.3
     model.save(out_file)
 
 

@@ -1,0 +1,182 @@
+"""Semantic scoring (paper §III-C): vehicle detection and the CLIP color check, scored once, decided purely.
+
+Models turn images into numbers (boxes, confidences, similarities, embeddings); the functions at the top of
+this module turn numbers + thresholds into decisions. The filter and the candidate selection share both.
+
+"Most prominent vehicle": among the car / truck boxes whose confidence reaches the threshold, the one with the
+largest area; equal areas go to the higher confidence. With no box at the threshold, the most confident
+vehicle box below it is kept for the record (and the image is rejected as `low_confidence`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+CAR, TRUCK = 2, 7  # COCO class ids
+REJECT_REASONS = ("unreadable", "no_vehicle", "low_confidence", "too_small", "wrong_color", "near_duplicate")
+
+
+def choose_box(boxes: list[list[float]], confidences: list[float], classes: list[int], *, min_confidence: float,
+               vehicle_classes=(CAR, TRUCK)) -> int | None:  # fmt: skip
+    """Index of the most prominent vehicle box (see module doc), or None when there is no vehicle box."""
+    vehicles = [i for i, cls in enumerate(classes) if int(cls) in vehicle_classes]
+    if not vehicles:
+        return None
+    confident = [i for i in vehicles if confidences[i] >= min_confidence]
+    if not confident:
+        return max(vehicles, key=lambda i: confidences[i])
+    area = lambda i: (boxes[i][2] - boxes[i][0]) * (boxes[i][3] - boxes[i][1])  # noqa: E731
+    return max(confident, key=lambda i: (area(i), confidences[i]))
+
+
+def min_side_threshold(image_width: int, image_height: int, *, min_box_side: float, reference_side: float) -> float:
+    """The paper drops boxes with a side <= 250 px on 1024x1024 images; at another size the rule scales with
+    the image's shorter side (250 px at 1024 is 15.6 px at 64)."""
+    return min_box_side * min(image_width, image_height) / reference_side
+
+
+def predict_color(similarities: dict[str, float], expected: str | None = None) -> str:
+    """argmax of Eq. 1's cosine similarities; a tie that includes the expected color is read as that color."""
+    best = max(similarities.values())
+    if expected in similarities and similarities[expected] == best:
+        return expected
+    return next(color for color, value in similarities.items() if value == best)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    detection_confidence: float = 0.65  # §IV-A
+    min_box_side: float = 250  # §III-C, at reference_side
+    reference_side: float = 1024  # §IV-A output size
+    color_check: bool = True
+    near_duplicate: float = 1.0  # cosine of CLIP image embeddings; 1 = off
+
+
+def decide(record: dict, thresholds: Thresholds) -> str | None:
+    """The reject reason of one scored image (None = passes), from its stored scores alone. The near-duplicate
+    rule needs the identity's other images and is applied afterwards by `near_duplicates`."""
+    if record.get("unreadable_error"):
+        return "unreadable"
+    if record.get("det_confidence") is None:
+        return "no_vehicle"
+    if record["det_confidence"] < thresholds.detection_confidence:
+        return "low_confidence"
+    limit = min_side_threshold(record["width"], record["height"], min_box_side=thresholds.min_box_side,
+                               reference_side=thresholds.reference_side)  # fmt: skip
+    x1, y1, x2, y2 = record["det_box"]
+    if min(x2 - x1, y2 - y1) <= limit:
+        return "too_small"
+    if thresholds.color_check:
+        similarities = record.get("color_similarities") or {}
+        if record["color"] not in similarities or predict_color(similarities, record["color"]) != record["color"]:
+            return "wrong_color"
+    return None
+
+
+def near_duplicates(
+    embeddings: np.ndarray, passes: list[bool], threshold: float
+) -> tuple[list[float | None], list[bool]]:
+    """Within one identity, in image order: the highest cosine similarity of each passing image to an earlier
+    *kept* image, and whether it exceeds `threshold` (so it is rejected and not kept). 1 switches it off."""
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    normalized = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    kept: list[int] = []
+    scores, duplicates = [], []
+    for index, passing in enumerate(passes):
+        if not passing:
+            scores.append(None)
+            duplicates.append(False)
+            continue
+        score = float(max(normalized[kept] @ normalized[index])) if kept else None
+        duplicate = threshold < 1 and score is not None and score > threshold
+        scores.append(score)
+        duplicates.append(duplicate)
+        if not duplicate:
+            kept.append(index)
+    return scores, duplicates
+
+
+def close_identity_pairs(
+    identities: list[str], mean_embeddings: np.ndarray, threshold: float
+) -> list[tuple[str, str, float]]:
+    """Pairs of different identities whose mean kept embeddings have cosine > threshold: likely label noise."""
+    if len(identities) < 2:
+        return []
+    normalized = mean_embeddings / np.maximum(np.linalg.norm(mean_embeddings, axis=1, keepdims=True), 1e-12)
+    similarity = normalized @ normalized.T
+    rows, cols = np.nonzero(np.triu(similarity > threshold, k=1))
+    pairs = [(identities[r], identities[c], float(similarity[r, c])) for r, c in zip(rows, cols, strict=True)]
+    return sorted(pairs, key=lambda pair: -pair[2])
+
+
+def crop_box(box: list[float], image_width: int, image_height: int, *, margin: float = 0.0,
+             square: bool = False) -> tuple[int, int, int, int]:  # fmt: skip
+    """Integer crop rectangle: the box grown by `margin` (a fraction of its size), optionally made square
+    around its center, clipped to the image."""
+    x1, y1, x2, y2 = box
+    width, height = x2 - x1, y2 - y1
+    x1, x2 = x1 - margin * width, x2 + margin * width
+    y1, y2 = y1 - margin * height, y2 + margin * height
+    if square:
+        side = max(x2 - x1, y2 - y1)
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        x1, x2, y1, y2 = cx - side / 2, cx + side / 2, cy - side / 2, cy + side / 2
+    left, top = max(0, int(round(x1))), max(0, int(round(y1)))
+    right, bottom = min(image_width, int(round(x2))), min(image_height, int(round(y2)))
+    return left, top, max(right, left + 1), max(bottom, top + 1)
+
+
+class VehicleDetector:
+    """ultralytics YOLO, batched; returns every car / truck box above a low scoring floor."""
+
+    def __init__(self, model_id: str, *, imgsz: int, device, floor: float = 0.05, vehicle_classes=(CAR, TRUCK)):
+        from vehicle_diff.models import load_yolo
+
+        self.model = load_yolo(model_id)
+        self.imgsz, self.device, self.floor, self.vehicle_classes = imgsz, device, floor, list(vehicle_classes)
+
+    def __call__(self, images: list) -> list[dict]:
+        if not images:
+            return []
+        results = self.model.predict(images, imgsz=self.imgsz, conf=self.floor, classes=self.vehicle_classes,
+                                     device=self.device, verbose=False)  # fmt: skip
+        return [
+            {
+                "boxes": result.boxes.xyxy.cpu().tolist(),
+                "confidences": result.boxes.conf.cpu().tolist(),
+                "classes": [int(c) for c in result.boxes.cls.cpu().tolist()],
+            }
+            for result in results
+        ]
+
+
+class ClipScorer:
+    """open_clip image embeddings and their cosine similarity to text prompts (paper Eq. 1)."""
+
+    def __init__(self, model_id: str, *, device, dtype=None):
+        import torch
+
+        from vehicle_diff.models import load_open_clip
+
+        self.model, self.preprocess, self.tokenizer = load_open_clip(model_id)
+        self.model.to(device=device, dtype=dtype or torch.float32)
+        self.device, self.dtype = device, dtype or torch.float32
+
+    def encode_images(self, images: list) -> np.ndarray:
+        import torch
+
+        if not images:
+            return np.zeros((0, self.model.visual.output_dim), dtype=np.float32)
+        pixels = torch.stack([self.preprocess(image) for image in images]).to(self.device, self.dtype)
+        with torch.no_grad():
+            features = self.model.encode_image(pixels)
+        return torch.nn.functional.normalize(features.float(), dim=-1).cpu().numpy()
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            features = self.model.encode_text(self.tokenizer(texts).to(self.device))
+        return torch.nn.functional.normalize(features.float(), dim=-1).cpu().numpy()
