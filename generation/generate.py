@@ -107,44 +107,46 @@ def lora_file(path: str) -> Path:
     return candidate
 
 
-def load_pipeline(config: GenerateConfig, lora: Path | None, device):
-    """Base SDXL pipeline (+ LoRA) on `device` in the requested dtype, with a clear error for a LoRA that
-    does not fit the base model."""
+def load_pipeline(model_id: str, *, revision: str | None, mixed_precision: str, device):
+    """The base SDXL pipeline on `device` in the requested dtype, without progress bars."""
     import torch
 
     from vehicle_diff.models import load_sdxl_pipeline
 
-    dtype = getattr(torch, DTYPES[config.mixed_precision])
-    pipe = load_sdxl_pipeline(config.pretrained_model_name_or_path, revision=config.revision, torch_dtype=dtype)
-    if lora is not None:
-        try:
-            pipe.load_lora_weights(str(lora.parent), weight_name=lora.name)
-        except (ValueError, RuntimeError, KeyError) as error:
-            raise UserInputError(
-                f"--lora_weights {lora}: does not fit {config.pretrained_model_name_or_path} "
-                f"({type(error).__name__}: {str(error).splitlines()[0][:300]}); use a LoRA trained on this base model"
-            ) from error
-        if not pipe.get_list_adapters():
-            raise UserInputError(f"--lora_weights {lora}: no layer of the base model matched its keys")
+    pipe = load_sdxl_pipeline(model_id, revision=revision, torch_dtype=getattr(torch, DTYPES[mixed_precision]))
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
 
-def render_batch(pipe, requests: list[dict], config: GenerateConfig, device) -> list:
+def attach_lora(pipe, lora: Path, base_model: str) -> None:
+    """Load a LoRA file into the pipeline, with a clear error when it does not fit the base model."""
+    try:
+        pipe.load_lora_weights(str(lora.parent), weight_name=lora.name)
+    except (ValueError, RuntimeError, KeyError) as error:
+        raise UserInputError(
+            f"--lora_weights {lora}: does not fit {base_model} "
+            f"({type(error).__name__}: {str(error).splitlines()[0][:300]}); use a LoRA trained on this base model"
+        ) from error
+    if not pipe.get_list_adapters():
+        raise UserInputError(f"--lora_weights {lora}: no layer of {base_model} matched its keys")
+
+
+def render(pipe, prompts: list[str], seeds: list[int], *, num_inference_steps: int, guidance_scale: float,
+           height: int, width: int, negative_prompt: str | None = None, lora_scale: float | None = None) -> list:  # fmt: skip
+    """One batched pipeline call; each image has its own generator, so its noise depends on its seed only."""
     import torch
 
-    generators = [torch.Generator(device=device).manual_seed(request["seed"]) for request in requests]
-    result = pipe(
-        prompt=[request["prompt"] for request in requests],
-        negative_prompt=[config.negative_prompt] * len(requests) if config.negative_prompt else None,
-        num_inference_steps=config.num_inference_steps,
-        guidance_scale=config.guidance_scale,
-        height=config.height,
-        width=config.width,
+    generators = [torch.Generator(device=pipe.device).manual_seed(seed) for seed in seeds]
+    return pipe(
+        prompt=prompts,
+        negative_prompt=[negative_prompt] * len(prompts) if negative_prompt else None,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+        height=height,
+        width=width,
         generator=generators,
-        cross_attention_kwargs={"scale": config.lora_scale} if config.lora_weights else None,
-    )
-    return result.images
+        cross_attention_kwargs={"scale": lora_scale} if lora_scale is not None else None,
+    ).images
 
 
 @dataclass
@@ -223,15 +225,19 @@ def main(argv: list[str] | None = None) -> Path:
 
     todo = sorted(set(range(num_batches)) - done_batches(records_dir))
     mine = todo[state.process_index :: state.num_processes]
+    render_settings = {name: getattr(config, name) for name in (
+        "num_inference_steps", "guidance_scale", "height", "width", "negative_prompt")}  # fmt: skip
+    if lora:
+        render_settings["lora_scale"] = config.lora_scale
     if config.dry_run:
-        return dry_run(config, library, lora, state, num_images, num_batches, todo)
+        return dry_run(config, library, lora, state, num_images, num_batches, todo, render_settings)
     if state.is_main_process:
         check_plan(out_dir, plan)
         save_config(config, out_dir / "config.yaml", stage="generate")
     state.wait_for_everyone()
 
     if mine:
-        pipe = load_pipeline(config, lora, state.device)
+        pipe = pipeline_for(config, lora, state.device)
         scheduler = type(pipe.scheduler).__name__
         suffix = "." + config.image_format
         progress = tqdm(
@@ -242,7 +248,7 @@ def main(argv: list[str] | None = None) -> Path:
             requests = batch_requests(library, config.images_per_identity, batch_index, config.batch_size,
                                       config.seed, config.view_phrases)  # fmt: skip
             started = time.perf_counter()
-            images = render_batch(pipe, requests, config, state.device)
+            images = render(pipe, [r["prompt"] for r in requests], [r["seed"] for r in requests], **render_settings)
             seconds = (time.perf_counter() - started) / len(requests)
             records = []
             for request, image in zip(requests, images, strict=True):
@@ -282,17 +288,26 @@ def main(argv: list[str] | None = None) -> Path:
     return out_dir
 
 
-def dry_run(config, library, lora, state, num_images, num_batches, todo) -> Path:
+def pipeline_for(config: GenerateConfig, lora: Path | None, device):
+    pipe = load_pipeline(config.pretrained_model_name_or_path, revision=config.revision,
+                         mixed_precision=config.mixed_precision, device=device)  # fmt: skip
+    if lora is not None:
+        attach_lora(pipe, lora, config.pretrained_model_name_or_path)
+    return pipe
+
+
+def dry_run(config, library, lora, state, num_images, num_batches, todo, render_settings) -> Path:
     """Print the plan and, from one measured batch on this hardware, the time the rest will take."""
     estimate = "nothing left to do"
     if todo:
-        pipe = load_pipeline(config, lora, state.device)
+        pipe = pipeline_for(config, lora, state.device)
         requests = batch_requests(
             library, config.images_per_identity, todo[0], config.batch_size, config.seed, config.view_phrases
         )
-        render_batch(pipe, requests[:1], config, state.device)  # warm-up: first call pays for lazy initialisation
+        prompts, seeds = [r["prompt"] for r in requests], [r["seed"] for r in requests]
+        render(pipe, prompts[:1], seeds[:1], **render_settings)  # warm-up: the first call pays for lazy initialisation
         started = time.perf_counter()
-        render_batch(pipe, requests, config, state.device)
+        render(pipe, prompts, seeds, **render_settings)
         per_batch = time.perf_counter() - started
         remaining_s = per_batch * math.ceil(len(todo) / state.num_processes)
         estimate = f"~{remaining_s / 3600:.2f} h on {state.num_processes} process(es) ({per_batch / len(requests):.2f} s/image measured on {state.device})"
