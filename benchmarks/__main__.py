@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-MODULES = ["benchmarks.bench_prompts"]
+MODULES = ["benchmarks.bench_prompts", "benchmarks.bench_generate", "benchmarks.bench_filter"]
 
 
 def machine() -> str:

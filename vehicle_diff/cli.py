@@ -9,6 +9,7 @@ import sys
 STAGES = {
     "tiny-models": ("vehicle_diff.tiny_models", "build the offline tiny model zoo (the `tiny` preset's models)"),
     "prompts": ("generation.prompts", "stage 1: sample identities from the vehicle catalog into a prompt library"),
+    "select": ("generation.select", "stage 3a: rank LoRA candidates / templates on the same prompts and seeds"),
     "generate": ("generation.generate", "stage 3b: generate images per identity with SDXL (+ LoRA), resumable"),
     "filter": ("generation.filter", "stage 3c: detect + crop vehicles, CLIP color check, near-duplicates"),
 }
