@@ -10,7 +10,12 @@ from pathlib import Path
 
 import torch
 
-MODULES = ["benchmarks.bench_prompts", "benchmarks.bench_generate", "benchmarks.bench_filter"]
+MODULES = [
+    "benchmarks.bench_prompts",
+    "benchmarks.bench_finetune",
+    "benchmarks.bench_generate",
+    "benchmarks.bench_filter",
+]
 
 
 def machine() -> str:

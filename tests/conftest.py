@@ -68,3 +68,23 @@ def tiny_generated(tiny_prompts, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("generated") / "gen"
     return main(["--preset", "tiny", "--prompts", str(tiny_prompts), "--output_dir", str(out)])
+
+
+@pytest.fixture(scope="session")
+def tiny_captions(tiny_generated, tmp_path_factory):
+    """An imagefolder captioned by the tiny BLIP-2 (the generated tiny images stand in for target images)."""
+    from generation.caption import main
+
+    out = tmp_path_factory.mktemp("captions") / "captions"
+    return main(
+        [
+            "--preset",
+            "tiny",
+            "--input_images",
+            str(tiny_generated / "images"),
+            "--num_images",
+            "6",
+            "--output_dir",
+            str(out),
+        ]
+    )

@@ -9,6 +9,8 @@ import sys
 STAGES = {
     "tiny-models": ("vehicle_diff.tiny_models", "build the offline tiny model zoo (the `tiny` preset's models)"),
     "prompts": ("generation.prompts", "stage 1: sample identities from the vehicle catalog into a prompt library"),
+    "caption": ("generation.caption", "stage 2a: caption ~1% unlabeled target images with BLIP-2 (imagefolder)"),
+    "finetune": ("training.finetune_lora", "stage 2b: fine-tune an SDXL LoRA on the captions (accelerate)"),
     "select": ("generation.select", "stage 3a: rank LoRA candidates / templates on the same prompts and seeds"),
     "generate": ("generation.generate", "stage 3b: generate images per identity with SDXL (+ LoRA), resumable"),
     "filter": ("generation.filter", "stage 3c: detect + crop vehicles, CLIP color check, near-duplicates"),

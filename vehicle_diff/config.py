@@ -78,7 +78,8 @@ def parse_config(config_cls, stage: str, argv: list[str] | None = None):
         )
     preset_argv = _as_argv(section)
     nulls = {key: None for key, value in section.items() if value is None}  # `key: null` in YAML
-    _parser(config_cls, prog, f"preset {known.preset!r}, section {stage!r}").parse_args_into_dataclasses(preset_argv)
+    # type-check the preset's values alone, so an error names the preset (argparse only: no dataclass is built)
+    _parser(config_cls, prog, f"preset {known.preset!r}, section {stage!r}").parse_known_args(preset_argv)
     parser = _parser(config_cls, prog)
     parser.set_defaults(**nulls)
     return parser.parse_args_into_dataclasses(preset_argv + argv)[0]

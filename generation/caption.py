@@ -1,0 +1,219 @@
+"""Stage 2a: caption ~1% unlabeled target-camera images with BLIP-2 (paper §III-B).
+
+The paper fine-tunes on 1% of the target data without labels: 378 VeRi-776 and 527 CityFlowV2 images. This
+stage picks that subset deterministically (`--fraction` or `--num_images`, seeded; the list is saved), captions it
+in batches, and writes an imagefolder that `datasets.load_dataset("imagefolder", data_dir=DIR)` and the
+fine-tuning script read: `DIR/train/*.png|jpg` + `DIR/train/metadata.jsonl` (`file_name`, `text`, `source`).
+
+    vehicle-diff caption --input_images /data/VeRi/image_train --fraction 0.01 --output_dir out/captions
+    accelerate launch --num_processes 4 -m generation.caption --input_images /data/VeRi/image_train ...
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vehicle_diff.config import parse_config, save_config
+from vehicle_diff.errors import UserInputError
+from vehicle_diff.io import atomic_path
+from vehicle_diff.records import check_plan, done_batches, iter_records, write_shard
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+
+
+def list_images(folder: str) -> list[Path]:
+    """Every file with an image suffix under `folder`, recursively, in a stable order."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise UserInputError(f"--input_images {folder}: not a folder")
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def select_subset(count: int, *, fraction: float | None, num_images: int | None, seed: int) -> list[int]:
+    """Indices of the images to caption: a seeded sample of `num_images`, or of ceil(fraction x count)."""
+    wanted = num_images if num_images is not None else math.ceil(fraction * count)
+    if wanted > count:
+        raise UserInputError(f"--num_images {wanted} is more than the {count} input images")
+    return sorted(random.Random(seed).sample(range(count), wanted))
+
+
+def caption_text(caption: str, prefix: str) -> str:
+    caption = " ".join(caption.split())
+    return f"{prefix.strip()} {caption}".strip() if prefix else caption
+
+
+@dataclass
+class CaptionConfig:
+    """Caption a seeded ~1% of unlabeled target images with BLIP-2 into an imagefolder for fine-tuning."""
+
+    output_dir: str = field(
+        default="vehicle-diff-output/captions", metadata={"help": "imagefolder: train/ + metadata.jsonl"}
+    )
+    preset: str = field(default="paper", metadata={"help": "paper, tiny, or a YAML file"})
+    input_images: str | None = field(default=None, metadata={"help": "folder of unlabeled target images (recursive)"})
+    input_dataset: str | None = field(
+        default=None, metadata={"help": "or a datasets name / folder with an image column"}
+    )
+    image_column: str = "image"
+    split: str = "train"
+    fraction: float = field(default=0.01, metadata={"help": "share of the images to caption (paper: 1%%)"})
+    num_images: int | None = field(default=None, metadata={"help": "exact count instead of --fraction"})
+    seed: int = 0
+    caption_model: str = field(default="Salesforce/blip2-opt-2.7b", metadata={"help": "BLIP-2 id or folder"})
+    prompt_prefix: str = field(
+        default="", metadata={"help": "prepended to every caption, e.g. 'a photo of a vehicle,'"}
+    )
+    max_new_tokens: int = 30
+    batch_size: int = 16
+    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16"})
+
+    def __post_init__(self):
+        if (self.input_images is None) == (self.input_dataset is None):
+            raise UserInputError("give exactly one of --input_images FOLDER or --input_dataset NAME")
+        if self.num_images is None and not 0 < self.fraction <= 1:
+            raise UserInputError(f"--fraction must be in (0, 1] (got {self.fraction})")
+        if self.num_images is not None and self.num_images <= 0:
+            raise UserInputError(f"--num_images must be positive (got {self.num_images})")
+        if self.batch_size <= 0 or self.max_new_tokens <= 0:
+            raise UserInputError("--batch_size and --max_new_tokens must be positive")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise UserInputError(f"--mixed_precision {self.mixed_precision!r}: use no, fp16 or bf16")
+
+
+class ImageSource:
+    """The input images by index, from a folder or a `datasets` dataset, as (name, loader) pairs."""
+
+    def __init__(self, config: CaptionConfig):
+        if config.input_images:
+            self.files = list_images(config.input_images)
+            self.names = [str(p.relative_to(config.input_images)) for p in self.files]
+            self.dataset = None
+        else:
+            import datasets
+
+            try:
+                self.dataset = datasets.load_dataset(config.input_dataset, split=config.split)
+            except (FileNotFoundError, ValueError, datasets.exceptions.DatasetNotFoundError) as error:
+                raise UserInputError(f"--input_dataset {config.input_dataset}: cannot be loaded ({error})") from error
+            if config.image_column not in self.dataset.column_names:
+                raise UserInputError(f"--input_dataset {config.input_dataset}: no column {config.image_column!r} "
+                                     f"(columns: {self.dataset.column_names}); set --image_column")  # fmt: skip
+            self.dataset = self.dataset.cast_column(config.image_column, datasets.Image(decode=False))
+            self.names = [f"{config.split}/{i:07d}" for i in range(len(self.dataset))]
+            self.column = config.image_column
+        if not self.names:
+            raise UserInputError(f"{config.input_images or config.input_dataset}: no images found")
+
+    def __len__(self):
+        return len(self.names)
+
+    def load(self, index: int):
+        """(RGB image, original bytes, suffix) or raises OSError/ValueError for an unreadable image."""
+        import io
+
+        from PIL import Image
+
+        if self.dataset is None:
+            data, suffix = self.files[index].read_bytes(), self.files[index].suffix.lower()
+        else:
+            cell = self.dataset[index][self.column]
+            data = cell["bytes"] if cell.get("bytes") else Path(cell["path"]).read_bytes()
+            suffix = Path(cell.get("path") or "x.png").suffix.lower() or ".png"
+        with Image.open(io.BytesIO(data)) as image:
+            return image.convert("RGB"), data, suffix
+
+
+def main(argv: list[str] | None = None) -> Path:
+    config = parse_config(CaptionConfig, "caption", argv)
+    import torch
+    from accelerate import PartialState
+    from PIL import UnidentifiedImageError
+    from tqdm.auto import tqdm
+
+    from vehicle_diff.models import load_blip2
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    out_dir = Path(config.output_dir)
+    shards_dir = out_dir / ".shards"
+    source = ImageSource(config)
+    selected = select_subset(len(source), fraction=config.fraction, num_images=config.num_images, seed=config.seed)
+    num_batches = math.ceil(len(selected) / config.batch_size)
+    if state.is_main_process:
+        check_plan(out_dir, {"images": len(source), "selected": len(selected), "seed": config.seed,
+                             "caption_model": config.caption_model, "prompt_prefix": config.prompt_prefix,
+                             "batch_size": config.batch_size})  # fmt: skip
+        with atomic_path(out_dir / "selection.json") as tmp:
+            tmp.write_text(json.dumps({"source": config.input_images or config.input_dataset, "total": len(source),
+                                       "seed": config.seed, "selected": [source.names[i] for i in selected]}, indent=1))  # fmt: skip
+        save_config(config, out_dir / "config.yaml", stage="caption")
+    state.wait_for_everyone()
+
+    todo = sorted(set(range(num_batches)) - done_batches(shards_dir))
+    mine = todo[state.process_index :: state.num_processes]
+    if mine:
+        dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[config.mixed_precision]
+        model, processor = load_blip2(config.caption_model, torch_dtype=dtype)
+        model.to(state.device).eval()
+        progress = tqdm(total=sum(len(selected[b * config.batch_size : (b + 1) * config.batch_size]) for b in mine),
+                        desc=f"caption [process {state.process_index}]", unit="img", position=state.process_index)  # fmt: skip
+        for batch_index in mine:
+            indices = selected[batch_index * config.batch_size : (batch_index + 1) * config.batch_size]
+            records, images = [], []
+            for index in indices:
+                record = {"index": index, "source": source.names[index]}
+                try:
+                    image, data, suffix = source.load(index)
+                except (OSError, ValueError, SyntaxError) as error:
+                    reason = (
+                        "not an image PIL can identify" if isinstance(error, UnidentifiedImageError) else str(error)
+                    )
+                    records.append({**record, "error": f"{type(error).__name__}: {reason}"})
+                    continue
+                file_name = f"{index:07d}{suffix}"
+                with atomic_path(out_dir / "train" / file_name) as tmp:
+                    tmp.write_bytes(data)
+                records.append({**record, "file_name": file_name})
+                images.append(image)
+            if images:
+                inputs = processor(images=images, return_tensors="pt").to(state.device, dtype)
+                with torch.no_grad():
+                    generated = model.generate(**inputs, max_new_tokens=config.max_new_tokens, min_new_tokens=1)
+                captions = iter(processor.batch_decode(generated, skip_special_tokens=True))
+                for record in records:
+                    if "file_name" in record:
+                        record["text"] = caption_text(next(captions), config.prompt_prefix)
+            write_shard(shards_dir, batch_index, records)
+            progress.update(len(indices))
+        progress.close()
+    state.wait_for_everyone()
+
+    if state.is_main_process:
+        if len(done_batches(shards_dir)) < num_batches:
+            raise UserInputError(f"{out_dir}: captioning is unfinished; re-run the same command to finish it")
+        records = list(iter_records(shards_dir))
+        captioned = [r for r in records if "text" in r]
+        skipped = [r for r in records if "error" in r]
+        with atomic_path(out_dir / "train" / "metadata.jsonl") as tmp:
+            tmp.write_text("".join(json.dumps({"file_name": r["file_name"], "text": r["text"], "source": r["source"],
+                                               "caption_model": config.caption_model}) + "\n" for r in captioned))  # fmt: skip
+        with atomic_path(out_dir / "skipped.jsonl") as tmp:
+            tmp.write_text("".join(json.dumps({"source": r["source"], "error": r["error"]}) + "\n" for r in skipped))
+        with atomic_path(out_dir / "captions.json") as tmp:
+            tmp.write_text(json.dumps({"caption_model": config.caption_model, "captioned": len(captioned),
+                                       "skipped": len(skipped), "source": config.input_images or config.input_dataset,
+                                       "total_images": len(source)}, indent=2))  # fmt: skip
+        print(f"captioned {len(captioned)} of {len(source)} images ({len(skipped)} unreadable, see skipped.jsonl) "
+              f"with {config.caption_model}\nimagefolder: {out_dir / 'train'} (metadata.jsonl)")  # fmt: skip
+        if captioned:
+            print(f"  e.g. {captioned[0]['file_name']}: {captioned[0]['text']!r}")
+    return out_dir
+
+
+if __name__ == "__main__":
+    from vehicle_diff.cli import run_main
+
+    run_main(main)

@@ -1,0 +1,137 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import datasets
+import numpy as np
+import pytest
+from PIL import Image
+
+from generation.caption import caption_text, main, select_subset
+from vehicle_diff.errors import UserInputError
+
+
+def test_subset_is_seeded_sorted_and_sized():
+    assert select_subset(37800, fraction=0.01, num_images=None, seed=0) == select_subset(
+        37800, fraction=0.01, num_images=None, seed=0
+    )
+    assert len(select_subset(37800, fraction=0.01, num_images=None, seed=0)) == 378  # VeRi-776's 1%
+    assert select_subset(10, fraction=0.5, num_images=None, seed=1) != select_subset(
+        10, fraction=0.5, num_images=None, seed=2
+    )
+    assert select_subset(5, fraction=0.01, num_images=5, seed=0) == [0, 1, 2, 3, 4]
+    with pytest.raises(UserInputError, match="more than the 5 input images"):
+        select_subset(5, fraction=0.01, num_images=6, seed=0)
+
+
+def test_caption_text_prefix_and_whitespace():
+    assert caption_text("  a red  car ", "") == "a red car"
+    assert caption_text("a red car", "a photo of a vehicle,") == "a photo of a vehicle, a red car"
+
+
+@pytest.fixture
+def target_folder(tmp_path):
+    """Ten small images in nested folders, a corrupt eleventh among them, and a text file."""
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        folder = tmp_path / "cams" / f"c{i % 3:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(folder / f"{i:04d}.jpg")
+    (tmp_path / "cams" / "c001" / "0005.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "cams" / "notes.txt").write_text("ignored")
+    return tmp_path / "cams"
+
+
+def args(source, out_dir, *extra):
+    return [
+        "--preset",
+        "tiny",
+        "--input_images",
+        str(source),
+        "--fraction",
+        "1.0",
+        "--output_dir",
+        str(out_dir),
+        *extra,
+    ]
+
+
+def test_captions_an_imagefolder_and_lists_unreadable_files(tiny_zoo, target_folder, tmp_path):
+    out = main(args(target_folder, tmp_path / "cap", "--prompt_prefix", "a photo of a vehicle,"))
+    data = datasets.load_dataset("imagefolder", data_dir=str(out), split="train")
+    assert data.num_rows == 10
+    assert all(
+        text.startswith("a photo of a vehicle, ") and len(text) > len("a photo of a vehicle, ") for text in data["text"]
+    )
+    assert set(data["caption_model"]) == {"tiny:blip2"}
+    skipped = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
+    assert [s["source"] for s in skipped] == ["c001/0005.jpg"]
+    selection = json.loads((out / "selection.json").read_text())
+    assert len(selection["selected"]) == 11 and selection["seed"] == 0
+
+
+def test_sigkill_then_rerun_equals_an_uninterrupted_run(tiny_zoo, target_folder, tmp_path):
+    def command(out_dir):
+        return [sys.executable, "-m", "generation.caption", *args(target_folder, out_dir, "--batch_size", "1")]
+
+    process = subprocess.Popen(command(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shards = tmp_path / "killed" / ".shards"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(shards.glob("batch-*.jsonl"))) < 2:
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert 2 <= len(list(shards.glob("batch-*.jsonl"))) < 11
+    subprocess.run(command(tmp_path / "killed"), check=True, capture_output=True)
+    subprocess.run(command(tmp_path / "straight"), check=True, capture_output=True)
+    for name in ("train/metadata.jsonl", "skipped.jsonl"):
+        assert (tmp_path / "killed" / name).read_text() == (tmp_path / "straight" / name).read_text()
+
+
+def test_hf_dataset_input(tiny_zoo, tmp_path):
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(4)]
+    datasets.Dataset.from_dict({"photo": images}).cast_column("photo", datasets.Image()).save_to_disk(
+        str(tmp_path / "ds")
+    )
+    parquet = tmp_path / "pq"
+    parquet.mkdir()
+    datasets.load_from_disk(str(tmp_path / "ds")).to_parquet(str(parquet / "train.parquet"))
+    out = main(["--preset", "tiny", "--input_dataset", str(parquet), "--image_column", "photo", "--num_images", "3",
+                "--output_dir", str(tmp_path / "cap")])  # fmt: skip
+    assert datasets.load_dataset("imagefolder", data_dir=str(out), split="train").num_rows == 3
+    with pytest.raises(UserInputError, match="no column 'image'"):
+        main(["--preset", "tiny", "--input_dataset", str(parquet), "--output_dir", str(tmp_path / "c2")])
+
+
+def test_two_processes_split_the_batches(tiny_zoo, target_folder, tmp_path):
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "-m",
+               "generation.caption", *args(target_folder, tmp_path / "cap", "--batch_size", "2")]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "caption [process 1]" in result.stderr
+    lines = (tmp_path / "cap" / "train" / "metadata.jsonl").read_text().splitlines()
+    assert len(lines) == 10 and len({json.loads(line)["file_name"] for line in lines}) == 10
+
+
+def test_bad_input(tmp_path):
+    with pytest.raises(UserInputError, match="exactly one of"):
+        main(["--preset", "tiny", "--output_dir", str(tmp_path / "c")])
+    with pytest.raises(UserInputError, match=r"--fraction must be in \(0, 1\]"):
+        main(
+            [
+                "--preset",
+                "tiny",
+                "--input_images",
+                str(tmp_path),
+                "--fraction",
+                "0",
+                "--output_dir",
+                str(tmp_path / "c"),
+            ]
+        )
+    with pytest.raises(UserInputError, match="no images found"):
+        main(["--preset", "tiny", "--input_images", str(tmp_path), "--output_dir", str(tmp_path / "c")])

@@ -1,0 +1,162 @@
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from training.finetune_lora import CaptionedImages, augment, lora_target_modules, main, warmup_steps
+from vehicle_diff.errors import UserInputError
+
+UNET_UP = "unet.up_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
+
+
+def test_lora_scopes():
+    up = lora_target_modules("up_blocks")
+    assert re.fullmatch(up, "up_blocks.0.attentions.1.transformer_blocks.0.attn2.to_out.0")
+    assert not re.fullmatch(up, "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q")
+    assert not re.fullmatch(up, "up_blocks.0.attentions.1.proj_in")
+    assert lora_target_modules("all") == ["to_q", "to_k", "to_v", "to_out.0"]
+    assert lora_target_modules(r".*mid_block.*to_q") == r".*mid_block.*to_q"
+    with pytest.raises(UserInputError, match="not up_blocks, all, or a valid regular expression"):
+        lora_target_modules("([")
+
+
+def test_warmup_counts_epochs_like_the_paper_unless_steps_are_given():
+    assert (
+        warmup_steps(warmup_epochs=20, steps_per_epoch=378, explicit_steps=None) == 7560
+    )  # 20 of 100 epochs on VeRi's 378
+    assert warmup_steps(warmup_epochs=20, steps_per_epoch=378, explicit_steps=10) == 10
+
+
+def test_augment_resizes_crops_and_records_micro_conditioning():
+    import random
+
+    image = Image.new("RGB", (200, 100), "red")
+    pixels, time_ids = augment(image, resolution=64, center_crop=True, random_flip=False, rng=random.Random(0))
+    assert pixels.shape == (3, 64, 64) and pixels.min() >= -1 and pixels.max() <= 1
+    assert time_ids.tolist() == [100, 200, 0, 32, 64, 64]  # original (h, w), crop (top, left), target (h, w)
+    _, random_ids = augment(image, resolution=64, center_crop=False, random_flip=True, rng=random.Random(3))
+    assert random_ids[2] == 0 and 0 <= random_ids[3] <= 64
+
+
+def test_augmentation_depends_on_seed_epoch_and_index_only(tiny_captions):
+    import datasets
+
+    data = datasets.load_dataset("imagefolder", data_dir=str(tiny_captions), split="train")
+    def make():
+        options = {"resolution": 32, "center_crop": False, "random_flip": True, "seed": 0}
+        return CaptionedImages(data, image_column="image", caption_column="text", **options)
+
+    a, b = make(), make()
+    assert torch.equal(a[3]["time_ids"], b[3]["time_ids"]) and torch.equal(a[3]["pixel_values"], b[3]["pixel_values"])
+    b.epoch = 1
+    assert any(not torch.equal(a[i]["pixel_values"], b[i]["pixel_values"]) for i in range(len(data)))
+
+
+def tiny_args(captions, out_dir, *extra):
+    return ["--preset", "tiny", "--train_data_dir", str(captions), "--output_dir", str(out_dir), *extra]
+
+
+def test_finetune_writes_an_up_blocks_lora_that_stock_diffusers_loads(tiny_captions, tmp_path):
+    out = main(tiny_args(tiny_captions, tmp_path / "lora"))
+    weights = load_file(out / "pytorch_lora_weights.safetensors")
+    assert weights and all(key.startswith("unet.up_blocks.") for key in weights)
+    assert f"{UNET_UP}.lora.down.weight" in weights and weights[f"{UNET_UP}.lora.down.weight"].shape[0] == 4
+
+    from vehicle_diff.models import load_sdxl_pipeline
+
+    pipe = load_sdxl_pipeline("tiny:sdxl")
+    pipe.load_lora_weights(str(out), weight_name="pytorch_lora_weights.safetensors")
+    assert pipe.get_list_adapters()["unet"]
+    card = (out / "README.md").read_text()
+    assert (
+        "base_model: tiny:sdxl" in card and "rank 4" in card and "tiny:blip2" in card and "6 unlabeled images" in card
+    )
+    assert (out / "validation.png").is_file()
+    assert "black or non-finite images: 0" in card
+
+
+def test_scope_all_and_text_encoder_training(tiny_captions, tmp_path):
+    out = main(
+        tiny_args(
+            tiny_captions, tmp_path / "lora", "--lora_scope", "all", "--train_text_encoder", "--max_train_steps", "2"
+        )
+    )
+    keys = load_file(out / "pytorch_lora_weights.safetensors").keys()
+    assert any(k.startswith("unet.down_blocks.") for k in keys)
+    assert any(k.startswith("text_encoder.") for k in keys) and any(k.startswith("text_encoder_2.") for k in keys)
+
+
+def test_resume_gives_the_same_lora_as_an_uninterrupted_run(tiny_captions, tmp_path, monkeypatch):
+    flags = ["--max_train_steps", "4", "--checkpointing_steps", "2", "--validation_prompts", "a car"]
+    straight = load_file(
+        main(tiny_args(tiny_captions, tmp_path / "straight", *flags)) / "pytorch_lora_weights.safetensors"
+    )
+
+    from accelerate import Accelerator
+
+    save_state = Accelerator.save_state
+
+    class Crash(Exception):
+        pass
+
+    def save_then_crash(self, *args, **kwargs):
+        save_state(self, *args, **kwargs)
+        raise Crash
+
+    monkeypatch.setattr(Accelerator, "save_state", save_then_crash)
+    with pytest.raises(Crash):
+        main(tiny_args(tiny_captions, tmp_path / "resumed", *flags))
+    monkeypatch.setattr(Accelerator, "save_state", save_state)
+    resumed = main(tiny_args(tiny_captions, tmp_path / "resumed", *flags, "--resume_from_checkpoint", "latest"))
+    resumed = load_file(resumed / "pytorch_lora_weights.safetensors")
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], atol=1e-6, rtol=0)
+    assert not torch.equal(
+        straight[f"{UNET_UP}.lora.up.weight"], torch.zeros_like(straight[f"{UNET_UP}.lora.up.weight"])
+    )
+
+
+def test_cached_inputs_train(tiny_captions, tmp_path):
+    out = main(tiny_args(tiny_captions, tmp_path / "lora", "--cache_inputs", "--max_train_steps", "3"))
+    assert (out / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_bad_training_sets_fail_before_any_model_loads(tiny_captions, tmp_path):
+    empty = tmp_path / "empty"
+    (empty / "train").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(empty / "train" / "a.png")
+    (empty / "train" / "metadata.jsonl").write_text(json.dumps({"file_name": "a.png", "text": "  "}) + "\n")
+    with pytest.raises(UserInputError, match="1 without a caption"):
+        main(tiny_args(empty, tmp_path / "lora"))
+    with pytest.raises(UserInputError, match="missing column"):
+        main(tiny_args(tiny_captions, tmp_path / "lora", "--caption_column", "prompt"))
+    with pytest.raises(UserInputError, match="not a folder"):
+        main(tiny_args(tmp_path / "absent", tmp_path / "lora"))
+    with pytest.raises(UserInputError, match="--resolution must be a positive multiple of 8"):
+        main(tiny_args(tiny_captions, tmp_path / "lora", "--resolution", "60"))
+    with pytest.raises(
+        UserInputError, match=r"(?s)'stabilityai/stable-diffusion-xl-base-1.0'.*--pretrained_model_name_or_path"
+    ):
+        main(
+            tiny_args(
+                tiny_captions,
+                tmp_path / "lora",
+                "--pretrained_model_name_or_path",
+                "stabilityai/stable-diffusion-xl-base-1.0",
+            )
+        )
+
+
+def test_two_processes_train_with_gloo(tiny_captions, tmp_path):
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "-m",
+               "training.finetune_lora", *tiny_args(tiny_captions, tmp_path / "lora", "--max_train_steps", "2")]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert load_file(tmp_path / "lora" / "pytorch_lora_weights.safetensors")

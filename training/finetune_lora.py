@@ -1,0 +1,511 @@
+"""Stage 2b: fine-tune SDXL with LoRA on the captioned target images (paper §III-B, §IV-A).
+
+The paper adds weights "in the decoder part" while the pre-trained weights stay frozen: LoRA (peft) on the
+attention projections of the UNet's up blocks (`--lora_scope up_blocks`), text encoders frozen (the candidate it
+chose; `--train_text_encoder` gives the other). MSE on the scheduler's target, Adam at 1e-4 with a polynomial
+schedule, 100 epochs of which the first 20 warm up. Output: `pytorch_lora_weights.safetensors` in diffusers'
+format, reloaded with stock `StableDiffusionXLPipeline.load_lora_weights` to render a validation grid, and a card.
+
+    accelerate launch -m training.finetune_lora --train_data_dir out/captions --output_dir out/lora
+    vehicle-diff finetune --preset tiny --train_data_dir out/captions --output_dir out/lora
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from vehicle_diff.config import parse_config, save_config
+from vehicle_diff.errors import UserInputError
+
+UNET_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
+TEXT_ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
+LORA_FILE = "pytorch_lora_weights.safetensors"
+
+
+def lora_target_modules(scope: str) -> str | list[str]:
+    """peft `target_modules` for a scope: `up_blocks` (the decoder side), `all` (every UNet attention
+    projection) or a regular expression matched against full module names."""
+    projections = "|".join(re.escape(name) for name in UNET_ATTENTION)
+    if scope == "up_blocks":
+        return rf".*up_blocks\..*\.({projections})"
+    if scope == "all":
+        return list(UNET_ATTENTION)
+    try:
+        re.compile(scope)
+    except re.error as error:
+        raise UserInputError(
+            f"--lora_scope {scope!r}: not up_blocks, all, or a valid regular expression ({error})"
+        ) from None
+    return scope
+
+
+def warmup_steps(*, warmup_epochs: float, steps_per_epoch: int, explicit_steps: int | None) -> int:
+    """The paper counts warm-up in epochs (20 of 100); an explicit step count wins."""
+    return explicit_steps if explicit_steps is not None else round(warmup_epochs * steps_per_epoch)
+
+
+def augment(image, *, resolution: int, center_crop: bool, random_flip: bool, rng: random.Random):
+    """Resize the shorter side to `resolution`, crop a square (random or central), maybe flip. Returns the
+    pixels in [-1, 1] and SDXL's micro-conditioning: original (h, w) and the crop's (top, left)."""
+    import torch
+    from torchvision.transforms import functional as F
+
+    original_size = (image.height, image.width)
+    image = F.resize(image, resolution, interpolation=F.InterpolationMode.BILINEAR)
+    if center_crop:
+        top, left = (image.height - resolution) // 2, (image.width - resolution) // 2
+    else:
+        top, left = rng.randint(0, image.height - resolution), rng.randint(0, image.width - resolution)
+    image = F.crop(image, top, left, resolution, resolution)
+    if random_flip and rng.random() < 0.5:
+        image = F.hflip(image)
+    pixels = F.normalize(F.to_tensor(image), [0.5], [0.5])
+    return pixels, torch.tensor([*original_size, top, left, resolution, resolution])
+
+
+class CaptionedImages:
+    """Map-style dataset over an imagefolder; augmentation is drawn from (seed, epoch, index) alone, so it is
+    the same on any number of processes and after a resume."""
+
+    def __init__(self, hf_dataset, *, image_column: str, caption_column: str, resolution: int, center_crop: bool,
+                 random_flip: bool, seed: int):  # fmt: skip
+        self.data, self.image_column, self.caption_column = hf_dataset, image_column, caption_column
+        self.options = {"resolution": resolution, "center_crop": center_crop, "random_flip": random_flip}
+        self.seed, self.epoch = seed, 0
+        self.indices_only = False  # set once the model inputs are cached: no image is decoded then
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> dict:
+        if self.indices_only:
+            return {"index": index}
+        row = self.data[index]
+        rng = random.Random(f"{self.seed}/{self.epoch}/{index}")
+        pixels, time_ids = augment(row[self.image_column].convert("RGB"), rng=rng, **self.options)
+        return {"pixel_values": pixels, "time_ids": time_ids, "caption": row[self.caption_column], "index": index}
+
+
+def collate(examples: list[dict]) -> dict:
+    import torch
+
+    batch = {"indices": [e["index"] for e in examples]}
+    if "pixel_values" in examples[0]:
+        batch["pixel_values"] = torch.stack([e["pixel_values"] for e in examples])
+        batch["time_ids"] = torch.stack([e["time_ids"] for e in examples])
+        batch["captions"] = [e["caption"] for e in examples]
+    return batch
+
+
+def encode_prompt(text_encoders, tokenizers, captions: list[str], device):
+    """SDXL's conditioning: both encoders' penultimate hidden states, concatenated, and encoder 2's pooled,
+    projected embedding."""
+    import torch
+
+    hidden_states = []
+    for tokenizer, encoder in zip(tokenizers, text_encoders, strict=True):
+        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids  # fmt: skip
+        output = encoder(ids.to(device), output_hidden_states=True)
+        pooled = output[0]
+        hidden_states.append(output.hidden_states[-2])
+    return torch.cat(hidden_states, dim=-1), pooled
+
+
+class TrainingProgress:
+    """The optimizer-step counter, saved and restored with accelerate's checkpoints."""
+
+    def __init__(self):
+        self.step = 0
+
+    def state_dict(self):
+        return {"step": self.step}
+
+    def load_state_dict(self, state):
+        self.step = state["step"]
+
+
+def read_training_set(config: FinetuneConfig):
+    """The imagefolder, checked before any model is loaded."""
+    import datasets
+
+    if not Path(config.train_data_dir).is_dir():
+        raise UserInputError(
+            f"--train_data_dir {config.train_data_dir}: not a folder; run `vehicle-diff caption` first"
+        )
+    try:
+        data = datasets.load_dataset("imagefolder", data_dir=config.train_data_dir, split="train")
+    except (FileNotFoundError, ValueError, datasets.exceptions.DatasetGenerationError) as error:
+        raise UserInputError(
+            f"--train_data_dir {config.train_data_dir}: not an imagefolder with images ({error})"
+        ) from error
+    missing = [c for c in (config.image_column, config.caption_column) if c not in data.column_names]
+    if missing:
+        raise UserInputError(f"--train_data_dir {config.train_data_dir}: missing column(s) {missing} (has "
+                             f"{data.column_names}); captions come from metadata.jsonl's `text`")  # fmt: skip
+    empty = [i for i, text in enumerate(data[config.caption_column]) if not text or not str(text).strip()]
+    if len(data) == 0 or empty:
+        raise UserInputError(f"--train_data_dir {config.train_data_dir}: {len(data)} images, {len(empty)} without a "
+                             "caption; every image needs a non-empty caption")  # fmt: skip
+    return data
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tune SDXL with LoRA on captioned target images (an accelerate script)."""
+
+    output_dir: str = field(
+        default="vehicle-diff-output/lora", metadata={"help": "LoRA, checkpoints, validation grid, card"}
+    )
+    preset: str = field(default="paper", metadata={"help": "paper, tiny, or a YAML file"})
+    train_data_dir: str = field(default="vehicle-diff-output/captions", metadata={"help": "imagefolder from `caption`"})
+    image_column: str = "image"
+    caption_column: str = "text"
+    pretrained_model_name_or_path: str = "stabilityai/stable-diffusion-xl-base-1.0"
+    revision: str | None = None
+    pretrained_vae_model_name_or_path: str | None = field(default=None, metadata={"help": "e.g. an fp16-safe SDXL VAE"})
+    lora_scope: str = field(default="up_blocks", metadata={"help": "up_blocks (paper: decoder side), all, or a regex"})
+    rank: int = 4
+    lora_alpha: int = 4
+    train_text_encoder: bool = field(default=False, metadata={"help": "also LoRA on both text encoders"})
+    resolution: int = 1024
+    center_crop: bool = False
+    random_flip: bool = True
+    train_batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    num_train_epochs: int = 100
+    max_train_steps: int | None = field(default=None, metadata={"help": "overrides --num_train_epochs"})
+    learning_rate: float = 1e-4
+    optimizer: str = field(default="adam", metadata={"help": "adam (paper) or adamw"})
+    adam_weight_decay: float = field(default=0.0, metadata={"help": "AdamW's decoupled decay (1e-2 is common)"})
+    lr_scheduler: str = field(default="polynomial", metadata={"help": "a diffusers schedule name"})
+    lr_warmup_epochs: float = field(default=20, metadata={"help": "warm-up, in epochs (paper: 20 of 100)"})
+    lr_warmup_steps: int | None = field(default=None, metadata={"help": "warm-up in optimizer steps; overrides epochs"})
+    max_grad_norm: float = 1.0
+    prediction_type: str | None = field(
+        default=None, metadata={"help": "epsilon or v_prediction; default: the scheduler's"}
+    )
+    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16 (the VAE stays fp32)"})
+    gradient_checkpointing: bool = False
+    cache_inputs: bool = field(
+        default=False, metadata={"help": "encode latents (+ frozen text) once; augmentation fixed"}
+    )
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int = 3
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "latest, or a checkpoint folder"})
+    seed: int = 0
+    dataloader_num_workers: int = 0
+    validation_prompts: list[str] = field(default_factory=lambda: [
+        "a red 2012 Toyota Camry sedan driving down the road.",
+        "a white 2018 Ford F-150 pickup truck driving down the road.",
+        "a black 2015 BMW X5 SUV driving down the road.",
+        "a blue 2010 Honda Odyssey van driving down the road.",
+    ])  # fmt: skip
+    validation_seeds: int = field(default=2, metadata={"help": "seeds per validation prompt"})
+    validation_inference_steps: int = 30
+
+    def __post_init__(self):
+        if self.resolution <= 0 or self.resolution % 8:
+            raise UserInputError(f"--resolution must be a positive multiple of 8 (got {self.resolution})")
+        for name in ("rank", "lora_alpha", "train_batch_size", "gradient_accumulation_steps", "num_train_epochs",
+                     "checkpointing_steps", "checkpoints_total_limit"):  # fmt: skip
+            if getattr(self, name) <= 0:
+                raise UserInputError(f"--{name} must be positive (got {getattr(self, name)})")
+        if self.max_train_steps is not None and self.max_train_steps <= 0:
+            raise UserInputError(f"--max_train_steps must be positive (got {self.max_train_steps})")
+        if self.optimizer not in ("adam", "adamw"):
+            raise UserInputError(f"--optimizer {self.optimizer!r}: use adam or adamw")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise UserInputError(f"--mixed_precision {self.mixed_precision!r}: use no, fp16 or bf16")
+        if self.prediction_type not in (None, "epsilon", "v_prediction"):
+            raise UserInputError(f"--prediction_type {self.prediction_type!r}: use epsilon or v_prediction")
+        lora_target_modules(self.lora_scope)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    config = parse_config(FinetuneConfig, "finetune", argv)
+    import torch
+    import torch.nn.functional as F
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+    from diffusers import DDPMScheduler, StableDiffusionXLPipeline
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import cast_training_params
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+    from tqdm.auto import tqdm
+
+    from vehicle_diff.models import load_sdxl_pipeline
+
+    out_dir = Path(config.output_dir)
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),  # order from (seed, epoch) alone
+        project_config=ProjectConfiguration(
+            project_dir=str(out_dir), automatic_checkpoint_naming=True, total_limit=config.checkpoints_total_limit
+        ),  # fmt: skip
+    )
+    set_seed(config.seed)
+    data = read_training_set(config)
+
+    # frozen models: the base pipeline's parts, loaded with the stock loader
+    base = load_sdxl_pipeline(config.pretrained_model_name_or_path, revision=config.revision)
+    if config.pretrained_vae_model_name_or_path:
+        from diffusers import AutoencoderKL
+
+        base.vae = AutoencoderKL.from_pretrained(config.pretrained_vae_model_name_or_path)
+    unet, vae = base.unet, base.vae
+    text_encoders, tokenizers = [base.text_encoder, base.text_encoder_2], [base.tokenizer, base.tokenizer_2]
+    noise_scheduler = DDPMScheduler.from_config(base.scheduler.config)
+    if config.prediction_type:
+        noise_scheduler.register_to_config(prediction_type=config.prediction_type)
+    weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[config.mixed_precision]
+    for model in (unet, vae, *text_encoders):
+        model.requires_grad_(False)
+    unet.to(accelerator.device, dtype=weight_dtype)
+    # SDXL's own VAE overflows in fp16 (NaN / black images): keep it in fp32 unless an fp16-safe one is given
+    vae.to(accelerator.device, dtype=weight_dtype if config.pretrained_vae_model_name_or_path else torch.float32)
+    for encoder in text_encoders:
+        encoder.to(accelerator.device, dtype=weight_dtype)
+
+    # adapters
+    target_modules = lora_target_modules(config.lora_scope)
+    unet.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.lora_alpha, init_lora_weights="gaussian",
+                                target_modules=target_modules))  # fmt: skip
+    trained = [unet]
+    if config.train_text_encoder:
+        for encoder in text_encoders:  # peft directly: transformers' add_adapter wants a newer peft than PyPI has
+            inject_adapter_in_model(LoraConfig(r=config.rank, lora_alpha=config.lora_alpha, init_lora_weights="gaussian",
+                                               target_modules=list(TEXT_ATTENTION)), encoder)  # fmt: skip
+        trained += text_encoders
+    cast_training_params(trained, dtype=torch.float32)  # LoRA weights train in fp32 under mixed precision
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        for encoder in trained[1:]:
+            encoder.gradient_checkpointing_enable()
+    parameters = [p for model in trained for p in model.parameters() if p.requires_grad]
+    if not parameters:
+        raise UserInputError(f"--lora_scope {config.lora_scope!r} matched no module of the UNet")
+
+    # data
+    dataset = CaptionedImages(data, image_column=config.image_column, caption_column=config.caption_column,
+                              resolution=config.resolution, center_crop=config.center_crop,
+                              random_flip=config.random_flip, seed=config.seed)  # fmt: skip
+    loader = torch.utils.data.DataLoader(dataset, batch_size=config.train_batch_size, shuffle=True, collate_fn=collate,
+                                         num_workers=config.dataloader_num_workers,
+                                         generator=torch.Generator().manual_seed(config.seed))  # fmt: skip
+
+    def model_inputs(batch: dict):
+        """Latents, micro-conditioning and text conditioning of a batch (from the cache when there is one)."""
+        if cache:
+            entries = [cache[i] for i in batch["indices"]]
+            return tuple(torch.cat([entry[k] for entry in entries]) for k in range(4))
+        with torch.no_grad():
+            pixels = batch["pixel_values"].to(vae.device, vae.dtype)
+            latents = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
+        with torch.set_grad_enabled(config.train_text_encoder):
+            prompt_embeds, pooled = encode_prompt(text_encoders, tokenizers, batch["captions"], accelerator.device)
+        return latents, batch["time_ids"].to(accelerator.device), prompt_embeds, pooled
+
+    cache = {}
+    if config.cache_inputs:  # encode every image once, with the augmentation of epoch 0
+        if config.train_text_encoder:
+            raise UserInputError("--cache_inputs needs frozen text encoders (drop --train_text_encoder)")
+        indices = tqdm(range(len(dataset)), desc="caching inputs", disable=not accelerator.is_local_main_process)
+        cache = {index: model_inputs(collate([dataset[index]])) for index in indices}
+        dataset.indices_only = True
+
+    # optimizer and schedule
+    optimizer_cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
+    optimizer = optimizer_cls(parameters, lr=config.learning_rate, weight_decay=config.adam_weight_decay)
+    steps_per_epoch = math.ceil(len(loader) / accelerator.num_processes / config.gradient_accumulation_steps)
+    max_train_steps = config.max_train_steps or config.num_train_epochs * steps_per_epoch
+    num_epochs = math.ceil(max_train_steps / steps_per_epoch)
+    warmup = warmup_steps(warmup_epochs=config.lr_warmup_epochs, steps_per_epoch=steps_per_epoch,
+                          explicit_steps=config.lr_warmup_steps)  # fmt: skip
+    if warmup >= max_train_steps:  # a schedule needs at least one step after warm-up
+        accelerator.print(
+            f"warm-up of {warmup} steps shortened to {max_train_steps - 1}: training is {max_train_steps} steps"
+        )
+        warmup = max_train_steps - 1
+    lr_scheduler = get_scheduler(config.lr_scheduler, optimizer=optimizer, num_warmup_steps=warmup * accelerator.num_processes,
+                                 num_training_steps=max_train_steps * accelerator.num_processes)  # fmt: skip
+
+    prepared = accelerator.prepare(*trained, optimizer, loader, lr_scheduler)
+    trained, (optimizer, loader, lr_scheduler) = list(prepared[: len(trained)]), prepared[len(trained) :]
+    unet = trained[0]
+    if config.train_text_encoder:
+        text_encoders = trained[1:]
+    progress = TrainingProgress()
+    accelerator.register_for_checkpointing(progress)
+
+    if config.resume_from_checkpoint:
+        checkpoints = out_dir / "checkpoints"
+        path = None if config.resume_from_checkpoint == "latest" else config.resume_from_checkpoint
+        if path is None and not any(checkpoints.glob("checkpoint_*")):
+            accelerator.print(f"no checkpoint in {checkpoints}; starting from step 0")
+        else:
+            accelerator.load_state(path)
+            numbers = [int(p.name.split("_")[-1]) for p in checkpoints.glob("checkpoint_*")]
+            accelerator.project_configuration.iteration = max(numbers) + 1
+            accelerator.print(f"resumed at step {progress.step}")
+
+    save_config(config, out_dir / "config.yaml", stage="finetune")
+    bar = tqdm(total=max_train_steps, initial=progress.step, desc="finetune", unit="step",
+               disable=not accelerator.is_local_main_process)  # fmt: skip
+    first_epoch, first_step, started = progress.step // steps_per_epoch, progress.step, time.perf_counter()
+    for epoch in range(first_epoch, num_epochs):
+        dataset.epoch = epoch
+        loader.set_epoch(epoch)
+        skip = (
+            (progress.step - epoch * steps_per_epoch) * config.gradient_accumulation_steps
+            if epoch == first_epoch
+            else 0
+        )
+        for batch in accelerator.skip_first_batches(loader, skip) if skip else loader:
+            with accelerator.accumulate(*trained):
+                latents, time_ids, prompt_embeds, pooled = model_inputs(batch)
+                latents = latents.to(weight_dtype)
+                noise = torch.randn_like(latents)
+                timesteps = torch.randint(
+                    0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device
+                )
+                noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+                conditioning = {"text_embeds": pooled.to(weight_dtype), "time_ids": time_ids.to(weight_dtype)}
+                prediction = unet(
+                    noisy, timesteps, prompt_embeds.to(weight_dtype), added_cond_kwargs=conditioning
+                ).sample
+                if noise_scheduler.config.prediction_type == "epsilon":
+                    target = noise
+                else:
+                    target = noise_scheduler.get_velocity(latents, noise, timesteps)
+                loss = F.mse_loss(prediction.float(), target.float())
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad()
+            if accelerator.sync_gradients:
+                progress.step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
+                if progress.step % config.checkpointing_steps == 0:
+                    accelerator.save_state()
+                if progress.step >= max_train_steps:
+                    break
+        if progress.step >= max_train_steps:
+            break
+    bar.close()
+    seconds = time.perf_counter() - started
+    accelerator.wait_for_everyone()
+
+    if accelerator.is_main_process:
+        layers = {
+            "unet_lora_layers": convert_state_dict_to_diffusers(
+                get_peft_model_state_dict(accelerator.unwrap_model(unet))
+            )
+        }
+        if config.train_text_encoder:
+            for key, encoder in zip(
+                ("text_encoder_lora_layers", "text_encoder_2_lora_layers"), text_encoders, strict=True
+            ):
+                layers[key] = convert_state_dict_to_diffusers(
+                    get_peft_model_state_dict(accelerator.unwrap_model(encoder))
+                )
+        StableDiffusionXLPipeline.save_lora_weights(out_dir, safe_serialization=True, **layers)
+        images = (
+            (progress.step - first_step)
+            * config.train_batch_size
+            * config.gradient_accumulation_steps
+            * accelerator.num_processes
+        )
+        stats = {"steps": progress.step - first_step, "seconds": round(seconds, 3), "images_per_second": round(images / max(seconds, 1e-9), 3),
+                 "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                 "peak_cuda_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None}  # fmt: skip
+        (out_dir / "training_stats.json").write_text(json.dumps(stats, indent=2))
+        validation = validate(config, out_dir, accelerator.device)
+        write_card(config, out_dir, data, validation, steps=progress.step, epochs=num_epochs, warmup=warmup,
+                   target_modules=target_modules, num_tensors=sum(len(v) for v in layers.values()))  # fmt: skip
+        print(f"LoRA: {out_dir / LORA_FILE} ({progress.step} steps)\nvalidation grid: {out_dir / 'validation.png'}\n"
+              f"card: {out_dir / 'README.md'}")  # fmt: skip
+    accelerator.end_training()
+    return out_dir
+
+
+def validate(config: FinetuneConfig, out_dir: Path, device) -> dict:
+    """Reload the saved LoRA into a fresh stock pipeline and render the validation prompts (fixed seeds)."""
+    import numpy as np
+
+    from generation.generate import load_pipeline, render
+    from vehicle_diff.contact_sheet import contact_sheet
+    from vehicle_diff.io import atomic_path
+
+    pipe = load_pipeline(
+        config.pretrained_model_name_or_path,
+        revision=config.revision,
+        mixed_precision=config.mixed_precision,
+        device=device,
+    )
+    pipe.load_lora_weights(str(out_dir), weight_name=LORA_FILE)
+    prompts = [p for p in config.validation_prompts for _ in range(config.validation_seeds)]
+    seeds = [seed for _ in config.validation_prompts for seed in range(config.validation_seeds)]
+    size = config.resolution
+    images = render(pipe, prompts, seeds, num_inference_steps=config.validation_inference_steps, guidance_scale=8.0,
+                    height=size, width=size)  # fmt: skip
+    degenerate = sum(
+        1
+        for image in images
+        if not np.isfinite(np.asarray(image, dtype=np.float32)).all() or np.asarray(image).max() == 0
+    )
+    with atomic_path(out_dir / "validation.png") as tmp:
+        contact_sheet(images, [f"seed {s}" for s in seeds], columns=config.validation_seeds * 2,
+                      cell=min(size, 256)).save(tmp, format="PNG")  # fmt: skip
+    return {
+        "prompts": config.validation_prompts,
+        "seeds": list(range(config.validation_seeds)),
+        "black_or_nan": degenerate,
+    }
+
+
+def write_card(config: FinetuneConfig, out_dir: Path, data, validation: dict, **facts) -> None:
+    from importlib.resources import files
+
+    from huggingface_hub import ModelCard, ModelCardData
+
+    captions = Path(config.train_data_dir) / "captions.json"
+    caption_info = json.loads(captions.read_text()) if captions.exists() else {}
+    card_data = ModelCardData(
+        base_model=config.pretrained_model_name_or_path,
+        license="openrail++",  # SDXL base 1.0's license
+        library_name="diffusers",
+        pipeline_tag="text-to-image",
+        tags=["stable-diffusion-xl", "lora", "diffusers", "text-to-image", "vehicle-re-identification", "vehicle-diff"],
+    )
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(files("cards") / "lora_card.md"),
+        config=asdict(config),
+        caption_info=caption_info,
+        num_images=len(data),
+        validation=validation,
+        lora_file=LORA_FILE,
+        **facts,
+    )
+    card.save(out_dir / "README.md")
+
+
+if __name__ == "__main__":
+    from vehicle_diff.cli import run_main
+
+    run_main(main)
