@@ -88,3 +88,48 @@ def tiny_captions(tiny_generated, tmp_path_factory):
             str(out),
         ]
     )
+
+
+def write_images(folder, names, seed=0, size=(48, 64)):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(folder / name)
+
+
+@pytest.fixture(scope="session")
+def veri_folder(tmp_path_factory):
+    """A miniature VeRi-776 layout: 6 train ids, 4 test ids, 3 cameras, VVVV_cCCC_FRAME_0.jpg names."""
+    root = tmp_path_factory.mktemp("veri") / "VeRi"
+    write_images(
+        root / "image_train",
+        [f"{pid:04d}_c{cam:03d}_{frame:08d}_0.jpg" for pid in range(1, 7) for cam in (1, 2, 3) for frame in (1, 2)],
+    )
+    write_images(root / "image_query", [f"{pid:04d}_c001_{9:08d}_0.jpg" for pid in range(10, 14)], seed=1)
+    write_images(
+        root / "image_test",
+        [f"{pid:04d}_c{cam:03d}_{frame:08d}_0.jpg" for pid in range(10, 14) for cam in (1, 2) for frame in (1, 2)],
+        seed=2,
+    )
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory):
+    """A small dataset in the published layout: Parquet shards data/{train,query,gallery}-*.parquet."""
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    root = tmp_path_factory.mktemp("synthetic") / "dataset"
+    (root / "data").mkdir(parents=True)
+    for split, ids, per_id in (("train", range(8), 3), ("query", range(8, 11), 1), ("gallery", range(8, 11), 2)):
+        rows = [{"image": Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)), "vehicle_id": pid,
+                 "camera": (index + (1 if split == "gallery" else 0)) % 3} for pid in ids for index in range(per_id)]  # fmt: skip
+        table = datasets.Dataset.from_list(rows).cast_column("image", datasets.Image())
+        table.to_parquet(str(root / "data" / f"{split}-00000-of-00001.parquet"))
+    return root

@@ -43,3 +43,44 @@ def test_sampled_features_converge_to_the_known_distance():
     assert frechet_distance_of_features(x, y) == pytest.approx(4 + 0 + 4, rel=0.02)
     with pytest.raises(ValueError, match="at least 2"):
         feature_statistics(np.zeros((1, 3)))
+
+
+def test_fid_stage_with_local_inception_weights(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+    from torchvision.models import inception_v3
+
+    from tests.conftest import write_images
+    from training.fid import main
+    from vehicle_diff.errors import UserInputError
+
+    torch.manual_seed(0)
+    save_file(
+        inception_v3(weights=None, aux_logits=True, init_weights=True).state_dict(), tmp_path / "inception.safetensors"
+    )
+    write_images(tmp_path / "real", [f"{i}.png" for i in range(4)], seed=0)
+    write_images(tmp_path / "fake", [f"{i}.png" for i in range(4)], seed=1)
+    args = [
+        "--real_images",
+        str(tmp_path / "real"),
+        "--generated_images",
+        str(tmp_path / "fake"),
+        "--output_dir",
+        str(tmp_path / "out"),
+    ]
+    out = main([*args, "--inception_weights", str(tmp_path / "inception.safetensors")])
+    import json
+
+    result = json.loads((out / "fid.json").read_text())
+    assert result["real_images"] == 4 and result["generated_images"] == 4
+    from training.fid import image_features, inception_features_model
+
+    model = inception_features_model(str(tmp_path / "inception.safetensors"))
+    real = image_features(model, sorted((tmp_path / "real").glob("*.png")), 2, "cpu")
+    fake = image_features(model, sorted((tmp_path / "fake").glob("*.png")), 2, "cpu")
+    assert real.shape == (4, 2048)
+    assert result["fid"] == pytest.approx(frechet_distance_of_features(real, fake), rel=1e-6)
+    # random weights give huge activations: the distance of a set to itself is 0 up to float64 rounding
+    assert abs(frechet_distance_of_features(real, real)) <= 1e-9 * np.trace(np.cov(real, rowvar=False))
+    with pytest.raises(UserInputError, match="--inception_weights is required"):
+        main(args)

@@ -48,6 +48,7 @@ def test_augmentation_depends_on_seed_epoch_and_index_only(tiny_captions):
     import datasets
 
     data = datasets.load_dataset("imagefolder", data_dir=str(tiny_captions), split="train")
+
     def make():
         options = {"resolution": 32, "center_crop": False, "random_flip": True, "seed": 0}
         return CaptionedImages(data, image_column="image", caption_column="text", **options)

@@ -119,19 +119,6 @@ def encode_prompt(text_encoders, tokenizers, captions: list[str], device):
     return torch.cat(hidden_states, dim=-1), pooled
 
 
-class TrainingProgress:
-    """The optimizer-step counter, saved and restored with accelerate's checkpoints."""
-
-    def __init__(self):
-        self.step = 0
-
-    def state_dict(self):
-        return {"step": self.step}
-
-    def load_state_dict(self, state):
-        self.step = state["step"]
-
-
 def read_training_set(config: FinetuneConfig):
     """The imagefolder, checked before any model is loaded."""
     import datasets
@@ -243,6 +230,7 @@ def main(argv: list[str] | None = None) -> Path:
     from peft.utils import get_peft_model_state_dict
     from tqdm.auto import tqdm
 
+    from training.checkpointing import TrainingProgress, resume
     from vehicle_diff.models import load_sdxl_pipeline
 
     out_dir = Path(config.output_dir)
@@ -349,16 +337,8 @@ def main(argv: list[str] | None = None) -> Path:
     progress = TrainingProgress()
     accelerator.register_for_checkpointing(progress)
 
-    if config.resume_from_checkpoint:
-        checkpoints = out_dir / "checkpoints"
-        path = None if config.resume_from_checkpoint == "latest" else config.resume_from_checkpoint
-        if path is None and not any(checkpoints.glob("checkpoint_*")):
-            accelerator.print(f"no checkpoint in {checkpoints}; starting from step 0")
-        else:
-            accelerator.load_state(path)
-            numbers = [int(p.name.split("_")[-1]) for p in checkpoints.glob("checkpoint_*")]
-            accelerator.project_configuration.iteration = max(numbers) + 1
-            accelerator.print(f"resumed at step {progress.step}")
+    if resume(accelerator, out_dir, config.resume_from_checkpoint):
+        accelerator.print(f"resumed at step {progress.step}")
 
     save_config(config, out_dir / "config.yaml", stage="finetune")
     bar = tqdm(total=max_train_steps, initial=progress.step, desc="finetune", unit="step",

@@ -1,0 +1,69 @@
+import math
+
+import pytest
+import torch
+
+from training.reid_model import ReIDModel, backbone_spec, circle_loss
+
+
+def circle_reference(embeddings, labels, m, gamma):
+    """Sun et al.'s Eq. per anchor, written with loops."""
+    x = torch.nn.functional.normalize(embeddings.double(), dim=1)
+    losses = []
+    for i in range(len(labels)):
+        pos = [float(x[i] @ x[j]) for j in range(len(labels)) if j != i and labels[j] == labels[i]]
+        neg = [float(x[i] @ x[j]) for j in range(len(labels)) if labels[j] != labels[i]]
+        if not pos or not neg:
+            continue
+        sum_n = sum(math.exp(gamma * max(s + m, 0) * (s - m)) for s in neg)
+        sum_p = sum(math.exp(-gamma * max(1 + m - s, 0) * (s - (1 - m))) for s in pos)
+        losses.append(math.log1p(sum_n * sum_p))
+    return sum(losses) / len(losses)
+
+
+@pytest.mark.parametrize("gamma", [1.0, 8.0, 32.0])
+def test_circle_loss_matches_its_formula(gamma):
+    generator = torch.Generator().manual_seed(0)
+    embeddings = torch.randn(12, 6, generator=generator)
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 3, 3, 4, 5])  # 4 and 5 have no positive
+    assert circle_loss(embeddings, labels, m=0.25, gamma=gamma).item() == pytest.approx(
+        circle_reference(embeddings, labels, 0.25, gamma), rel=1e-5
+    )
+
+
+def test_circle_loss_gradient_pulls_positives_together():
+    embeddings = torch.randn(8, 4, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    optimizer = torch.optim.SGD([embeddings], lr=0.1)
+    first = circle_loss(embeddings, labels).item()
+    for _ in range(50):
+        optimizer.zero_grad()
+        circle_loss(embeddings, labels, gamma=16).backward()
+        optimizer.step()
+    assert circle_loss(embeddings, labels).item() < first
+    assert circle_loss(embeddings, torch.arange(8)).item() == 0.0  # no positives at all
+
+
+@pytest.mark.parametrize("name", ["timm-resnet", "timm-densenet", "timm-swinv2"])
+def test_model_heads_and_one_call_round_trip(tiny_zoo, name, tmp_path):
+    architecture, args = backbone_spec(f"tiny:{name}")
+    model = ReIDModel(architecture=architecture, backbone_args=args, num_classes=7, image_size=[64, 64])
+    model.load_backbone(f"tiny:{name}")
+    images = torch.randn(4, 3, 64, 64)
+    outputs = model.train()(images)
+    assert outputs["logits"].shape == (4, 7) and outputs["aux_logits"].shape == (4, 7)
+    assert outputs["embedding"].shape[0] == 4
+    model.eval()
+    model.save_pretrained(tmp_path / "model")
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+    again = ReIDModel.from_pretrained(tmp_path / "model").eval()
+    torch.testing.assert_close(again.extract(images), model.extract(images))
+    assert torch.allclose(model.extract(images).norm(dim=1), torch.ones(4))
+
+
+def test_last_stride_one_doubles_the_resnet_resolution(tiny_zoo):
+    architecture, args = backbone_spec("tiny:timm-resnet")
+    images = torch.randn(1, 3, 64, 64)
+    strided = ReIDModel(architecture=architecture, backbone_args=args, last_stride_1=False).feature_maps(images)[1]
+    kept = ReIDModel(architecture=architecture, backbone_args=args, last_stride_1=True).feature_maps(images)[1]
+    assert kept.shape[-1] == 2 * strided.shape[-1]

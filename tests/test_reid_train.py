@@ -1,0 +1,148 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from training.evaluate import main as evaluate
+from training.reid_data import IdentityBatchSampler, parse_veri_name, read_source, read_veri776, relabel
+from training.reid_model import ReIDModel
+from training.train_reid import main
+from vehicle_diff.errors import UserInputError
+
+
+def test_veri_names_and_layout_errors(veri_folder, tmp_path):
+    from pathlib import Path
+
+    assert parse_veri_name(Path("0002_c003_00084390_0.jpg")) == (2, 3)
+    with pytest.raises(UserInputError, match="not a VeRi-776 style name"):
+        parse_veri_name(Path("car.jpg"))
+    split = read_veri776(str(veri_folder))
+    assert len(split.train) == 36 and {s.pid for s in split.train} == set(range(6))
+    assert len(split.query) == 4 and len(split.gallery) == 16
+    with pytest.raises(UserInputError, match="image_train: missing"):
+        read_veri776(str(tmp_path))
+
+
+def test_hf_dataset_splits(synthetic_dataset):
+    split = read_source(str(synthetic_dataset))
+    assert len(split.train) == 24 and len(split.query) == 3 and len(split.gallery) == 6
+
+
+def test_relabel_offsets_synthetic_ids_past_real_ones():
+    from training.reid_data import Sample
+
+    samples = [Sample("a", 7, 0), Sample("b", 3, 0), Sample("c", 7, 1)]
+    assert [s.pid for s in relabel(samples, offset=10)] == [10, 11, 10]
+
+
+def sampler(mode, seed=0, epoch=0, rank=0, world=1):
+    labels = [i // 3 for i in range(30)] + [10 + i // 2 for i in range(20)]  # 10 real ids x 3, 10 synthetic ids x 2
+    sources = ["real"] * 30 + ["synthetic"] * 20
+    s = IdentityBatchSampler(labels, sources, p=4, k=2, mode=mode, seed=seed, rank=rank, world=world)
+    s.set_epoch(epoch)
+    return s, labels, sources
+
+
+@pytest.mark.parametrize("mode", ["R", "S", "D", "B"])
+def test_identity_batches(mode):
+    s, labels, sources = sampler(mode)
+    batches = list(s)
+    assert batches and all(len(b) == 8 for b in batches)
+    for batch in batches:
+        ids = [labels[i] for i in batch]
+        assert all(ids.count(pid) == 2 for pid in set(ids)) and len(set(ids)) == 4  # P x K
+        kinds = [sources[i] for i in batch]
+        if mode == "R":
+            assert set(kinds) == {"real"}
+        if mode == "S":
+            assert set(kinds) == {"synthetic"}
+        if mode == "B":
+            assert kinds.count("real") == kinds.count("synthetic") == 4
+    assert list(sampler(mode)[0]) == batches  # seeded
+    assert list(sampler(mode, epoch=1)[0]) != batches  # another epoch, another order
+
+
+def test_processes_take_disjoint_batches():
+    whole = list(sampler("D")[0])
+    first, second = list(sampler("D", rank=0, world=2)[0]), list(sampler("D", rank=1, world=2)[0])
+    assert first + second and not {tuple(b) for b in first} & {tuple(b) for b in second}
+    assert {tuple(b) for b in first + second} <= {tuple(b) for b in whole}
+
+
+def tiny(*extra):
+    return ["--preset", "tiny", *extra]
+
+
+def test_train_on_synthetic_then_evaluate(synthetic_dataset, tiny_zoo, tmp_path):
+    out = main(
+        tiny("--synthetic_data", str(synthetic_dataset), "--data_mode", "S", "--output_dir", str(tmp_path / "reid"))
+    )
+    model = ReIDModel.from_pretrained(out)  # one call, no backbone download
+    assert model.head.classifier.out_features == 8
+    history = json.loads((out / "metrics.json").read_text())
+    assert history and 0 <= history[-1]["plain"]["mAP"] <= 1
+    card = (out / "README.md").read_text()
+    assert "model-index" in card and "mAP" in card
+    result = evaluate(["--preset", "tiny", "--model", str(out), "--eval_data", str(synthetic_dataset), "--rerank",
+                       "--output_dir", str(tmp_path / "eval")])  # fmt: skip
+    metrics = json.loads((result / "metrics.json").read_text())
+    assert set(metrics) >= {"plain", "reranked", "data"} and (result / "retrieval.png").is_file()
+
+
+def test_balanced_real_and_synthetic_with_resume(veri_folder, synthetic_dataset, tiny_zoo, tmp_path):
+    flags = tiny("--real_data", f"veri776:{veri_folder}", "--synthetic_data", str(synthetic_dataset), "--data_mode", "B",
+                 "--max_train_steps", "4", "--checkpointing_steps", "2", "--eval_every_epochs", "100")  # fmt: skip
+    out = main([*flags, "--output_dir", str(tmp_path / "straight")])
+    model = ReIDModel.from_pretrained(out)
+    assert model.head.classifier.out_features == 6 + 8  # real ids, then synthetic ids after them
+    history = json.loads((out / "metrics.json").read_text())
+    assert "VeRi-776" in history[-1]["data"]
+    from accelerate import Accelerator
+
+    save_state = Accelerator.save_state
+
+    class Crash(Exception):
+        pass
+
+    def save_then_crash(self, *args, **kwargs):
+        save_state(self, *args, **kwargs)
+        raise Crash
+
+    Accelerator.save_state = save_then_crash
+    try:
+        with pytest.raises(Crash):
+            main([*flags, "--output_dir", str(tmp_path / "resumed")])
+    finally:
+        Accelerator.save_state = save_state
+    resumed = main([*flags, "--output_dir", str(tmp_path / "resumed"), "--resume_from_checkpoint", "latest"])
+    import torch
+
+    a, b = ReIDModel.from_pretrained(out).state_dict(), ReIDModel.from_pretrained(resumed).state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key].float(), b[key].float(), atol=1e-5, rtol=1e-5)
+
+
+def test_two_processes_train_with_ddp_on_gloo(synthetic_dataset, tiny_zoo, tmp_path):
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "-m", "training.train_reid",
+               *tiny("--synthetic_data", str(synthetic_dataset), "--data_mode", "S", "--ids_per_batch", "2", "--max_train_steps", "2",
+                     "--output_dir", str(tmp_path / "reid"))]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "reid" / "training_stats.json").read_text())["steps"] == 2
+
+
+def test_bad_input(tmp_path, synthetic_dataset):
+    with pytest.raises(UserInputError, match="--data_mode B needs --real_data"):
+        main(tiny("--synthetic_data", str(synthetic_dataset), "--output_dir", str(tmp_path / "r")))
+    with pytest.raises(UserInputError, match="--images_per_id must be >= 2"):
+        main(
+            tiny(
+                "--synthetic_data", "x", "--data_mode", "S", "--images_per_id", "1", "--output_dir", str(tmp_path / "r")
+            )
+        )
+    with pytest.raises(UserInputError, match="image_train: missing"):
+        main(tiny("--real_data", f"veri776:{tmp_path}", "--data_mode", "R", "--output_dir", str(tmp_path / "r")))
+    assert np.isfinite(1.0)
