@@ -133,3 +133,35 @@ def synthetic_dataset(tmp_path_factory):
         table = datasets.Dataset.from_list(rows).cast_column("image", datasets.Image())
         table.to_parquet(str(root / "data" / f"{split}-00000-of-00001.parquet"))
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_filtered(tiny_generated, tmp_path_factory):
+    from generation.filter import main
+
+    return main(
+        [
+            "--preset",
+            "tiny",
+            "--generated",
+            str(tiny_generated),
+            "--output_dir",
+            str(tmp_path_factory.mktemp("filtered") / "out"),
+        ]
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tiny_filtered, tmp_path_factory):
+    from vehicle_diff_dataset import main
+
+    return main(
+        [
+            "--preset",
+            "tiny",
+            "--filtered",
+            str(tiny_filtered),
+            "--output_dir",
+            str(tmp_path_factory.mktemp("dataset") / "vehicle-diff"),
+        ]
+    )

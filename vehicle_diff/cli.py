@@ -14,6 +14,11 @@ STAGES = {
     "select": ("generation.select", "stage 3a: rank LoRA candidates / templates on the same prompts and seeds"),
     "generate": ("generation.generate", "stage 3b: generate images per identity with SDXL (+ LoRA), resumable"),
     "filter": ("generation.filter", "stage 3c: detect + crop vehicles, CLIP color check, near-duplicates"),
+    "export": ("vehicle_diff_dataset", "stage 4: the kept crops as a Parquet + card HF dataset (and VeRi-style)"),
+    "publish": (
+        "vehicle_diff.publish",
+        "stage 6: push dataset, LoRA and re-ID repos with a version tag (Hub or olah mirror)",
+    ),
     "train-reid": ("training.train_reid", "stage 5a: train a timm re-ID model (CE + circle loss; R/S/D/B data)"),
     "evaluate": ("training.evaluate", "stage 5b: mAP / CMC / mINP, re-ranking, retrieval picture"),
     "fid": ("training.fid", "FID between two image folders (Inception-v3 weights supplied locally)"),

@@ -1,0 +1,102 @@
+import shutil
+
+import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import vehicle_diff_dataset as vdd
+from vehicle_diff.errors import UserInputError
+
+
+def test_export_loads_with_load_dataset_and_keeps_class_labels(tiny_dataset, tiny_filtered):
+    loaded = datasets.load_dataset(str(tiny_dataset))
+    kept = [r for r in pq.read_table(tiny_filtered / "records.parquet").to_pylist() if r["kept"]]
+    assert sum(len(split) for split in loaded.values()) == len(kept)
+    assert set(loaded) == {"train", "query", "gallery"}
+    assert loaded["train"].features["color"].names == vdd.FEATURES["color"].names
+    assert loaded["train"].features == vdd.FEATURES
+    row = loaded["train"][0]
+    assert row["image"].size == (64, 64) and len(row["det_box"]) == 4 and len(row["color_similarities"]) == 10
+    ids = sorted({v for split in loaded.values() for v in split["vehicle_id"]})
+    assert ids == list(range(len(ids)))  # contiguous
+    assert not set(loaded["train"]["identity"]) & set(loaded["query"]["identity"])  # held-out identities
+    assert len(loaded["query"]) == len(set(loaded["query"]["identity"]))  # one query image per identity
+    card = (tiny_dataset / "README.md").read_text()
+    assert "task_categories" in card and "synthetic" in card and "openrail++" in card and "Apache-2.0" in card
+    assert (tiny_dataset / "preview.png").is_file()
+
+
+def test_load_dataset_by_name_resolves_the_local_folder(tiny_dataset, tmp_path, monkeypatch):
+    shutil.copytree(tiny_dataset, tmp_path / "vehicle-diff")
+    monkeypatch.chdir(tmp_path)
+    assert vdd.load("vehicle-diff")["train"].num_rows == datasets.load_dataset("vehicle-diff")["train"].num_rows > 0
+
+
+def test_veri_style_export(tiny_dataset, tmp_path):
+    loaded = datasets.load_dataset(str(tiny_dataset))
+    out = vdd.export_veri(loaded, tmp_path / "veri", id_offset=1000)
+    names = (out / "name_train.txt").read_text().split()
+    assert len(names) == len(loaded["train"])
+    from training.reid_data import parse_veri_name
+
+    assert all(parse_veri_name(out / "image_train" / n)[0] >= 1000 for n in names)
+    assert (out / "attributes_train.csv").read_text().startswith("image_name,vehicle_id,color,body_style")
+
+
+def damaged_copy(tiny_filtered, tmp_path, change):
+    copy = tmp_path / "filtered"
+    shutil.copytree(tiny_filtered, copy)
+    rows = pq.read_table(copy / "records.parquet").to_pylist()
+    change(rows, copy)
+    pq.write_table(pa.Table.from_pylist(rows), copy / "records.parquet")
+    return copy
+
+
+def test_bad_records_are_clear_errors_and_nothing_is_half_written(tiny_filtered, tmp_path):
+    def corrupt(rows, root):
+        (root / rows[0]["crop_file"]).write_bytes(b"broken")
+
+    copy = damaged_copy(tiny_filtered, tmp_path, corrupt)
+    with pytest.raises(UserInputError, match=r"unreadable \(.*\); re-run the filter, or pass --skip_unreadable"):
+        vdd.main(["--preset", "tiny", "--filtered", str(copy), "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+    out = vdd.main(
+        ["--preset", "tiny", "--filtered", str(copy), "--skip_unreadable", "--output_dir", str(tmp_path / "out")]
+    )
+    assert "unreadable" in (out / "skipped.txt").read_text()
+
+    def no_image(rows, root):
+        rows[1]["crop_file"] = None
+
+    with pytest.raises(UserInputError, match="has no crop_file"):
+        vdd.build(damaged_copy(tiny_filtered, tmp_path / "b", no_image))
+
+    def duplicate(rows, root):
+        rows[2]["image_id"] = rows[3]["image_id"]
+
+    with pytest.raises(UserInputError, match="duplicate image_id"):
+        vdd.build(damaged_copy(tiny_filtered, tmp_path / "c", duplicate))
+
+    def nothing_kept(rows, root):
+        for row in rows:
+            row["kept"] = False
+
+    with pytest.raises(UserInputError, match="no image was kept"):
+        vdd.build(damaged_copy(tiny_filtered, tmp_path / "d", nothing_kept))
+
+
+def test_a_crash_during_export_leaves_the_previous_dataset(tiny_dataset, tmp_path, monkeypatch):
+    target = tmp_path / "vehicle-diff"
+    shutil.copytree(tiny_dataset, target)
+    before = sorted(p.name for p in (target / "data").iterdir())
+    loaded = datasets.load_dataset(str(tiny_dataset))
+
+    def crash(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(vdd, "write_preview", crash)
+    with pytest.raises(OSError, match="No space left"):
+        vdd.export(loaded, target)
+    assert sorted(p.name for p in (target / "data").iterdir()) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".vehicle-diff.")]

@@ -1,0 +1,197 @@
+"""Publishing to a local mirror and reading it back through olah with the real clients."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+
+import pytest
+
+from vehicle_diff.errors import UserInputError
+from vehicle_diff.publish import main, olah_config
+
+
+@pytest.fixture(scope="module")
+def tiny_reid(synthetic_dataset, tiny_zoo, tmp_path_factory):
+    from training.train_reid import main as train
+
+    return train(["--preset", "tiny", "--synthetic_data", str(synthetic_dataset), "--data_mode", "S", "--max_train_steps", "2",
+                  "--output_dir", str(tmp_path_factory.mktemp("reid") / "reid")])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def second_dataset(tiny_filtered, tmp_path_factory):
+    """Another version: no held-out identities and the colors in another order (other ClassLabel names)."""
+    from vehicle_diff_dataset import main as export
+
+    colors = ["black", "brown", "golden", "white", "blue", "red", "gray", "green", "orange", "yellow"]
+    return export(["--preset", "tiny", "--filtered", str(tiny_filtered), "--eval_fraction", "0", "--colors", *colors,
+                   "--output_dir", str(tmp_path_factory.mktemp("dataset2") / "vehicle-diff")])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def mirror(tiny_dataset, second_dataset, tiny_lora, tiny_reid, tmp_path_factory):
+    root = tmp_path_factory.mktemp("mirror")
+    common = ["--preset", "tiny", "--mirror_dir", str(root / "repos"), "--output_dir", str(root / "report")]
+    main(
+        [
+            *common,
+            "--dataset",
+            str(tiny_dataset),
+            "--lora",
+            str(tiny_lora),
+            "--reid",
+            str(tiny_reid),
+            "--version",
+            "v1.0",
+        ]
+    )
+    main([*common, "--dataset", str(second_dataset), "--version", "v2.0"])
+    return root / "repos"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def olah(mirror, tmp_path_factory):
+    """olah serving the mirror offline on 127.0.0.1, started and stopped here."""
+    port = free_port()
+    config = tmp_path_factory.mktemp("olah") / "olah.toml"
+    config.write_text(olah_config(mirror, port=port))
+    server = subprocess.Popen([sys.executable, "-m", "olah.server", "-c", str(config)], cwd=config.parent,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{endpoint}/api/datasets/vehicle-diff/vehicle-diff/revision/v1.0", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.3)
+    else:
+        server.terminate()
+        pytest.fail("olah did not start")
+    yield endpoint
+    server.terminate()
+    server.wait(timeout=10)
+
+
+def test_round_trip_through_olah_with_the_real_clients(olah, tiny_zoo, tmp_path):
+    script = textwrap.dedent("""
+        import json, datasets, torch
+        from huggingface_hub import snapshot_download
+        from training.reid_model import ReIDModel
+        from vehicle_diff.models import load_sdxl_pipeline
+
+        out = {}
+        for version in ("v1.0", "v2.0"):
+            ds = datasets.load_dataset("vehicle-diff/vehicle-diff", revision=version)
+            out[version] = {"splits": {k: len(v) for k, v in ds.items()}, "colors": ds["train"].features["color"].names}
+        out["lora_files"] = sorted(__import__("os").listdir(snapshot_download("vehicle-diff/vehicle-diff-sdxl-lora", revision="v1.0")))
+        pipe = load_sdxl_pipeline("tiny:sdxl")
+        pipe.load_lora_weights("vehicle-diff/vehicle-diff-sdxl-lora", weight_name="pytorch_lora_weights.safetensors", revision="v1.0")
+        out["lora_adapters"] = pipe.get_list_adapters()
+        model = ReIDModel.from_pretrained("vehicle-diff/vehicle-diff-reid", revision="v1.0").eval()
+        out["reid_features"] = list(model.extract(torch.zeros(1, 3, 64, 64)).shape)
+        print("RESULT" + json.dumps(out))
+    """)
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": olah,
+        "HF_HUB_OFFLINE": "0",
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+    }
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.split("RESULT", 1)[1])
+    assert set(out["v1.0"]["splits"]) == {"train", "query", "gallery"} and set(out["v2.0"]["splits"]) == {"train"}
+    assert sum(out["v1.0"]["splits"].values()) == out["v2.0"]["splits"]["train"]
+    assert out["v1.0"]["colors"][0] == "yellow" and out["v2.0"]["colors"][0] == "black"
+    assert "pytorch_lora_weights.safetensors" in out["lora_files"] and "publish.json" in out["lora_files"]
+    assert out["lora_adapters"]["unet"]
+    assert out["reid_features"][0] == 1
+
+
+def test_publishing_again_changes_nothing_and_versions_are_protected(mirror, tiny_dataset, second_dataset, tmp_path):
+    import subprocess as sp
+
+    repo = mirror / "datasets" / "vehicle-diff" / "vehicle-diff"
+    log = lambda: sp.run(["git", "-C", str(repo), "log", "--oneline", "--all"], capture_output=True, text=True).stdout  # noqa: E731
+    before = log()
+    common = ["--preset", "tiny", "--mirror_dir", str(mirror), "--output_dir", str(tmp_path / "report")]
+    report = main([*common, "--dataset", str(tiny_dataset), "--version", "v1.0"])
+    assert "already published, unchanged" in report[0] and log() == before
+    with pytest.raises(UserInputError, match="version v1.0 exists with other content"):
+        main([*common, "--dataset", str(second_dataset), "--version", "v1.0"])
+    assert log() == before
+
+
+def test_an_interrupted_publish_finishes_on_rerun(tiny_dataset, tmp_path, monkeypatch):
+    import vehicle_diff.publish as publish
+
+    real_git = publish.git
+
+    def git_dies_at_tag(repo, *args):
+        if args[0] == "tag" and args[1] != "--list":
+            raise KeyboardInterrupt
+        return real_git(repo, *args)
+
+    common = [
+        "--preset",
+        "tiny",
+        "--dataset",
+        str(tiny_dataset),
+        "--mirror_dir",
+        str(tmp_path / "m"),
+        "--output_dir",
+        str(tmp_path / "r"),
+    ]
+    monkeypatch.setattr(publish, "git", git_dies_at_tag)
+    with pytest.raises(KeyboardInterrupt):
+        main(common)
+    monkeypatch.setattr(publish, "git", real_git)
+    assert "published to" in main(common)[0]
+    assert "already published" in main(common)[0]
+
+
+def test_force_moves_a_version_and_hub_needs_a_token(tiny_dataset, second_dataset, tmp_path, monkeypatch):
+    common = [
+        "--preset",
+        "tiny",
+        "--mirror_dir",
+        str(tmp_path / "m"),
+        "--output_dir",
+        str(tmp_path / "r"),
+        "--version",
+        "v1.0",
+    ]
+    main([*common, "--dataset", str(tiny_dataset)])
+    assert "published to" in main([*common, "--dataset", str(second_dataset), "--force"])[0]
+    monkeypatch.setenv("HF_TOKEN", "")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "no-token-home"))
+    with pytest.raises(UserInputError, match="no Hugging Face token"):
+        main(
+            ["--preset", "tiny", "--target", "hub", "--dataset", str(tiny_dataset), "--output_dir", str(tmp_path / "r")]
+        )
+    with pytest.raises(UserInputError, match="data/ is missing"):
+        main(
+            [
+                "--preset",
+                "tiny",
+                "--dataset",
+                str(tmp_path),
+                "--mirror_dir",
+                str(tmp_path / "m"),
+                "--output_dir",
+                str(tmp_path / "r"),
+            ]
+        )

@@ -1,0 +1,349 @@
+"""The vehicle-diff dataset: schema, build from the filter's records, export as Parquet + card, load.
+
+`datasets` >= 4 runs no loading scripts, so the published dataset is plain Parquet shards plus a README card whose
+YAML lists the splits; `load_dataset(folder_or_repo, revision=tag)` needs no code from us. This module is how
+those files are made.
+
+    from vehicle_diff_dataset import load
+    ds = load("vehicle-diff")            # ./vehicle-diff, or a Hub / mirror repo with revision="v1.0"
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+
+from generation.catalog import BODY_STYLES
+from generation.prompts import VERI776_COLORS
+from vehicle_diff.errors import UserInputError
+
+
+def features_for(colors: list[str]) -> datasets.Features:
+    """The schema (declared once; `colors` sets the color label names, VeRi-776's by default). Column names
+    are the records' names (design §4)."""
+    color = datasets.ClassLabel(names=list(colors))
+    return datasets.Features({
+        "image": datasets.Image(),
+        "image_id": datasets.Value("string"),
+        "vehicle_id": datasets.Value("int32"),  # contiguous over the identities of this dataset
+        "identity": datasets.Value("string"),
+        "camera": datasets.Value("int32"),
+        "color": color,
+        "body_style": datasets.ClassLabel(names=list(BODY_STYLES)),
+        "brand": datasets.Value("string"),
+        "model": datasets.Value("string"),
+        "year": datasets.Value("int32"),
+        "prompt": datasets.Value("string"),
+        "template_id": datasets.Value("string"),
+        "seed": datasets.Value("int64"),
+        "det_box": datasets.Sequence(datasets.Value("float32"), length=4),
+        "det_class": datasets.Value("int32"),
+        "det_confidence": datasets.Value("float32"),
+        "color_similarities": datasets.Sequence(datasets.Value("float32")),  # in the order of `color`'s names
+        "predicted_color": color,
+        "base_model": datasets.Value("string"),
+        "base_model_revision": datasets.Value("string"),
+        "lora_sha256": datasets.Value("string"),
+    })  # fmt: skip
+
+
+FEATURES = features_for(VERI776_COLORS)
+
+
+def assign_splits(identities: list[str], eval_fraction: float, seed: int) -> set[str]:
+    """The identities held out for the synthetic query / gallery splits: a seeded sample."""
+    count = round(eval_fraction * len(identities))
+    return set(random.Random(seed).sample(sorted(identities), count))
+
+
+def readable_records(records: list[dict], crops_root: Path, skip_unreadable: bool) -> tuple[list[dict], list[str]]:
+    """The records whose crop opens and decodes; the others fail the build, or are listed with `skip_unreadable`."""
+    from PIL import Image
+
+    good, problems = [], []
+    for record in records:
+        path = crops_root / record["crop_file"] if record.get("crop_file") else None
+        try:
+            if path is None:
+                raise FileNotFoundError("the record has no crop_file")
+            with Image.open(path) as image:
+                image.load()
+            good.append(record)
+        except (OSError, SyntaxError) as error:
+            problem = f"{record['image_id']}: crop {path} unreadable ({error})"
+            if not skip_unreadable:
+                raise UserInputError(problem + "; re-run the filter, or pass --skip_unreadable") from error
+            problems.append(problem)
+    return good, problems
+
+
+def _rows(records: tuple, crops_root: Path, colors: tuple, vehicle_ids: dict):
+    """Yield one dataset row per record, the crop's bytes embedded. Camera = the image's sample index within
+    its identity: each synthetic image is its own viewpoint, so the standard junk rule removes nothing."""
+    for record in records:
+        similarities = record.get("color_similarities") or {}
+        yield {
+            "image": {"bytes": (crops_root / record["crop_file"]).read_bytes(), "path": Path(record["crop_file"]).name},
+            "image_id": record["image_id"],
+            "vehicle_id": vehicle_ids[record["identity"]],
+            "identity": record["identity"],
+            "camera": int(record["image_id"].rsplit("-", 1)[1]),
+            "color": record["color"],
+            "body_style": record["body_style"],
+            "brand": record["brand"],
+            "model": record["model"],
+            "year": record["year"],
+            "prompt": record["prompt"],
+            "template_id": record["template_id"],
+            "seed": record["seed"],
+            "det_box": record["det_box"],
+            "det_class": record["det_class"],
+            "det_confidence": record["det_confidence"],
+            "color_similarities": [similarities.get(c) for c in colors],
+            "predicted_color": record.get("predicted_color"),
+            "base_model": record["base_model"],
+            "base_model_revision": record.get("base_model_revision"),
+            "lora_sha256": record.get("lora_sha256"),
+        }
+
+
+def read_kept_records(filtered: Path) -> list[dict]:
+    """The filter's kept records, checked: the file exists, ids are unique, something is kept."""
+    import pyarrow.parquet as pq
+
+    path = Path(filtered) / "records.parquet"
+    if not path.is_file():
+        raise UserInputError(f"--filtered {filtered}: no records.parquet; run `vehicle-diff filter` first")
+    table = pq.read_table(path)
+    for column in ("image_id", "identity", "kept", "crop_file", "color", "vehicle_id"):
+        if column not in table.column_names:
+            raise UserInputError(f"{path}: not filter records (column {column!r} is missing)")
+    image_ids = table.column("image_id").to_pylist()
+    if len(set(image_ids)) != len(image_ids):
+        duplicate = next(i for i in image_ids if image_ids.count(i) > 1)
+        raise UserInputError(f"{path}: duplicate image_id {duplicate!r}; the records are corrupt, re-run the filter")
+    kept = [row for row in table.to_pylist() if row["kept"]]
+    if not kept:
+        raise UserInputError(f"{path}: no image was kept by the filter; nothing to export (see its summary.md)")
+    return kept
+
+
+def build(filtered: str | Path, *, colors: list[str] | None = None, eval_fraction: float = 0.0, seed: int = 0,
+          skip_unreadable: bool = False) -> tuple[datasets.DatasetDict, list[str]]:  # fmt: skip
+    """The dataset of the filter's kept crops: `train`, and `query` / `gallery` over a held-out share of the
+    identities (one query image each) when `eval_fraction` > 0. Rows stream through `Dataset.from_generator`
+    (written to the datasets cache), so memory does not grow with the image count. Returns the problems skipped."""
+    filtered = Path(filtered)
+    records, problems = readable_records(read_kept_records(filtered), filtered, skip_unreadable)
+    colors = list(colors or VERI776_COLORS)
+    unknown = sorted({r["color"] for r in records} - set(colors))
+    if unknown:
+        raise UserInputError(f"the records use color(s) {unknown} missing from --colors {colors}")
+    order = sorted({(r["vehicle_id"], r["identity"]) for r in records})
+    vehicle_ids = {identity: index for index, (_, identity) in enumerate(order)}
+    held_out = assign_splits([identity for _, identity in order], eval_fraction, seed)
+    splits = {"train": [r for r in records if r["identity"] not in held_out]}
+    if held_out:
+        first = {}
+        for record in records:
+            if record["identity"] in held_out:
+                first.setdefault(record["identity"], record["image_id"])
+        splits["query"] = [r for r in records if first.get(r["identity"]) == r["image_id"]]
+        splits["gallery"] = [r for r in records if r["identity"] in held_out and first[r["identity"]] != r["image_id"]]
+    features = features_for(colors)
+    dataset = datasets.DatasetDict({
+        name: datasets.Dataset.from_generator(  # tuples: datasets would try to shard list arguments
+            _rows, features=features,
+            gen_kwargs={"records": tuple(rows), "crops_root": filtered, "colors": tuple(colors), "vehicle_ids": vehicle_ids},
+        )
+        for name, rows in splits.items() if rows
+    })  # fmt: skip
+    return dataset, problems
+
+
+def _size_category(count: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if count < limit:
+            return name
+    return "1M<n<10M"
+
+
+def export(dataset: datasets.DatasetDict, out_dir: str | Path, *, card_context: dict | None = None,
+           max_shard_rows: int = 5000) -> Path:  # fmt: skip
+    """Write Parquet shards `data/{split}-NNNNN-of-NNNNN.parquet`, a preview grid and the README card into a temp
+    folder, then rename it onto `out_dir`: a crash never leaves half a dataset."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        (tmp / "data").mkdir()
+        for split, table in dataset.items():
+            shards = max(1, -(-len(table) // max_shard_rows))
+            for index in range(shards):
+                shard = table.shard(shards, index, contiguous=True)
+                shard.to_parquet(str(tmp / "data" / f"{split}-{index:05d}-of-{shards:05d}.parquet"))
+        write_preview(dataset["train"], tmp / "preview.png")
+        card_data = DatasetCardData(
+            pretty_name="vehicle-diff: synthetic vehicle re-identification data",
+            license="openrail++",
+            task_categories=["image-classification", "image-feature-extraction"],
+            size_categories=[_size_category(sum(len(t) for t in dataset.values()))],
+            tags=["synthetic", "vehicle-re-identification", "re-identification", "stable-diffusion-xl", "vehicle-diff"],
+            configs=[{"config_name": "default", "data_files": [{"split": s, "path": f"data/{s}-*"} for s in dataset]}],
+        )
+        stats = dataset_statistics(dataset)
+        from importlib.resources import files
+
+        card = DatasetCard.from_template(card_data, template_path=str(files("cards") / "dataset_card.md"), stats=stats,
+                                         splits={s: len(t) for s, t in dataset.items()}, **(card_context or {}))  # fmt: skip
+        card.save(tmp / "README.md")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def dataset_statistics(dataset: datasets.DatasetDict) -> dict:
+    from collections import Counter
+
+    stats = {}
+    train = dataset["train"]
+    for column in ("color", "body_style"):
+        names = train.features[column].names
+        stats[column] = dict(Counter(names[i] for i in train[column]).most_common())
+    stats["brand"] = dict(Counter(train["brand"]).most_common(15))
+    per_identity = Counter(train["vehicle_id"])
+    stats["identities"] = {split: len(set(table["vehicle_id"])) for split, table in dataset.items()}
+    stats["images_per_identity"] = {"min": min(per_identity.values()), "max": max(per_identity.values()),
+                                    "mean": round(len(train) / len(per_identity), 2)}  # fmt: skip
+    return stats
+
+
+def write_preview(train: datasets.Dataset, out_file: Path, count: int = 32) -> None:
+    from vehicle_diff.contact_sheet import contact_sheet
+
+    rows = train.select(range(min(count, len(train))))
+    names = train.features["color"].names
+    labels = [f"{names[r['color']]} {r['brand']} {r['model']}" for r in rows]
+    contact_sheet([r["image"] for r in rows], labels, columns=8, cell=128).save(out_file, format="PNG")
+
+
+def export_veri(dataset: datasets.DatasetDict, out_dir: str | Path, *, id_offset: int = 1000) -> Path:
+    """VeRi-776 style folder for existing re-ID toolkits: image_train/VVVV_cCCC_N.jpg (ids shifted by
+    `id_offset`, clear of VeRi-776's 1..776), name_train.txt, and attributes_train.csv."""
+    import csv
+
+    out_dir = Path(out_dir)
+    (out_dir / "image_train").mkdir(parents=True, exist_ok=True)
+    train = dataset["train"]
+    colors, styles = train.features["color"].names, train.features["body_style"].names
+    names = []
+    with open(out_dir / "attributes_train.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image_name", "vehicle_id", "color", "body_style", "brand", "model", "year"])
+        for index, row in enumerate(train):
+            name = f"{row['vehicle_id'] + id_offset:04d}_c{row['camera'] % 1000:03d}_{index:08d}.jpg"
+            row["image"].convert("RGB").save(out_dir / "image_train" / name, quality=95)
+            writer.writerow(
+                [
+                    name,
+                    row["vehicle_id"] + id_offset,
+                    colors[row["color"]],
+                    styles[row["body_style"]],
+                    row["brand"],
+                    row["model"],
+                    row["year"],
+                ]
+            )
+            names.append(name)
+    (out_dir / "name_train.txt").write_text("\n".join(names) + "\n")
+    return out_dir
+
+
+def load(repo_or_dir: str = "vehicle-diff", revision: str | None = None, **kwargs) -> datasets.DatasetDict:
+    """`datasets.load_dataset` with a version: a folder, a Hub repo or a mirror repo."""
+    return datasets.load_dataset(repo_or_dir, revision=revision, **kwargs)
+
+
+@dataclass
+class ExportConfig:
+    """Build the dataset from the filter's kept crops and write it as Parquet + card (optionally VeRi-style)."""
+
+    output_dir: str = field(
+        default="vehicle-diff-output/dataset", metadata={"help": "data/*.parquet, README.md, preview.png"}
+    )
+    preset: str = field(default="paper", metadata={"help": "paper, tiny, or a YAML file"})
+    filtered: str = field(default="vehicle-diff-output/filtered", metadata={"help": "the filter stage's folder"})
+    colors: list[str] = field(default_factory=lambda: list(VERI776_COLORS))
+    eval_fraction: float = field(default=0.1, metadata={"help": "share of identities held out as query / gallery"})
+    seed: int = 0
+    skip_unreadable: bool = field(
+        default=False, metadata={"help": "skip (and list) unreadable crops instead of failing"}
+    )
+    veri_dir: str | None = field(default=None, metadata={"help": "also write a VeRi-776 style copy here"})
+    veri_id_offset: int = 1000
+
+    def __post_init__(self):
+        if not 0 <= self.eval_fraction < 1:
+            raise UserInputError(f"--eval_fraction must be in [0, 1) (got {self.eval_fraction})")
+
+
+def main(argv: list[str] | None = None) -> Path:
+    from vehicle_diff.config import parse_config, save_config
+
+    config = parse_config(ExportConfig, "export", argv)
+    dataset, problems = build(config.filtered, colors=config.colors, eval_fraction=config.eval_fraction, seed=config.seed,
+                              skip_unreadable=config.skip_unreadable)  # fmt: skip
+    context = card_context(Path(config.filtered))
+    out = export(dataset, config.output_dir, card_context=context)
+    save_config(config, out / "export_config.yaml", stage="export")
+    if problems:
+        (out / "skipped.txt").write_text("\n".join(problems) + "\n")
+    if config.veri_dir:
+        export_veri(dataset, config.veri_dir, id_offset=config.veri_id_offset)
+    print(f"dataset: {out} ({', '.join(f'{s} {len(t)}' for s, t in dataset.items())}); load it with "
+          f"datasets.load_dataset({str(out)!r})" + (f"; skipped {len(problems)} unreadable crops" if problems else ""))  # fmt: skip
+    return out
+
+
+def card_context(filtered: Path) -> dict:
+    """What the card reports about the run: generation settings, filter thresholds and pass rates, versions."""
+    import subprocess
+
+    import yaml
+
+    from vehicle_diff import __version__
+
+    def read_yaml(path):
+        return yaml.safe_load(path.read_text()).get("config", {}) if path.exists() else {}
+
+    summary = json.loads((filtered / "summary.json").read_text()) if (filtered / "summary.json").exists() else {}
+    generation_dir = Path(read_yaml(filtered / "config.yaml").get("generated", ""))
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+        ).stdout.strip()
+    except OSError:
+        commit = ""
+    return {
+        "generation": read_yaml(generation_dir / "config.yaml"),
+        "filter": summary,
+        "version": __version__,
+        "commit": commit or "unknown",
+    }
+
+
+if __name__ == "__main__":
+    from vehicle_diff.cli import run_main
+
+    run_main(main)
