@@ -20,8 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(VENV)/bin/vehicle-diff tiny-models
-	$(VENV)/bin/vehicle-diff prompts --preset tiny --output_dir $(DEMO_DIR)/prompts
+	$(VENV)/bin/vehicle-diff run --preset tiny --output_dir $(DEMO_DIR)
 
 test: setup
 	$(PY) -m pytest -m "not gpu" -q

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 
 # subcommand -> (module with `main(argv)`, one-line description)
 STAGES = {
     "tiny-models": ("vehicle_diff.tiny_models", "build the offline tiny model zoo (the `tiny` preset's models)"),
+    "run": ("vehicle_diff.pipeline", "every stage below in order, skipping finished ones (demo: --preset tiny)"),
     "prompts": ("generation.prompts", "stage 1: sample identities from the vehicle catalog into a prompt library"),
     "caption": ("generation.caption", "stage 2a: caption ~1% unlabeled target images with BLIP-2 (imagefolder)"),
     "finetune": ("training.finetune_lora", "stage 2b: fine-tune an SDXL LoRA on the captions (accelerate)"),
@@ -15,13 +17,10 @@ STAGES = {
     "generate": ("generation.generate", "stage 3b: generate images per identity with SDXL (+ LoRA), resumable"),
     "filter": ("generation.filter", "stage 3c: detect + crop vehicles, CLIP color check, near-duplicates"),
     "export": ("vehicle_diff_dataset", "stage 4: the kept crops as a Parquet + card HF dataset (and VeRi-style)"),
-    "publish": (
-        "vehicle_diff.publish",
-        "stage 6: push dataset, LoRA and re-ID repos with a version tag (Hub or olah mirror)",
-    ),
     "train-reid": ("training.train_reid", "stage 5a: train a timm re-ID model (CE + circle loss; R/S/D/B data)"),
     "evaluate": ("training.evaluate", "stage 5b: mAP / CMC / mINP, re-ranking, retrieval picture"),
     "fid": ("training.fid", "FID between two image folders (Inception-v3 weights supplied locally)"),
+    "publish": ("vehicle_diff.publish", "stage 6: versioned dataset / LoRA / re-ID repos (Hub or olah mirror)"),
 }
 
 
@@ -34,6 +33,13 @@ def run_main(main, argv: list[str] | None = None, prog: str | None = None) -> No
     except UserInputError as error:
         print(f"{prog or 'vehicle-diff'}: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT):
+            raise
+        where = f" {error.filename}" if error.filename else ""
+        print(f"\n{prog or 'vehicle-diff'}: error: cannot write{where}: {error.strerror}. Finished work is kept; "
+              "free space or fix the permissions, then re-run the same command to continue.", file=sys.stderr)  # fmt: skip
+        sys.exit(1)
     except KeyboardInterrupt:
         print(f"{prog or 'vehicle-diff'}: interrupted; re-run the same command to resume", file=sys.stderr)
         sys.exit(130)

@@ -1,0 +1,108 @@
+"""The main job end to end on the tiny preset, and the failures a long run meets."""
+
+import errno
+import json
+import subprocess
+import sys
+
+import pytest
+
+from vehicle_diff.pipeline import main
+
+
+@pytest.fixture(scope="module")
+def demo_run(tiny_zoo, tmp_path_factory):
+    return main(
+        ["--preset", "tiny", "--num_target_images", "12", "--output_dir", str(tmp_path_factory.mktemp("run") / "demo")]
+    )
+
+
+def test_run_produces_every_artifact_and_reads_the_dataset_back_through_olah(demo_run):
+    summary = (demo_run / "summary.md").read_text()
+    assert "Read back through olah" in summary and "'train':" in summary
+    for path in ("prompts/prompts.parquet", "captions/train/metadata.jsonl", "lora/pytorch_lora_weights.safetensors",
+                 "select/selected.json", "generated/records.parquet", "filtered/summary.json", "vehicle-diff/README.md",
+                 "reid/model.safetensors", "evaluation/metrics.json", "mirror/datasets/vehicle-diff/vehicle-diff/.git"):  # fmt: skip
+        assert (demo_run / path).exists(), path
+    import datasets
+
+    loaded = datasets.load_dataset(str(demo_run / "vehicle-diff"))
+    assert loaded["train"].num_rows > 0
+
+
+def test_a_second_run_skips_finished_stages(demo_run, capsys):
+    before = (demo_run / "generated" / "records.parquet").stat().st_mtime_ns
+    main(["--preset", "tiny", "--output_dir", str(demo_run), "--no_verify_mirror"])
+    output = capsys.readouterr().out
+    assert output.count("complete, skipped") == 10
+    assert (demo_run / "generated" / "records.parquet").stat().st_mtime_ns == before
+
+
+def test_paper_preset_needs_target_images(tmp_path):
+    from vehicle_diff.errors import UserInputError
+
+    with pytest.raises(UserInputError, match="--target_images is required"):
+        main(["--preset", "paper", "--output_dir", str(tmp_path / "out")])
+
+
+@pytest.mark.parametrize(
+    "code, words", [(errno.ENOSPC, "No space left on device"), (errno.EROFS, "Read-only file system")]
+)
+def test_full_disk_or_read_only_output_is_a_clear_error_and_work_is_kept(tiny_prompts, tmp_path, code, words):
+    """The write fails after a few batches (an injected OSError: tests run as root, where permissions do not
+    stop writes); the command exits non-zero with one line, finished batches stay, and a re-run completes."""
+    script = f"""
+import os, sys
+import vehicle_diff.io as io
+real_replace, calls = os.replace, [0]
+def failing_replace(src, dst):
+    calls[0] += 1
+    if calls[0] > 14:  # plan, config, then 4 images + 1 record shard per batch
+        raise OSError({code}, os.strerror({code}), str(dst))
+    real_replace(src, dst)
+io.os.replace = failing_replace
+from vehicle_diff.cli import main
+main(["generate", "--preset", "tiny", "--prompts", sys.argv[1], "--output_dir", sys.argv[2]])
+"""
+    out = tmp_path / "gen"
+    failed = subprocess.run([sys.executable, "-c", script, str(tiny_prompts), str(out)], capture_output=True, text=True)
+    assert failed.returncode == 1, failed.stderr[-2000:]
+    message = next(line for line in failed.stderr.splitlines() if line.startswith("vehicle-diff generate: error:"))
+    assert "cannot write" in message and words in message and "re-run" in message and "Traceback" not in failed.stderr
+    kept = len(list((out / "records").glob("batch-*.jsonl")))
+    assert kept >= 1
+    done = subprocess.run([sys.executable, "-m", "vehicle_diff.cli", "generate", "--preset", "tiny", "--prompts", str(tiny_prompts),
+                           "--output_dir", str(out)], capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(out / "records.parquet").num_rows == 24
+
+
+def test_malformed_preset_and_out_of_range_values_exit_non_zero(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("filter: {detection_confidence: [oops\n")
+    for args, message in [
+        (["filter", "--preset", str(bad)], "not valid YAML"),
+        (["filter", "--preset", "tiny", "--detection_confidence", "1.5"], "must be in [0, 1]"),
+        (["generate", "--preset", "tiny", "--images_per_identity", "-2"], "must be positive"),
+        (
+            ["caption", "--preset", "tiny", "--input_images", str(tmp_path), "--fraction", "2"],
+            "--fraction must be in (0, 1]",
+        ),
+    ]:
+        result = subprocess.run(
+            [sys.executable, "-m", "vehicle_diff.cli", *args, "--output_dir", str(tmp_path / "o")],
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr[-500:])
+        assert "Traceback" not in result.stderr
+
+
+def test_cli_lists_every_stage():
+    result = subprocess.run([sys.executable, "-m", "vehicle_diff.cli", "--help"], capture_output=True, text=True)
+    for stage in ("tiny-models", "run", "prompts", "caption", "finetune", "select", "generate", "filter", "export",
+                  "train-reid", "evaluate", "fid", "publish"):  # fmt: skip
+        assert f"  {stage} " in result.stdout
+    assert json.dumps(1)
