@@ -195,3 +195,50 @@ def test_force_moves_a_version_and_hub_needs_a_token(tiny_dataset, second_datase
                 str(tmp_path / "r"),
             ]
         )
+
+
+@pytest.fixture
+def fake_hub():
+    from tests.hub_server import serve
+
+    hub, server, endpoint = serve()
+    yield hub, endpoint
+    server.shutdown()
+
+
+def publish_to_fake_hub(endpoint, tmp_path, *flags):
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": "hf_test", "HF_HOME": str(tmp_path / "hf"),
+           "HF_HUB_DISABLE_TELEMETRY": "1"}  # fmt: skip
+    command = [sys.executable, "-m", "vehicle_diff.cli", "publish", "--preset", "tiny", "--target", "hub", "--hub_endpoint", endpoint,
+               "--output_dir", str(tmp_path / "report"), *flags]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_hub_api_path_against_an_hf_compatible_server(
+    fake_hub, tiny_dataset, second_dataset, tiny_lora, tiny_reid, tmp_path
+):
+    hub, endpoint = fake_hub
+    first = publish_to_fake_hub(
+        endpoint, tmp_path, "--dataset", str(tiny_dataset), "--lora", str(tiny_lora), "--reid", str(tiny_reid)
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    oid, files = hub.files("datasets", "vehicle-diff/vehicle-diff", "v1.0")
+    assert "README.md" in files and any(name.startswith("data/train-") for name in files) and "publish.json" in files
+    assert (tiny_dataset / "README.md").read_bytes() == files["README.md"]
+    _, lora_files = hub.files("models", "vehicle-diff/vehicle-diff-sdxl-lora", "v1.0")
+    assert (tiny_lora / "pytorch_lora_weights.safetensors").read_bytes() == lora_files[
+        "pytorch_lora_weights.safetensors"
+    ]
+    assert "model.safetensors" in hub.files("models", "vehicle-diff/vehicle-diff-reid", "v1.0")[1]
+
+    commits = len(hub.repo("datasets", "vehicle-diff/vehicle-diff")["commits"])
+    again = publish_to_fake_hub(endpoint, tmp_path, "--dataset", str(tiny_dataset))
+    assert again.returncode == 0 and "already published, unchanged" in again.stdout
+    assert len(hub.repo("datasets", "vehicle-diff/vehicle-diff")["commits"]) == commits  # nothing pushed
+
+    refused = publish_to_fake_hub(endpoint, tmp_path, "--dataset", str(second_dataset))
+    assert refused.returncode == 2 and "exists with other content" in refused.stderr
+    moved = publish_to_fake_hub(endpoint, tmp_path, "--dataset", str(second_dataset), "--force")
+    assert moved.returncode == 0, moved.stderr[-2000:]
+    new_oid, new_files = hub.files("datasets", "vehicle-diff/vehicle-diff", "v1.0")
+    assert new_oid != oid and not any(name.startswith("data/query-") for name in new_files)  # stale shards deleted
