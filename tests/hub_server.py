@@ -78,9 +78,10 @@ def make_handler(hub: FakeHub):
                 return self.reply(200, {"errors": [], "warnings": []})
             if match := re.fullmatch(rf"/api/{REPO}/refs", path):
                 repo = hub.repo(match["type"], match["repo"])
-                refs = lambda kind, items: [
-                    {"name": n, "ref": f"refs/{kind}/{n}", "targetCommit": o} for n, o in items.items()
-                ]  # noqa: E731
+
+                def refs(kind, items):
+                    return [{"name": n, "ref": f"refs/{kind}/{n}", "targetCommit": o} for n, o in items.items()]
+
                 return self.reply(
                     200,
                     {"branches": refs("heads", repo["branches"]), "tags": refs("tags", repo["tags"]), "converts": []},
