@@ -15,6 +15,7 @@ MODULES = [
     "benchmarks.bench_finetune",
     "benchmarks.bench_generate",
     "benchmarks.bench_filter",
+    "benchmarks.bench_dataset",
     "benchmarks.bench_reid",
 ]
 
