@@ -45,18 +45,34 @@ def run():
     with tempfile.TemporaryDirectory() as tmp:
         small, large = fake_filter_output(Path(tmp) / "f2k", 2_000), fake_filter_output(Path(tmp) / "f20k", 20_000)
         started = time.perf_counter()
-        vehicle_diff_dataset.main(["--preset", "tiny", "--filtered", str(large), "--output_dir", f"{tmp}/ds20k", "--eval_fraction", "0"])
+        vehicle_diff_dataset.main(
+            ["--preset", "tiny", "--filtered", str(large), "--output_dir", f"{tmp}/ds20k", "--eval_fraction", "0"]
+        )
         export_s = time.perf_counter() - started
         started = time.perf_counter()
         crops = sorted((large / "crops").rglob("*.png"))
-        pq.write_table(pa.table({"image": [p.read_bytes() for p in crops], "name": [p.name for p in crops]}), f"{tmp}/raw.parquet")
+        pq.write_table(
+            pa.table({"image": [p.read_bytes() for p in crops], "name": [p.name for p in crops]}), f"{tmp}/raw.parquet"
+        )
         raw_s = time.perf_counter() - started
         rows.append(row("export 20,000 crops of 256 px (build + Parquet + card)", f"{20_000 / export_s:.0f} img/s",
                         f"{20_000 / raw_s:.0f} img/s (bytes -> one Parquet with pyarrow)", raw_s / export_s, "reported"))  # fmt: skip
         args = ["--preset", "tiny", "--eval_fraction", "0"]
-        small_rss = peak_rss_of_module("vehicle_diff_dataset", [*args, "--filtered", str(small), "--output_dir", f"{tmp}/rss2k"])
-        large_rss = peak_rss_of_module("vehicle_diff_dataset", [*args, "--filtered", str(large), "--output_dir", f"{tmp}/rss20k"])
-        rows.append(row("export peak RSS, 20,000 vs 2,000 crops", f"{large_rss:.0f} MiB", f"{small_rss:.0f} MiB", large_rss / small_rss, "~1 (bounded)"))
+        small_rss = peak_rss_of_module(
+            "vehicle_diff_dataset", [*args, "--filtered", str(small), "--output_dir", f"{tmp}/rss2k"]
+        )
+        large_rss = peak_rss_of_module(
+            "vehicle_diff_dataset", [*args, "--filtered", str(large), "--output_dir", f"{tmp}/rss20k"]
+        )
+        rows.append(
+            row(
+                "export peak RSS, 20,000 vs 2,000 crops",
+                f"{large_rss:.0f} MiB",
+                f"{small_rss:.0f} MiB",
+                large_rss / small_rss,
+                "~1 (bounded)",
+            )
+        )
         started = time.perf_counter()
         loaded = datasets.load_dataset(f"{tmp}/ds20k", split="train", cache_dir=f"{tmp}/cache")
         loaded[0]
@@ -65,6 +81,16 @@ def run():
         for _ in loaded:
             pass
         rows_per_s = len(loaded) / (time.perf_counter() - started)
-        rows.append(row("load_dataset of the 20,000-crop export: time to first row", f"{first_row_s:.1f} s", "-", 1.0, "reported"))
-        rows.append(row("iterating the loaded dataset (decoding images)", f"{rows_per_s:.0f} rows/s", "-", 1.0, "reported"))
+        rows.append(
+            row(
+                "load_dataset of the 20,000-crop export: time to first row",
+                f"{first_row_s:.1f} s",
+                "-",
+                1.0,
+                "reported",
+            )
+        )
+        rows.append(
+            row("iterating the loaded dataset (decoding images)", f"{rows_per_s:.0f} rows/s", "-", 1.0, "reported")
+        )
     return rows

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from vehicle_diff.config import parse_config, save_config
 from vehicle_diff.errors import UserInputError
-from vehicle_diff.io import atomic_path
+from vehicle_diff.io import atomic_path, sha256_file
 from vehicle_diff.records import check_plan, done_batches, merge_shards, write_shard
 
 LIBRARY_COLUMNS = ("vehicle_id", "identity", "color", "year", "brand", "model", "body_style", "template_id", "prompt")
@@ -87,14 +87,6 @@ def read_prompt_library(path: str) -> dict[str, list]:
     if missing or table.num_rows == 0:
         raise UserInputError(f"--prompts {file}: not a prompt library (missing columns {missing} or no rows)")
     return table.select(list(LIBRARY_COLUMNS)).to_pydict()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def lora_file(path: str) -> Path:

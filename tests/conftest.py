@@ -1,4 +1,7 @@
 import os
+import subprocess
+import sys
+from contextlib import contextmanager
 
 import pytest
 
@@ -6,6 +9,45 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["YOLO_OFFLINE"] = "1"
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+
+def launch_two_processes(module: str, args: list[str]) -> subprocess.CompletedProcess:
+    """`accelerate launch` with 2 CPU processes (gloo); one thread each, as accelerate sets for several processes."""
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "-m",
+        module,
+        *args,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+class CheckpointCrash(Exception):
+    pass
+
+
+@contextmanager
+def crash_after_first_checkpoint():
+    """Training inside the block dies right after accelerate writes its first checkpoint."""
+    from accelerate import Accelerator
+
+    save_state = Accelerator.save_state
+
+    def save_then_crash(self, *args, **kwargs):
+        save_state(self, *args, **kwargs)
+        raise CheckpointCrash
+
+    Accelerator.save_state = save_then_crash
+    try:
+        with pytest.raises(CheckpointCrash):
+            yield
+    finally:
+        Accelerator.save_state = save_state
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from generation.caption import caption_text, main, select_subset
+from tests.conftest import launch_two_processes
 from vehicle_diff.errors import UserInputError
 
 
@@ -108,9 +109,7 @@ def test_hf_dataset_input(tiny_zoo, tmp_path):
 
 
 def test_two_processes_split_the_batches(tiny_zoo, target_folder, tmp_path):
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "-m",
-               "generation.caption", *args(target_folder, tmp_path / "cap", "--batch_size", "2")]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = launch_two_processes("generation.caption", args(target_folder, tmp_path / "cap", "--batch_size", "2"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "caption [process 1]" in result.stderr
     lines = (tmp_path / "cap" / "train" / "metadata.jsonl").read_text().splitlines()

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from generation.filter import main
+from tests.conftest import launch_two_processes
 from vehicle_diff.errors import UserInputError
 
 
@@ -122,9 +123,7 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(damaged_generation, tmp_
 
 
 def test_two_processes_score_disjoint_batches(damaged_generation, filtered, tmp_path):
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "-m",
-               "generation.filter", *tiny_args(damaged_generation, tmp_path / "out")]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = launch_two_processes("generation.filter", tiny_args(damaged_generation, tmp_path / "out"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "filter [process 1]" in result.stderr
     assert [r["image_id"] for r in rows(tmp_path / "out")] == [r["image_id"] for r in rows(filtered)]

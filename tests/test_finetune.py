@@ -1,14 +1,12 @@
 import json
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from tests.conftest import crash_after_first_checkpoint, launch_two_processes
 from training.finetune_lora import CaptionedImages, augment, lora_target_modules, main, warmup_steps
 from vehicle_diff.errors import UserInputError
 
@@ -93,27 +91,14 @@ def test_scope_all_and_text_encoder_training(tiny_captions, tmp_path):
     assert any(k.startswith("text_encoder.") for k in keys) and any(k.startswith("text_encoder_2.") for k in keys)
 
 
-def test_resume_gives_the_same_lora_as_an_uninterrupted_run(tiny_captions, tmp_path, monkeypatch):
+def test_resume_gives_the_same_lora_as_an_uninterrupted_run(tiny_captions, tmp_path):
     flags = ["--max_train_steps", "4", "--checkpointing_steps", "2", "--validation_prompts", "a car"]
     straight = load_file(
         main(tiny_args(tiny_captions, tmp_path / "straight", *flags)) / "pytorch_lora_weights.safetensors"
     )
 
-    from accelerate import Accelerator
-
-    save_state = Accelerator.save_state
-
-    class Crash(Exception):
-        pass
-
-    def save_then_crash(self, *args, **kwargs):
-        save_state(self, *args, **kwargs)
-        raise Crash
-
-    monkeypatch.setattr(Accelerator, "save_state", save_then_crash)
-    with pytest.raises(Crash):
+    with crash_after_first_checkpoint():
         main(tiny_args(tiny_captions, tmp_path / "resumed", *flags))
-    monkeypatch.setattr(Accelerator, "save_state", save_state)
     resumed = main(tiny_args(tiny_captions, tmp_path / "resumed", *flags, "--resume_from_checkpoint", "latest"))
     resumed = load_file(resumed / "pytorch_lora_weights.safetensors")
     assert straight.keys() == resumed.keys()
@@ -156,8 +141,8 @@ def test_bad_training_sets_fail_before_any_model_loads(tiny_captions, tmp_path):
 
 
 def test_two_processes_train_with_gloo(tiny_captions, tmp_path):
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "-m",
-               "training.finetune_lora", *tiny_args(tiny_captions, tmp_path / "lora", "--max_train_steps", "2")]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = launch_two_processes(
+        "training.finetune_lora", tiny_args(tiny_captions, tmp_path / "lora", "--max_train_steps", "2")
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert load_file(tmp_path / "lora" / "pytorch_lora_weights.safetensors")

@@ -9,6 +9,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from generation.generate import batch_requests, image_prompt, image_seed, main, view_phrase_for
+from tests.conftest import launch_two_processes
 from vehicle_diff.errors import UserInputError
 
 LIBRARY = {
@@ -168,10 +169,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tiny_prompts, tmp_path, caps
 
 
 def test_two_processes_split_the_batches(tiny_prompts, reference_run, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "-m",
-               "generation.generate", *tiny_args(tiny_prompts, tmp_path / "gen")]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    result = launch_two_processes("generation.generate", tiny_args(tiny_prompts, tmp_path / "gen"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "generate [process 1]" in result.stderr and "12/12" in result.stderr
     assert records(tmp_path / "gen") == records(reference_run)

@@ -2,17 +2,14 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
-import time
-import urllib.request
 
 import pytest
 
 from vehicle_diff.errors import UserInputError
-from vehicle_diff.publish import main, olah_config
+from vehicle_diff.publish import main, serve_mirror
 
 
 @pytest.fixture(scope="module")
@@ -54,34 +51,11 @@ def mirror(tiny_dataset, second_dataset, tiny_lora, tiny_reid, tmp_path_factory)
     return root / "repos"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def olah(mirror, tmp_path_factory):
     """olah serving the mirror offline on 127.0.0.1, started and stopped here."""
-    port = free_port()
-    config = tmp_path_factory.mktemp("olah") / "olah.toml"
-    config.write_text(olah_config(mirror, port=port))
-    server = subprocess.Popen([sys.executable, "-m", "olah.server", "-c", str(config)], cwd=config.parent,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"{endpoint}/api/datasets/vehicle-diff/vehicle-diff/revision/v1.0", timeout=2)
-            break
-        except OSError:
-            time.sleep(0.3)
-    else:
-        server.terminate()
-        pytest.fail("olah did not start")
-    yield endpoint
-    server.terminate()
-    server.wait(timeout=10)
+    with serve_mirror(mirror, tmp_path_factory.mktemp("olah")) as endpoint:
+        yield endpoint
 
 
 def test_round_trip_through_olah_with_the_real_clients(olah, tiny_zoo, tmp_path):

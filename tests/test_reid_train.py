@@ -1,11 +1,9 @@
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from tests.conftest import crash_after_first_checkpoint, launch_two_processes
 from training.evaluate import main as evaluate
 from training.reid_data import IdentityBatchSampler, parse_veri_name, read_source, read_veri776, relabel
 from training.reid_model import ReIDModel
@@ -100,23 +98,8 @@ def test_balanced_real_and_synthetic_with_resume(veri_folder, synthetic_dataset,
     assert model.head.classifier.out_features == 6 + 8  # real ids, then synthetic ids after them
     history = json.loads((out / "metrics.json").read_text())
     assert "VeRi-776" in history[-1]["data"]
-    from accelerate import Accelerator
-
-    save_state = Accelerator.save_state
-
-    class Crash(Exception):
-        pass
-
-    def save_then_crash(self, *args, **kwargs):
-        save_state(self, *args, **kwargs)
-        raise Crash
-
-    Accelerator.save_state = save_then_crash
-    try:
-        with pytest.raises(Crash):
-            main([*flags, "--output_dir", str(tmp_path / "resumed")])
-    finally:
-        Accelerator.save_state = save_state
+    with crash_after_first_checkpoint():
+        main([*flags, "--output_dir", str(tmp_path / "resumed")])
     resumed = main([*flags, "--output_dir", str(tmp_path / "resumed"), "--resume_from_checkpoint", "latest"])
     import torch
 
@@ -126,10 +109,9 @@ def test_balanced_real_and_synthetic_with_resume(veri_folder, synthetic_dataset,
 
 
 def test_two_processes_train_with_ddp_on_gloo(synthetic_dataset, tiny_zoo, tmp_path):
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "-m", "training.train_reid",
-               *tiny("--synthetic_data", str(synthetic_dataset), "--data_mode", "S", "--ids_per_batch", "2", "--max_train_steps", "2",
-                     "--output_dir", str(tmp_path / "reid"))]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    flags = tiny("--synthetic_data", str(synthetic_dataset), "--data_mode", "S", "--ids_per_batch", "2", "--max_train_steps", "2",
+                 "--output_dir", str(tmp_path / "reid"))  # fmt: skip
+    result = launch_two_processes("training.train_reid", flags)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "reid" / "training_stats.json").read_text())["steps"] == 2
 

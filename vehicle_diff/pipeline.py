@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,27 +126,11 @@ def stage_runs(config: RunConfig, out: Path) -> list[tuple[str, Path, str, calla
 
 
 def read_back_through_olah(mirror: Path, repo: str, version: str, work_dir: Path) -> dict:
-    """Serve the mirror with olah on a free local port and load the dataset with `load_dataset(repo, revision)`
-    in a fresh process (the Hub client reads HF_ENDPOINT at import)."""
-    from .publish import olah_config
+    """Serve the mirror with olah and load the dataset with `load_dataset(repo, revision)` in a fresh process
+    (the Hub client reads HF_ENDPOINT when it is imported)."""
+    from .publish import serve_mirror
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    (work_dir / "olah.toml").write_text(olah_config(mirror, port=port))
-    server = subprocess.Popen([sys.executable, "-m", "olah.server", "-c", "olah.toml"], cwd=work_dir,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{endpoint}/api/datasets/{repo}/revision/{version}", timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise UserInputError(f"olah did not serve {mirror} within 60 s") from None
-                time.sleep(0.3)
+    with serve_mirror(mirror, work_dir) as endpoint:
         script = (f"import datasets, json; ds = datasets.load_dataset({repo!r}, revision={version!r}); "
                   "print(json.dumps({k: len(v) for k, v in ds.items()}))")  # fmt: skip
         env = {
@@ -159,12 +141,9 @@ def read_back_through_olah(mirror: Path, repo: str, version: str, work_dir: Path
             "HF_HOME": str(work_dir / "hf-home"),
         }
         result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
-        if result.returncode:
-            raise UserInputError(f"reading {repo}@{version} back through olah failed:\n{result.stderr[-2000:]}")
-        return {"endpoint": endpoint, "splits": json.loads(result.stdout.strip().splitlines()[-1])}
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    if result.returncode:
+        raise UserInputError(f"reading {repo}@{version} back through olah failed:\n{result.stderr[-2000:]}")
+    return {"endpoint": endpoint, "splits": json.loads(result.stdout.strip().splitlines()[-1])}
 
 
 def main(argv: list[str] | None = None) -> Path:

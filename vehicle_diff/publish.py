@@ -14,17 +14,18 @@ Each repo holds `publish.json`: the version and the sha256 of every file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import parse_config, save_config
 from .errors import UserInputError
+from .io import sha256_file
 
 # artifact -> (repo type, files that go into its repo; globs relative to the artifact folder)
 ARTIFACTS = {
@@ -36,14 +37,6 @@ ARTIFACTS = {
     "reid": ("model", ["README.md", "model.safetensors", "config.json", "metrics.json", "training_stats.json"]),
 }
 MANIFEST = "publish.json"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def collect_files(folder: Path, patterns: list[str], required: str) -> dict[str, Path]:
@@ -148,6 +141,41 @@ def olah_config(mirror_dir: Path, host: str = "127.0.0.1", port: int = 8090) -> 
     """The olah configuration that serves `mirror_dir` offline."""
     return (f'[basic]\nhost = "{host}"\nport = {port}\nmirror-scheme = "http"\nmirror-netloc = "{host}:{port}"\n'
             f'mirrors-path = ["{mirror_dir.resolve()}"]\n\n[accessibility]\noffline = true\n')  # fmt: skip
+
+
+@contextmanager
+def serve_mirror(mirror_dir: Path, work_dir: Path, timeout_s: float = 60):
+    """Run olah on a free 127.0.0.1 port serving `mirror_dir` offline; yields its endpoint, stops it on exit."""
+    import socket
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    work_dir.mkdir(parents=True, exist_ok=True)
+    (work_dir / "olah-serve.toml").write_text(olah_config(mirror_dir, port=port))
+    server = subprocess.Popen([sys.executable, "-m", "olah.server", "-c", "olah-serve.toml"], cwd=work_dir,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + timeout_s
+        while True:
+            try:
+                urllib.request.urlopen(endpoint, timeout=2)
+                break
+            except urllib.error.HTTPError:  # it answers: it is up
+                break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    raise UserInputError(f"olah did not start serving {mirror_dir} within {timeout_s:.0f} s") from None
+                time.sleep(0.3)
+        yield endpoint
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 @dataclass
