@@ -17,6 +17,7 @@ MODULES = [
     "benchmarks.bench_filter",
     "benchmarks.bench_dataset",
     "benchmarks.bench_reid",
+    "benchmarks.bench_gpu",
 ]
 
 
