@@ -216,3 +216,26 @@ def test_hub_api_path_against_an_hf_compatible_server(
     assert moved.returncode == 0, moved.stderr[-2000:]
     new_oid, new_files = hub.files("datasets", "vehicle-diff/vehicle-diff", "v1.0")
     assert new_oid != oid and not any(name.startswith("data/query-") for name in new_files)  # stale shards deleted
+
+
+@pytest.mark.skipif(
+    not os.environ.get("VEHICLE_DIFF_LIVE_HUB_NAMESPACE"),
+    reason="opt-in: set VEHICLE_DIFF_LIVE_HUB_NAMESPACE and HF_TOKEN",
+)
+def test_live_hub_publish(tiny_dataset, tmp_path):
+    """Publishes the tiny dataset as a private repo under a namespace you own, twice, and reads it back."""
+    import time as clock
+
+    namespace, version = os.environ["VEHICLE_DIFF_LIVE_HUB_NAMESPACE"], f"test-{int(clock.time())}"
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf")}
+    command = [sys.executable, "-m", "vehicle_diff.cli", "publish", "--preset", "tiny", "--target", "hub", "--private",
+               "--namespace", namespace, "--dataset_repo", "vehicle-diff-test", "--dataset", str(tiny_dataset),
+               "--version", version, "--output_dir", str(tmp_path / "r")]  # fmt: skip
+    assert subprocess.run(command, env=env, capture_output=True, text=True).returncode == 0
+    again = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert "already published, unchanged" in again.stdout
+    script = f"import datasets; print(len(datasets.load_dataset('{namespace}/vehicle-diff-test', revision='{version}')['train']))"
+    assert (
+        int(subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True).stdout.split()[-1])
+        > 0
+    )

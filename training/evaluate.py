@@ -73,7 +73,7 @@ def retrieval_picture(distance: torch.Tensor, query: list[Sample], gallery: list
 
     from vehicle_diff.io import atomic_path
 
-    rows = min(num_queries, len(query))
+    rows, top_k = min(num_queries, len(query)), min(top_k, len(gallery))
     sheet = Image.new("RGB", ((top_k + 1) * (cell + 8) + 8, rows * (cell + 8) + 8), "white")
     for row in range(rows):
         order = torch.argsort(distance[row], stable=True).tolist()
