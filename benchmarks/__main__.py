@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         "# Benchmarks",
         "",
-        f"Written by `make bench` on {today}, {machine()}. Ratio = measured / baseline from the same run "
-        "(higher is better where the figure is a rate).",
+        f"Written by `make bench` on {today}, {machine()}. Ratio: the figure against its same-run baseline, "
+        "read with the row's target column.",
         "",
         "| benchmark | measured | baseline (same run) | ratio | target |",
         "|---|---|---|---|---|",

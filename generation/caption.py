@@ -19,7 +19,7 @@ from pathlib import Path
 
 from vehicle_diff.config import parse_config, save_config
 from vehicle_diff.errors import UserInputError
-from vehicle_diff.io import atomic_path
+from vehicle_diff.io import atomic_path, remove_partial_writes
 from vehicle_diff.records import check_plan, done_batches, iter_records, write_shard
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> Path:
     selected = select_subset(len(source), fraction=config.fraction, num_images=config.num_images, seed=config.seed)
     num_batches = math.ceil(len(selected) / config.batch_size)
     if state.is_main_process:
+        remove_partial_writes(out_dir)
         check_plan(out_dir, {"images": len(source), "selected": len(selected), "seed": config.seed,
                              "caption_model": config.caption_model, "prompt_prefix": config.prompt_prefix,
                              "batch_size": config.batch_size})  # fmt: skip

@@ -21,7 +21,7 @@ import numpy as np
 
 from vehicle_diff.config import parse_config, save_config
 from vehicle_diff.errors import UserInputError
-from vehicle_diff.io import atomic_path
+from vehicle_diff.io import atomic_path, remove_partial_writes
 from vehicle_diff.records import check_plan, done_batches, merge_shards, shard_path, write_shard
 
 from .prompts import VERI776_COLORS
@@ -296,6 +296,7 @@ def main(argv: list[str] | None = None) -> Path:
                                  f"threshold {scored['detection_confidence']}; re-run without --rescore_only")  # fmt: skip
     else:
         if state.is_main_process:
+            remove_partial_writes(out_dir)
             check_plan(out_dir, plan)
         state.wait_for_everyone()
         todo = sorted(set(range(num_batches)) - done_batches(scores_dir))

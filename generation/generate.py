@@ -20,7 +20,7 @@ from pathlib import Path
 
 from vehicle_diff.config import parse_config, save_config
 from vehicle_diff.errors import UserInputError
-from vehicle_diff.io import atomic_path, sha256_file
+from vehicle_diff.io import atomic_path, remove_partial_writes, sha256_file
 from vehicle_diff.records import check_plan, done_batches, merge_shards, write_shard
 
 LIBRARY_COLUMNS = ("vehicle_id", "identity", "color", "year", "brand", "model", "body_style", "template_id", "prompt")
@@ -224,6 +224,7 @@ def main(argv: list[str] | None = None) -> Path:
     if config.dry_run:
         return dry_run(config, library, lora, state, num_images, num_batches, todo, render_settings)
     if state.is_main_process:
+        remove_partial_writes(out_dir)
         check_plan(out_dir, plan)
         save_config(config, out_dir / "config.yaml", stage="generate")
     state.wait_for_everyone()

@@ -97,7 +97,10 @@ def test_same_records_and_settings_give_byte_identical_images(reference_run, tin
 
 def test_rerun_of_a_finished_run_changes_nothing(reference_run, tiny_prompts):
     before = {p: p.stat().st_mtime_ns for p in (reference_run / "images").rglob("*.png")}
+    orphan = next((reference_run / "images").iterdir()) / ".x-0000.png.abc123.tmp"  # what a SIGKILL mid-write leaves
+    orphan.write_bytes(b"half an image")
     main(tiny_args(tiny_prompts, reference_run))
+    assert not orphan.exists()
     assert before == {p: p.stat().st_mtime_ns for p in (reference_run / "images").rglob("*.png")}
 
 

@@ -28,6 +28,15 @@ def atomic_path(path: Path):
             os.remove(tmp)
 
 
+def remove_partial_writes(root: Path) -> int:
+    """Delete the temporary files that a killed run left behind (SIGKILL skips the clean-up above); they were
+    never renamed, so nothing counts them as done. Returns how many were removed."""
+    stale = list(Path(root).rglob(".*.tmp")) if Path(root).is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
