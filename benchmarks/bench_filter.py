@@ -5,27 +5,8 @@ import json
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-from PIL import Image
-
 from benchmarks.common import peak_rss_of_module, row, run_child
-
-
-def fake_generation(out_dir: Path, count: int, seed: int = 0) -> Path:
-    """`count` random 64 px images and generation records (10 per identity), written fast."""
-    rng = np.random.default_rng(seed)
-    records = []
-    for index in range(count):
-        identity = f"red-2000-brand-model{index // 10}-sedan"
-        file_name = f"images/{identity}/{identity}-{index % 10:04d}.png"
-        (out_dir / file_name).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(out_dir / file_name, compress_level=1)
-        records.append({"image_id": f"{identity}-{index % 10:04d}", "identity": identity, "vehicle_id": index // 10, "color": "red",
-                        "file_name": file_name, "width": 64, "height": 64, "plan_index": index})  # fmt: skip
-    pq.write_table(pa.Table.from_pylist(records), out_dir / "records.parquet")
-    return out_dir
+from tests.conftest import fake_generation
 
 
 def run():
