@@ -27,6 +27,20 @@ def launch_two_processes(module: str, args: list[str]) -> subprocess.CompletedPr
     return subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+def sigkill_after_shards(command: list[str], shards_dir, shards: int = 2, timeout_s: float = 120) -> int:
+    """Start `command`, SIGKILL it once `shards` record shards exist in `shards_dir`; returns how many exist."""
+    import signal
+    import time
+
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and len(list(shards_dir.glob("batch-*.jsonl"))) < shards:
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    return len(list(shards_dir.glob("batch-*.jsonl")))
+
+
 class CheckpointCrash(Exception):
     pass
 

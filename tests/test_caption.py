@@ -1,9 +1,6 @@
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import datasets
 import numpy as np
@@ -11,7 +8,7 @@ import pytest
 from PIL import Image
 
 from generation.caption import caption_text, main, select_subset
-from tests.conftest import launch_two_processes
+from tests.conftest import launch_two_processes, sigkill_after_shards
 from vehicle_diff.errors import UserInputError
 
 
@@ -84,14 +81,9 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tiny_zoo, target_folder,
     def command(out_dir):
         return [sys.executable, "-m", "generation.caption", *args(target_folder, out_dir, "--batch_size", "1")]
 
-    process = subprocess.Popen(command(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    shards = tmp_path / "killed" / ".shards"
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(shards.glob("batch-*.jsonl"))) < 2:
-        time.sleep(0.01)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    assert 2 <= len(list(shards.glob("batch-*.jsonl"))) < 111
+    assert 2 <= sigkill_after_shards(command(tmp_path / "killed"), tmp_path / "killed" / ".shards") < 111, (
+        "the kill should land mid-run"
+    )
     subprocess.run(command(tmp_path / "killed"), check=True, capture_output=True)
     subprocess.run(command(tmp_path / "straight"), check=True, capture_output=True)
     for name in ("train/metadata.jsonl", "skipped.jsonl"):

@@ -1,16 +1,13 @@
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import pyarrow.parquet as pq
 import pytest
 
 from generation.filter import main
-from tests.conftest import launch_two_processes
+from tests.conftest import launch_two_processes, sigkill_after_shards
 from vehicle_diff.errors import UserInputError
 
 
@@ -112,14 +109,9 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path):
     def command(out_dir):
         return [sys.executable, "-m", "generation.filter", *tiny_args(generation, out_dir, "--batch_size", "1")]
 
-    process = subprocess.Popen(command(tmp_path / "out"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    scores = tmp_path / "out" / "scores"
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(scores.glob("batch-*.jsonl"))) < 2:
-        time.sleep(0.01)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    assert 2 <= len(list(scores.glob("batch-*.jsonl"))) < 300
+    assert 2 <= sigkill_after_shards(command(tmp_path / "out"), tmp_path / "out" / "scores") < 300, (
+        "the kill should land mid-run"
+    )
     subprocess.run(command(tmp_path / "out"), check=True, capture_output=True)
     subprocess.run(command(tmp_path / "straight"), check=True, capture_output=True)
     assert rows(tmp_path / "out") == rows(tmp_path / "straight")

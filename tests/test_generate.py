@@ -1,15 +1,12 @@
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import pyarrow.parquet as pq
 import pytest
 from safetensors.torch import load_file, save_file
 
 from generation.generate import batch_requests, image_prompt, image_seed, main, view_phrase_for
-from tests.conftest import launch_two_processes
+from tests.conftest import launch_two_processes, sigkill_after_shards
 from vehicle_diff.errors import UserInputError
 
 LIBRARY = {
@@ -109,14 +106,7 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tiny_prompts, tmp_path):
         flags = tiny_args(tiny_prompts, out_dir, "--batch_size", "1", "--images_per_identity", "6")
         return [sys.executable, "-m", "generation.generate", *flags]
 
-    process = subprocess.Popen(command(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    records_dir = tmp_path / "killed" / "records"
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(records_dir.glob("batch-*.jsonl"))) < 3:
-        time.sleep(0.02)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    finished = len(list(records_dir.glob("batch-*.jsonl")))
+    finished = sigkill_after_shards(command(tmp_path / "killed"), tmp_path / "killed" / "records", shards=3)
     assert 3 <= finished < 48, "the kill should land mid-run"
     assert not (tmp_path / "killed" / "records.parquet").exists()
     subprocess.run(command(tmp_path / "killed"), check=True, capture_output=True)
