@@ -30,19 +30,10 @@ def run():
                 render(pipe, [r["prompt"] for r in requests], [r["seed"] for r in requests], num_inference_steps=config.num_inference_steps,
                        guidance_scale=config.guidance_scale, height=config.height, width=config.width)  # fmt: skip
 
+        stage_args = ["--preset", "tiny", "--prompts", str(prompts), "--images_per_identity", str(PER_IDENTITY)]
+
         def stage_run(index):
-            main(
-                [
-                    "--preset",
-                    "tiny",
-                    "--prompts",
-                    str(prompts),
-                    "--images_per_identity",
-                    str(PER_IDENTITY),
-                    "--output_dir",
-                    f"{tmp}/gen{index}",
-                ]
-            )
+            main([*stage_args, "--output_dir", f"{tmp}/gen{index}"])
 
         bare_loop()  # warm-up: the first calls in a process pay for lazy initialisation
         bare_s, stage_s = [], []
@@ -57,16 +48,7 @@ def run():
         rows.append(row(f"generate, tiny, {total} images 64px (load + render + write)", f"{stage:.1f} img/s",
                         f"{bare:.1f} img/s (bare pipe calls)", stage / bare, ">= 0.9"))  # fmt: skip
 
-        args = [
-            "-m",
-            "generation.generate",
-            "--preset",
-            "tiny",
-            "--prompts",
-            str(prompts),
-            "--images_per_identity",
-            str(PER_IDENTITY),
-        ]
+        args = ["-m", "generation.generate", *stage_args]
         one_s = run_child([*args, "--output_dir", f"{tmp}/one"])
         two_s = run_child(
             [

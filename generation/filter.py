@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> Path:
         for stale in decided_dir.glob("batch-*.jsonl"):
             stale.unlink()
         identity_sums: dict[str, np.ndarray] = {}
-        chunk = []
+        chunk, written = [], 0
         for record, embedding in decided_records(scores_dir, config.thresholds):
             chunk.append(record)
             if record["kept"]:
@@ -337,10 +337,10 @@ def main(argv: list[str] | None = None) -> Path:
                     np.float32
                 )
             if len(chunk) == 4096:
-                write_shard(decided_dir, len(list(decided_dir.glob("batch-*.jsonl"))), chunk)
-                chunk = []
+                write_shard(decided_dir, written, chunk)
+                chunk, written = [], written + 1
         if chunk:
-            write_shard(decided_dir, len(list(decided_dir.glob("batch-*.jsonl"))), chunk)
+            write_shard(decided_dir, written, chunk)
         records_file = out_dir / "records.parquet"
         merge_shards(decided_dir, records_file)
         summary = summarize(records_file, config, identity_sums)

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from vehicle_diff.errors import UserInputError
-from vehicle_diff.publish import main, serve_mirror
+from vehicle_diff.publish import main, mirror_client_env, serve_mirror
 
 
 @pytest.fixture(scope="module")
@@ -77,13 +77,7 @@ def test_round_trip_through_olah_with_the_real_clients(olah, tiny_zoo, tmp_path)
         out["reid_features"] = list(model.extract(torch.zeros(1, 3, 64, 64)).shape)
         print("RESULT" + json.dumps(out))
     """)
-    env = {
-        **os.environ,
-        "HF_ENDPOINT": olah,
-        "HF_HUB_OFFLINE": "0",
-        "HF_HUB_DISABLE_XET": "1",
-        "HF_HOME": str(tmp_path / "hf"),
-    }
+    env = mirror_client_env(olah, tmp_path / "hf")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.split("RESULT", 1)[1])

@@ -14,7 +14,6 @@ the demo has something honest to caption: they are drawings, not camera images.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -128,18 +127,12 @@ def stage_runs(config: RunConfig, out: Path) -> list[tuple[str, Path, str, calla
 def read_back_through_olah(mirror: Path, repo: str, version: str, work_dir: Path) -> dict:
     """Serve the mirror with olah and load the dataset with `load_dataset(repo, revision)` in a fresh process
     (the Hub client reads HF_ENDPOINT when it is imported)."""
-    from .publish import serve_mirror
+    from .publish import mirror_client_env, serve_mirror
 
     with serve_mirror(mirror, work_dir) as endpoint:
         script = (f"import datasets, json; ds = datasets.load_dataset({repo!r}, revision={version!r}); "
                   "print(json.dumps({k: len(v) for k, v in ds.items()}))")  # fmt: skip
-        env = {
-            **os.environ,
-            "HF_ENDPOINT": endpoint,
-            "HF_HUB_OFFLINE": "0",
-            "HF_HUB_DISABLE_XET": "1",
-            "HF_HOME": str(work_dir / "hf-home"),
-        }
+        env = mirror_client_env(endpoint, work_dir / "hf-home")
         result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     if result.returncode:
         raise UserInputError(f"reading {repo}@{version} back through olah failed:\n{result.stderr[-2000:]}")

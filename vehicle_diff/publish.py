@@ -143,6 +143,17 @@ def olah_config(mirror_dir: Path, host: str = "127.0.0.1", port: int = 8090) -> 
             f'mirrors-path = ["{mirror_dir.resolve()}"]\n\n[accessibility]\noffline = true\n')  # fmt: skip
 
 
+def mirror_client_env(endpoint: str, hf_home: Path) -> dict:
+    """Environment for a fresh process whose Hub clients read from `endpoint` (set before they are imported)."""
+    return {
+        **os.environ,
+        "HF_ENDPOINT": endpoint,
+        "HF_HUB_OFFLINE": "0",
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HOME": str(hf_home),
+    }
+
+
 @contextmanager
 def serve_mirror(mirror_dir: Path, work_dir: Path, timeout_s: float = 60):
     """Run olah on a free 127.0.0.1 port serving `mirror_dir` offline; yields its endpoint, stops it on exit."""
