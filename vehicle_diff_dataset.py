@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,15 +62,21 @@ def assign_splits(identities: list[str], eval_fraction: float, seed: int) -> set
 
 
 def readable_records(records: list[dict], crops_root: Path, skip_unreadable: bool) -> tuple[list[dict], list[str]]:
-    """The records whose crop opens and decodes; the others fail the build, or are listed with `skip_unreadable`."""
+    """The records whose crop is the one the filter wrote (its hash) and decodes; the others fail the build,
+    or are listed with `skip_unreadable`."""
     from PIL import Image
+    from tqdm.auto import tqdm
+
+    from vehicle_diff.io import sha256_file
 
     good, problems = [], []
-    for record in records:
+    for record in tqdm(records, desc="export: checking crops", unit="img"):
         path = crops_root / record["crop_file"] if record.get("crop_file") else None
         try:
             if path is None:
                 raise FileNotFoundError("the record has no crop_file")
+            if record.get("crop_sha256") and sha256_file(path) != record["crop_sha256"]:
+                raise OSError("it is not the crop the filter wrote (its sha256 differs)")
             with Image.open(path) as image:
                 image.load()
             good.append(record)
@@ -108,8 +113,8 @@ def _rows(records: tuple, crops_root: Path, colors: tuple, vehicle_ids: dict):
             "color_similarities": [similarities.get(c) for c in colors],
             "predicted_color": record.get("predicted_color"),
             "base_model": record["base_model"],
-            "base_model_revision": record.get("base_model_revision"),
-            "lora_sha256": record.get("lora_sha256"),
+            "base_model_revision": record.get("base_model_revision") or "",
+            "lora_sha256": record.get("lora_sha256") or "",
         }
 
 
@@ -135,7 +140,7 @@ def read_kept_records(filtered: Path) -> list[dict]:
 
 
 def build(filtered: str | Path, *, colors: list[str] | None = None, eval_fraction: float = 0.0, seed: int = 0,
-          skip_unreadable: bool = False) -> tuple[datasets.DatasetDict, list[str]]:  # fmt: skip
+          skip_unreadable: bool = False, cache_dir: str | None = None) -> tuple[datasets.DatasetDict, list[str]]:  # fmt: skip
     """The dataset of the filter's kept crops: `train`, and `query` / `gallery` over a held-out share of the
     identities (one query image each) when `eval_fraction` > 0. Rows stream through `Dataset.from_generator`
     (written to the datasets cache), so memory does not grow with the image count. Returns the problems skipped."""
@@ -146,8 +151,10 @@ def build(filtered: str | Path, *, colors: list[str] | None = None, eval_fractio
     if unknown:
         raise UserInputError(f"the records use color(s) {unknown} missing from --colors {colors}")
     order = sorted({(r["vehicle_id"], r["identity"]) for r in records})
-    vehicle_ids = {identity: index for index, (_, identity) in enumerate(order)}
     held_out = assign_splits([identity for _, identity in order], eval_fraction, seed)
+    # train ids are 0..T-1 (what a classifier head needs); the held-out identities continue after them
+    order = sorted(order, key=lambda pair: (pair[1] in held_out, pair))
+    vehicle_ids = {identity: index for index, (_, identity) in enumerate(order)}
     splits = {"train": [r for r in records if r["identity"] not in held_out]}
     if held_out:
         first = {}
@@ -159,7 +166,7 @@ def build(filtered: str | Path, *, colors: list[str] | None = None, eval_fractio
     features = features_for(colors)
     dataset = datasets.DatasetDict({
         name: datasets.Dataset.from_generator(  # tuples: datasets would try to shard list arguments
-            _rows, features=features,
+            _rows, features=features, cache_dir=cache_dir,
             gen_kwargs={"records": tuple(rows), "crops_root": filtered, "colors": tuple(colors), "vehicle_ids": vehicle_ids},
         )
         for name, rows in splits.items() if rows
@@ -174,43 +181,58 @@ def _size_category(count: int) -> str:
     return "1M<n<10M"
 
 
-def export(dataset: datasets.DatasetDict, out_dir: str | Path, *, card_context: dict | None = None,
-           max_shard_rows: int = 5000) -> Path:  # fmt: skip
-    """Write Parquet shards `data/{split}-NNNNN-of-NNNNN.parquet`, a preview grid and the README card into a temp
-    folder, then rename it onto `out_dir`: a crash never leaves half a dataset."""
-    from huggingface_hub import DatasetCard, DatasetCardData
+def num_shards(table: datasets.Dataset, max_shard_bytes: int) -> int:
+    """Shards cut by bytes, as `push_to_hub(max_shard_size=...)` cuts them (the Arrow size of the rows)."""
+    return max(1, -(-table.data.nbytes // max_shard_bytes))
 
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        (tmp / "data").mkdir()
-        for split, table in dataset.items():
-            shards = max(1, -(-len(table) // max_shard_rows))
+
+def parse_size(size: str | int) -> int:
+    """'500MB' -> 500_000_000 (decimal units, as huggingface_hub writes them)."""
+    if isinstance(size, int):
+        return size
+    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
+    text = str(size).strip().upper()
+    for unit, factor in units.items():
+        if text.endswith(unit) and text[: -len(unit)].strip().replace(".", "", 1).isdigit():
+            return int(float(text[: -len(unit)]) * factor)
+    if text.isdigit():
+        return int(text)
+    raise UserInputError(f"--max_shard_size {size!r}: use a size like 500MB or 2GB")
+
+
+def export(dataset: datasets.DatasetDict, out_dir: str | Path, *, card_context: dict | None = None,
+           max_shard_size: str | int = "500MB") -> Path:  # fmt: skip
+    """Write Parquet shards `data/{split}-NNNNN-of-NNNNN.parquet` (cut by bytes; row groups as `datasets` writes
+    them for images), a preview grid and the README card into `out_dir` (a staging folder: see `main`)."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+    from tqdm.auto import tqdm
+
+    tmp = Path(out_dir)
+    (tmp / "data").mkdir(parents=True, exist_ok=True)
+    max_bytes = parse_size(max_shard_size)
+    plan = [(split, table, num_shards(table, max_bytes)) for split, table in dataset.items()]
+    with tqdm(total=sum(n for _, _, n in plan), desc="export: writing shards", unit="shard") as progress:
+        for split, table, shards in plan:
             for index in range(shards):
                 shard = table.shard(shards, index, contiguous=True)
                 shard.to_parquet(str(tmp / "data" / f"{split}-{index:05d}-of-{shards:05d}.parquet"))
-        write_preview(dataset["train"], tmp / "preview.png")
-        card_data = DatasetCardData(
-            pretty_name="vehicle-diff: synthetic vehicle re-identification data",
-            license="openrail++",
-            task_categories=["image-classification", "image-feature-extraction"],
-            size_categories=[_size_category(sum(len(t) for t in dataset.values()))],
-            tags=["synthetic", "vehicle-re-identification", "re-identification", "stable-diffusion-xl", "vehicle-diff"],
-            configs=[{"config_name": "default", "data_files": [{"split": s, "path": f"data/{s}-*"} for s in dataset]}],
-        )
-        stats = dataset_statistics(dataset)
-        from importlib.resources import files
+                progress.update(1)
+    write_preview(dataset["train"], tmp / "preview.png")
+    card_data = DatasetCardData(
+        pretty_name="vehicle-diff: synthetic vehicle re-identification data",
+        license="openrail++",
+        task_categories=["image-classification", "image-feature-extraction"],
+        size_categories=[_size_category(sum(len(t) for t in dataset.values()))],
+        tags=["synthetic", "vehicle-re-identification", "re-identification", "stable-diffusion-xl", "vehicle-diff"],
+        configs=[{"config_name": "default", "data_files": [{"split": s, "path": f"data/{s}-*"} for s in dataset]}],
+    )
+    stats = dataset_statistics(dataset)
+    from importlib.resources import files
 
-        card = DatasetCard.from_template(card_data, template_path=str(files("cards") / "dataset_card.md"), stats=stats,
-                                         splits={s: len(t) for s, t in dataset.items()}, **(card_context or {}))  # fmt: skip
-        card.save(tmp / "README.md")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    card = DatasetCard.from_template(card_data, template_path=str(files("cards") / "dataset_card.md"), stats=stats,
+                                     splits={s: len(t) for s, t in dataset.items()}, **(card_context or {}))  # fmt: skip
+    card.save(tmp / "README.md")
+    return tmp
 
 
 def dataset_statistics(dataset: datasets.DatasetDict) -> dict:
@@ -243,6 +265,8 @@ def export_veri(dataset: datasets.DatasetDict, out_dir: str | Path, *, id_offset
     `id_offset`, clear of VeRi-776's 1..776), name_train.txt, and attributes_train.csv."""
     import csv
 
+    from tqdm.auto import tqdm
+
     out_dir = Path(out_dir)
     (out_dir / "image_train").mkdir(parents=True, exist_ok=True)
     train = dataset["train"]
@@ -251,7 +275,7 @@ def export_veri(dataset: datasets.DatasetDict, out_dir: str | Path, *, id_offset
     with open(out_dir / "attributes_train.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["image_name", "vehicle_id", "color", "body_style", "brand", "model", "year"])
-        for index, row in enumerate(train):
+        for index, row in enumerate(tqdm(train, desc="export: VeRi-style copy", unit="img")):
             name = f"{row['vehicle_id'] + id_offset:04d}_c{row['camera'] % 1000:03d}_{index:08d}.jpg"
             row["image"].convert("RGB").save(out_dir / "image_train" / name, quality=95)
             writer.writerow(
@@ -280,7 +304,7 @@ class ExportConfig:
     """Build the dataset from the filter's kept crops and write it as Parquet + card (optionally VeRi-style)."""
 
     output_dir: str = field(
-        default="vehicle-diff-output/dataset", metadata={"help": "data/*.parquet, README.md, preview.png"}
+        default="vehicle-diff-output/vehicle-diff", metadata={"help": "data/*.parquet, README.md, preview.png"}
     )
     preset: str = field(default="paper", metadata={"help": "paper, tiny, or a YAML file"})
     filtered: str = field(default="vehicle-diff-output/filtered", metadata={"help": "the filter stage's folder"})
@@ -290,30 +314,81 @@ class ExportConfig:
     skip_unreadable: bool = field(
         default=False, metadata={"help": "skip (and list) unreadable crops instead of failing"}
     )
+    max_shard_size: str = field(default="500MB", metadata={"help": "Parquet shard size, as push_to_hub cuts them"})
     veri_dir: str | None = field(default=None, metadata={"help": "also write a VeRi-776 style copy here"})
     veri_id_offset: int = 1000
 
     def __post_init__(self):
         if not 0 <= self.eval_fraction < 1:
             raise UserInputError(f"--eval_fraction must be in [0, 1) (got {self.eval_fraction})")
+        if self.veri_id_offset < 0:
+            raise UserInputError(f"--veri_id_offset must be >= 0 (got {self.veri_id_offset})")
+        parse_size(self.max_shard_size)
+
+
+def job_components(config: ExportConfig) -> dict:
+    """The kept records (their crop hashes included) and the settings: what the exported files depend on."""
+    from vehicle_diff.io import sha256_file
+    from vehicle_diff.jobs import output_settings
+
+    records = Path(config.filtered) / "records.parquet"
+    if not records.is_file():
+        raise UserInputError(f"--filtered {config.filtered}: no records.parquet; run `vehicle-diff filter` first")
+    return {"settings": output_settings(config, ignore=("filtered",)), "filter_records_sha256": sha256_file(records)}
+
+
+def export_dataset(config: ExportConfig) -> Path:
+    """Build the dataset in a staging folder beside the output and swap it in whole: the output folder is an
+    earlier export of this package or new; anything else is refused before any work."""
+    from vehicle_diff.config import save_config
+    from vehicle_diff.jobs import check_output_path, done_fingerprint, is_complete, refuse_foreign_folder, replace_folder
+
+    filtered = Path(config.filtered)
+    out = check_output_path(config.output_dir, inputs=[filtered])
+    refuse_foreign_folder(out, "export")
+    if config.veri_dir:
+        veri = check_output_path(config.veri_dir, inputs=[filtered, out], flag="--veri_dir")
+        refuse_foreign_folder(veri, "export-veri", "--veri_dir")
+        if out.is_relative_to(veri):
+            raise UserInputError(f"--veri_dir {config.veri_dir}: it would hold the dataset folder; choose another")
+    components = job_components(config)
+    if is_complete(out, "export", done_fingerprint(components)) and (
+        not config.veri_dir or is_complete(config.veri_dir, "export-veri", done_fingerprint(components))
+    ):
+        print(f"Dataset {out} is up to date with {filtered / 'records.parquet'}; nothing to do.")
+        return out
+    result = {}
+
+    def build_into(staging: Path) -> dict:
+        cache = staging / ".build-cache"
+        dataset, problems = build(filtered, colors=config.colors, eval_fraction=config.eval_fraction, seed=config.seed,
+                                  skip_unreadable=config.skip_unreadable, cache_dir=str(cache))  # fmt: skip
+        export(dataset, staging, card_context=card_context(filtered), max_shard_size=config.max_shard_size)
+        save_config(config, staging / "export_config.yaml", stage="export")
+        if problems:
+            (staging / "skipped.txt").write_text("\n".join(problems) + "\n")
+        if config.veri_dir:
+            replace_folder(config.veri_dir, "export-veri", components,
+                           lambda veri_staging: export_veri(dataset, veri_staging, id_offset=config.veri_id_offset) and None,
+                           inputs=[filtered], flag="--veri_dir")  # fmt: skip
+        result.update(splits={split: len(table) for split, table in dataset.items()}, skipped=len(problems))
+        del dataset
+        shutil.rmtree(cache, ignore_errors=True)
+        return result
+
+    replace_folder(out, "export", components, build_into, inputs=[filtered])
+    splits = ", ".join(f"{split} {count}" for split, count in result["splits"].items())
+    print(f"Dataset: {out} ({splits}). Load it with datasets.load_dataset({str(out)!r})."
+          + (f" Skipped {result['skipped']} unreadable crops, listed in skipped.txt." if result["skipped"] else ""))  # fmt: skip
+    if config.veri_dir:
+        print(f"VeRi-style copy: {Path(config.veri_dir).resolve()}")
+    return out
 
 
 def main(argv: list[str] | None = None) -> Path:
-    from vehicle_diff.config import parse_config, save_config
+    from vehicle_diff.config import parse_config
 
-    config = parse_config(ExportConfig, "export", argv)
-    dataset, problems = build(config.filtered, colors=config.colors, eval_fraction=config.eval_fraction, seed=config.seed,
-                              skip_unreadable=config.skip_unreadable)  # fmt: skip
-    context = card_context(Path(config.filtered))
-    out = export(dataset, config.output_dir, card_context=context)
-    save_config(config, out / "export_config.yaml", stage="export")
-    if problems:
-        (out / "skipped.txt").write_text("\n".join(problems) + "\n")
-    if config.veri_dir:
-        export_veri(dataset, config.veri_dir, id_offset=config.veri_id_offset)
-    print(f"dataset: {out} ({', '.join(f'{s} {len(t)}' for s, t in dataset.items())}); load it with "
-          f"datasets.load_dataset({str(out)!r})" + (f"; skipped {len(problems)} unreadable crops" if problems else ""))  # fmt: skip
-    return out
+    return export_dataset(parse_config(ExportConfig, "export", argv))
 
 
 def card_context(filtered: Path) -> dict:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,21 +22,30 @@ import numpy as np
 
 from vehicle_diff.config import parse_config, save_config
 from vehicle_diff.errors import UserInputError
-from vehicle_diff.io import atomic_path, remove_partial_writes
-from vehicle_diff.records import check_plan, done_batches, merge_shards, shard_path, write_shard
+from vehicle_diff.io import atomic_path, sha256_file
+from vehicle_diff.jobs import (
+    JOB_FILE,
+    Job,
+    changed_parts,
+    duplicates,
+    output_settings,
+    read_json,
+    read_shard,
+    write_parquet,
+    write_plan,
+)
 
 from .prompts import VERI776_COLORS
-from .scoring import (  # fmt: skip
+from .scoring import (
     REJECT_REASONS,
     ClipScorer,
     Thresholds,
     VehicleDetector,
-    choose_box,
     close_identity_pairs,
-    crop_box,
     decide,
+    load_image,
     near_duplicates,
-    predict_color,
+    score_images,
 )
 
 SCORING_SETTINGS = ("detector", "detector_imgsz", "detection_floor", "detection_confidence", "crop_margin",
@@ -70,6 +80,8 @@ class FilterConfig:
     mixed_precision: str = field(default="no", metadata={"help": "no or fp16 (the CLIP model)"})
     contact_sheet_images: int = 24
     rescore_only: bool = field(default=False, metadata={"help": "re-decide from stored scores; load no model"})
+    overwrite: bool = field(default=False, metadata={"help": "replace this stage's earlier outputs in --output_dir"})
+    dry_run: bool = field(default=False, metadata={"help": "print and write plan.json; load no model"})
 
     def __post_init__(self):
         for name in ("detection_floor", "detection_confidence", "identity_pair_threshold", "near_duplicate_threshold"):
@@ -95,6 +107,7 @@ class FilterConfig:
 
 
 def read_generation_records(generated: str):
+    """The generate stage's records, checked before any model loads: finished, ids unique."""
     import pyarrow.parquet as pq
 
     path = Path(generated) / "records.parquet"
@@ -102,63 +115,57 @@ def read_generation_records(generated: str):
         raise UserInputError(
             f"--generated {generated}: no records.parquet; run (or finish) `vehicle-diff generate` first"
         )
-    return pq.read_table(path)
-
-
-def load_image(path: Path):
-    """The RGB image, or the reason it cannot be read."""
-    from PIL import Image
-
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB"), None
-    except (OSError, ValueError, SyntaxError) as error:  # missing, truncated, not an image
-        return None, f"{type(error).__name__}: {error}"
+        table = pq.read_table(path)
+    except Exception as error:  # pyarrow raises several types for a damaged file
+        raise UserInputError(f"--generated {path}: not a readable Parquet file ({error})") from error
+    needed = ("image_id", "identity", "color", "file_name", "width", "height")
+    missing = [c for c in needed if c not in table.column_names]
+    if missing:
+        raise UserInputError(f"--generated {path}: not generation records (missing columns {missing})")
+    repeated = duplicates(table.column("image_id").to_pylist())
+    if repeated:
+        raise UserInputError(f"--generated {path}: image id(s) {repeated[:3]} appear more than once; regenerate")
+    return table
+
+
+def input_digest(table, generated: Path) -> str:
+    """The content the scores depend on: every image's id, seed and bytes (the recorded hash, or the file's)."""
+    import hashlib
+
+    wanted = [c for c in ("image_id", "seed", "file_name", "image_sha256") if c in table.column_names]
+    digest = hashlib.sha256()
+    for row in table.select(wanted).to_pylist():
+        image_hash = row.get("image_sha256")
+        if not image_hash:
+            file = generated / row["file_name"]
+            image_hash = sha256_file(file) if file.is_file() else "missing"
+        digest.update(f"{row['image_id']}\0{row.get('seed')}\0{image_hash}\n".encode())
+    return digest.hexdigest()
 
 
 def score_batch(records: list[dict], config: FilterConfig, generated: Path, out_dir: Path, detector, clip,
                 color_texts: np.ndarray) -> tuple[list[dict], np.ndarray]:  # fmt: skip
-    """Run the models on one batch: detection, crop, CLIP embedding and color similarities."""
+    """Run the models on one batch and save the crops: the records with their scores, and the embeddings."""
     loaded = [load_image(generated / record["file_name"]) for record in records]
-    readable = [i for i, (image, _) in enumerate(loaded) if image is not None]
-    detections = dict(zip(readable, detector([loaded[i][0] for i in readable]), strict=True))
-    scored, crops, crop_rows = [], [], []
-    for index, (record, (image, error)) in enumerate(zip(records, loaded, strict=True)):
-        row = {**record, "unreadable_error": error, "det_box": None, "det_class": None, "det_confidence": None,
-               "det_num_vehicles": 0, "crop_file": None, "crop_width": None, "crop_height": None,
-               "color_similarities": None, "predicted_color": None}  # fmt: skip
-        if image is not None:
-            found = detections[index]
-            row["det_num_vehicles"] = len(found["boxes"])
-            chosen = choose_box(
-                found["boxes"], found["confidences"], found["classes"], min_confidence=config.detection_confidence
-            )
-            if chosen is not None:
-                box = [round(v, 2) for v in found["boxes"][chosen]]
-                rectangle = crop_box(
-                    box, image.width, image.height, margin=config.crop_margin, square=config.crop_square
-                )
-                crop = image.crop(rectangle)
-                crop_file = f"crops/{record['identity']}/{record['image_id']}.png"
-                with atomic_path(out_dir / crop_file) as tmp:
-                    crop.save(tmp, format="PNG")
-                row.update(det_box=box, det_class=found["classes"][chosen], det_confidence=round(found["confidences"][chosen], 5),
-                           crop_file=crop_file, crop_width=crop.width, crop_height=crop.height)  # fmt: skip
-                crops.append(crop)
-                crop_rows.append(index)
+    scores, crops, embeddings = score_images(
+        [image for image, _ in loaded], [record["color"] for record in records], detector, clip, color_texts,
+        colors=config.colors, detection_confidence=config.detection_confidence, crop_margin=config.crop_margin,
+        crop_square=config.crop_square,
+    )  # fmt: skip
+    scored = []
+    for record, (_, error), score, crop in zip(records, loaded, scores, crops, strict=True):
+        row = {**record, **score, "unreadable_error": error, "crop_file": None, "crop_sha256": None}
+        if crop is not None:
+            row["crop_file"] = f"crops/{record['identity']}/{record['image_id']}.png"
+            with atomic_path(out_dir / row["crop_file"]) as tmp:
+                crop.save(tmp, format="PNG")
+                row["crop_sha256"] = sha256_file(tmp)
         scored.append(row)
-    embeddings = np.zeros((len(records), color_texts.shape[1]), dtype=np.float32)
-    if crops:
-        embeddings[crop_rows] = clip.encode_images(crops)
-        similarities = embeddings[crop_rows] @ color_texts.T
-        for row_index, values in zip(crop_rows, similarities, strict=True):
-            scores = {color: round(float(v), 6) for color, v in zip(config.colors, values, strict=True)}
-            scored[row_index]["color_similarities"] = scores
-            scored[row_index]["predicted_color"] = predict_color(scores, scored[row_index]["color"])
     return scored, embeddings
 
 
-def decided_records(scores_dir: Path, thresholds: Thresholds):
+def decided_records(scores_dir: Path, num_batches: int, thresholds: Thresholds):
     """Stream (record with decision, embedding) identity by identity, in generation order."""
 
     def finish(group):
@@ -175,20 +182,19 @@ def decided_records(scores_dir: Path, thresholds: Thresholds):
             )
 
     group, finished = [], set()
-    for batch_index in sorted(done_batches(scores_dir)):
+    for batch_index in range(num_batches):
         embeddings = np.load(scores_dir / f"batch-{batch_index:07d}.npy")
-        with shard_path(scores_dir, batch_index).open() as handle:
-            for line, embedding in zip(handle, embeddings, strict=True):
-                record = json.loads(line)
-                if group and record["identity"] != group[0][0]["identity"]:
-                    finished.add(group[0][0]["identity"])
-                    yield from finish(group)
-                    group = []
-                if record["identity"] in finished:
-                    raise UserInputError(
-                        f"{scores_dir}: identity {record['identity']} is not contiguous; regenerate the records"
-                    )
-                group.append((record, embedding))
+        records = read_shard(scores_dir / f"batch-{batch_index:07d}.jsonl")
+        for record, embedding in zip(records, embeddings, strict=True):
+            if group and record["identity"] != group[0][0]["identity"]:
+                finished.add(group[0][0]["identity"])
+                yield from finish(group)
+                group = []
+            if record["identity"] in finished:
+                raise UserInputError(
+                    f"{scores_dir}: identity {record['identity']} is not contiguous; regenerate the records"
+                )
+            group.append((record, embedding))
     if group:
         yield from finish(group)
 
@@ -269,15 +275,56 @@ def write_contact_sheets(records_file: Path, config: FilterConfig, generated: Pa
     return written
 
 
-def main(argv: list[str] | None = None) -> Path:
-    config = parse_config(FilterConfig, "filter", argv)
+def job_for(config: FilterConfig, table=None) -> Job:
+    """The filter's job: scores depend on the scoring settings and the generated images' content; the
+    decisions (done-marker) on every setting."""
+    from vehicle_diff.models import resolved_revision
+
+    table = table if table is not None else read_generation_records(config.generated)
+    components = {
+        "settings": {name: getattr(config, name) for name in SCORING_SETTINGS},
+        "generated_images": input_digest(table, Path(config.generated)),
+        "detector_revision": resolved_revision(config.detector),
+        "clip_revision": resolved_revision(config.clip_model),
+    }
+    return Job(config.output_dir, "filter", components, overwrite=config.overwrite, inputs=[config.generated],
+               shards="scores", result_settings=output_settings(config, ignore=("generated", "rescore_only")),
+               owned=["crops", "records.parquet", "summary.json", "summary.md", "contact_sheets",
+                      "color_confusion.png", "config.yaml", "plan.json"])  # fmt: skip
+
+
+def check_rescore(job: Job, config: FilterConfig, num_batches: int, ids_of) -> None:
+    """`--rescore_only` decides on stored scores: they must be complete and made from the same images and
+    scoring settings, except a detection threshold that may only be raised."""
+    stored = read_json(job.out_dir / JOB_FILE)
+    if not stored or stored.get("stage") != "filter":
+        raise UserInputError(f"--rescore_only: {job.out_dir} has no filter scores; run the filter without it first")
+    old, new = stored["components"], job.components
+    scoring = old["settings"]["detection_confidence"]
+    if config.detection_confidence < scoring:
+        raise UserInputError(f"--rescore_only can raise --detection_confidence, not lower it below the scoring "
+                             f"threshold {scoring}; re-run without --rescore_only")  # fmt: skip
+
+    def comparable(components):
+        settings = {k: v for k, v in components["settings"].items() if k != "detection_confidence"}
+        return {**components, "settings": settings}
+
+    if comparable(old) != comparable(new):
+        changes = "; ".join(changed_parts(comparable(old), comparable(new))[:4])
+        raise UserInputError(f"--rescore_only: the scores in {job.out_dir} were made from other images or scoring "
+                             f"settings ({changes}); re-run without --rescore_only (and with --overwrite)")  # fmt: skip
+    missing = num_batches - len(job.valid_batches(num_batches, ids_of))
+    if missing:
+        raise UserInputError(f"--rescore_only: {missing} batch(es) of scores in {job.out_dir} are unfinished; run "
+                             "the filter without --rescore_only to finish them")  # fmt: skip
+
+
+def filter_images(config: FilterConfig) -> Path:
+    """Score every not-yet-scored batch (models run once per image), then decide, summarize and draw."""
     import torch
     from accelerate import PartialState
     from tqdm.auto import tqdm
 
-    state = PartialState(cpu=not torch.cuda.is_available())
-    generated, out_dir = Path(config.generated), Path(config.output_dir)
-    scores_dir = out_dir / "scores"
     table = read_generation_records(config.generated)
     unknown = sorted(set(table.column("color").to_pylist()) - set(config.colors))
     if unknown:
@@ -285,76 +332,86 @@ def main(argv: list[str] | None = None) -> Path:
             f"the generated images use color(s) {unknown} that --colors {config.colors} lacks; add them"
         )
     num_batches = math.ceil(table.num_rows / config.batch_size)
-    plan = {"generation_records": table.num_rows, **{name: getattr(config, name) for name in SCORING_SETTINGS}}
+    if config.dry_run:
+        return write_plan(config.output_dir, {"stage": "filter", "images": table.num_rows, "batches": num_batches,
+                                              "batch_size": config.batch_size, "detector": config.detector,
+                                              "detector_imgsz": config.detector_imgsz, "clip_model": config.clip_model,
+                                              "estimated_disk_gb": round(table.num_rows * 0.35e6 / 1e9, 2),
+                                              "disk_estimate_basis": "one PNG crop of ~0.35 MB per image"})  # fmt: skip
+    state = PartialState(cpu=not torch.cuda.is_available())
+    generated, job = Path(config.generated), job_for(config, table)
+    out_dir, scores_dir = job.out_dir, job.shards_dir
+
+    def ids_of(batch_index: int) -> list[str]:
+        return table.slice(batch_index * config.batch_size, config.batch_size).column("image_id").to_pylist()
 
     if config.rescore_only:
-        scored = json.loads((out_dir / "plan.json").read_text()) if (out_dir / "plan.json").exists() else None
-        if scored is None or len(done_batches(scores_dir)) < num_batches:
-            raise UserInputError(f"--rescore_only: {out_dir} has no complete scores; run the filter without it first")
-        if config.detection_confidence < scored["detection_confidence"]:
-            raise UserInputError(f"--rescore_only can raise --detection_confidence, not lower it below the scoring "
-                                 f"threshold {scored['detection_confidence']}; re-run without --rescore_only")  # fmt: skip
+        check_rescore(job, config, num_batches, ids_of)
     else:
-        if state.is_main_process:
-            remove_partial_writes(out_dir)
-            check_plan(out_dir, plan)
-        state.wait_for_everyone()
-        todo = sorted(set(range(num_batches)) - done_batches(scores_dir))
-        mine = todo[state.process_index :: state.num_processes]
-        if mine:
-            dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[config.mixed_precision]
-            detector = VehicleDetector(
-                config.detector, imgsz=config.detector_imgsz, device=state.device, floor=config.detection_floor
-            )
-            clip = ClipScorer(config.clip_model, device=state.device, dtype=dtype)
-            color_texts = clip.encode_texts([config.color_prompt.format(color=c) for c in config.colors])
-            progress = tqdm(total=sum(min(config.batch_size, table.num_rows - b * config.batch_size) for b in mine),
-                            desc=f"filter [process {state.process_index}]", unit="img", position=state.process_index)  # fmt: skip
-            for batch_index in mine:
-                records = table.slice(batch_index * config.batch_size, config.batch_size).to_pylist()
-                scored, embeddings = score_batch(records, config, generated, out_dir, detector, clip, color_texts)
-                with atomic_path(scores_dir / f"batch-{batch_index:07d}.npy") as tmp:
-                    with open(tmp, "wb") as handle:
-                        np.save(handle, embeddings.astype(np.float16))
-                write_shard(scores_dir, batch_index, scored)
-                progress.update(len(records))
+        job.open()
+        models, progress = None, None
+        order = list(range(num_batches))
+        for batch_index in job.batches(num_batches, ids_of, order=order[state.process_index :: state.num_processes] + order):
+            if models is None:
+                dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[config.mixed_precision]
+                detector = VehicleDetector(config.detector, imgsz=config.detector_imgsz, device=state.device,
+                                           floor=config.detection_floor)  # fmt: skip
+                clip = ClipScorer(config.clip_model, device=state.device, dtype=dtype)
+                color_texts = clip.encode_texts([config.color_prompt.format(color=c) for c in config.colors])
+                models = (detector, clip, color_texts)
+                progress = tqdm(total=table.num_rows, desc=f"filter [process {state.process_index}]", unit="img",
+                                position=state.process_index)  # fmt: skip
+            records = table.slice(batch_index * config.batch_size, config.batch_size).to_pylist()
+            scored, embeddings = score_batch(records, config, generated, out_dir, *models)
+            embeddings_file = scores_dir / f"batch-{batch_index:07d}.npy"
+            with atomic_path(embeddings_file) as tmp:
+                with open(tmp, "wb") as handle:
+                    np.save(handle, embeddings.astype(np.float16))
+            job.write_shard(batch_index, scored, side_files=[embeddings_file])
+            progress.update(len(records))
+        if progress is not None:
             progress.close()
-        state.wait_for_everyone()
-        if len(done_batches(scores_dir)) < num_batches:
-            raise UserInputError(f"{out_dir}: scoring is unfinished; re-run the same command to finish it")
+    state.wait_for_everyone()
 
     if state.is_main_process:
-        save_config(config, out_dir / "config.yaml", stage="filter")
-        decided_dir = out_dir / ".decided"
-        for stale in decided_dir.glob("batch-*.jsonl"):
-            stale.unlink()
-        identity_sums: dict[str, np.ndarray] = {}
-        chunk, written = [], 0
-        for record, embedding in decided_records(scores_dir, config.thresholds):
-            chunk.append(record)
-            if record["kept"]:
-                identity_sums[record["identity"]] = identity_sums.get(record["identity"], 0) + embedding.astype(
-                    np.float32
-                )
-            if len(chunk) == 4096:
-                write_shard(decided_dir, written, chunk)
-                chunk, written = [], written + 1
-        if chunk:
-            write_shard(decided_dir, written, chunk)
-        records_file = out_dir / "records.parquet"
-        merge_shards(decided_dir, records_file)
-        summary = summarize(records_file, config, identity_sums)
-        with atomic_path(out_dir / "summary.json") as tmp:
-            tmp.write_text(json.dumps(summary, indent=2))
-        with atomic_path(out_dir / "summary.md") as tmp:
-            tmp.write_text(summary_markdown(summary))
-        sheets = write_contact_sheets(records_file, config, generated, out_dir)
-        print(f"kept {summary['kept']} of {summary['images']} images ({summary['pass_rate']:.1%}); "
-              + ", ".join(f"{r} {n}" for r, n in summary["per_reason"].items() if n and r != "kept"))  # fmt: skip
-        print(
-            f"records: {records_file}\nsummary: {out_dir / 'summary.md'}\ncontact sheets: {out_dir / 'contact_sheets'} ({len(sheets)})"
-        )
+        with job.locked():
+            summary = decide_and_report(config, job, num_batches, ids_of, generated)
+        print(f"Kept {summary['kept']} of {summary['images']} images ({summary['pass_rate']:.1%})." + (
+            " Rejected: " + ", ".join(f"{r} {n}" for r, n in summary["per_reason"].items() if n and r != "kept") + "."
+            if summary["kept"] < summary["images"] else ""))  # fmt: skip
+        print(f"Records: {out_dir / 'records.parquet'}\nSummary: {out_dir / 'summary.md'}\n"
+              f"Contact sheets: {out_dir / 'contact_sheets'}")  # fmt: skip
+    state.wait_for_everyone()
     return out_dir
+
+
+def decide_and_report(config: FilterConfig, job: Job, num_batches: int, ids_of, generated: Path) -> dict:
+    """The pure decisions on the stored scores, the records file, the summary and the contact sheets."""
+    out_dir = job.out_dir
+    save_config(config, out_dir / "config.yaml", stage="filter")
+    records_file = out_dir / "records.parquet"
+    for _ in job.records(num_batches, ids_of):  # every shard whole and in the plan, before deciding
+        pass
+    write_parquet(lambda: (record for record, _ in decided_records(job.shards_dir, num_batches, config.thresholds)),
+                  records_file)  # fmt: skip
+    identity_sums: dict[str, np.ndarray] = {}
+    for record, embedding in decided_records(job.shards_dir, num_batches, config.thresholds):
+        if record["kept"]:
+            identity_sums[record["identity"]] = identity_sums.get(record["identity"], 0) + embedding.astype(np.float32)
+    summary = summarize(records_file, config, identity_sums)
+    with atomic_path(out_dir / "summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2))
+    with atomic_path(out_dir / "summary.md") as tmp:
+        tmp.write_text(summary_markdown(summary))
+    if (out_dir / "contact_sheets").is_dir():  # ours: a reason that no longer occurs must not keep its sheet
+        shutil.rmtree(out_dir / "contact_sheets")
+    write_contact_sheets(records_file, config, generated, out_dir)
+    job.mark_done({"images": summary["images"], "kept": summary["kept"]})
+    return summary
+
+
+def main(argv: list[str] | None = None) -> Path:
+    return filter_images(parse_config(FilterConfig, "filter", argv))
 
 
 if __name__ == "__main__":

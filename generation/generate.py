@@ -2,8 +2,9 @@
 
 The plan is the prompt library x `--images_per_identity` K, cut into fixed batches. Image `i` of identity `v`
 gets `image_id = "{identity}-{i:04d}"` and a seed derived from the global seed and that id, so any image can be
-regenerated from its record alone. Processes take the unfinished batches in turn; a batch is finished when its
-record shard exists (see `vehicle_diff.records`), so a killed run resumes where it stopped.
+regenerated from its record alone. Workers (the processes of one `accelerate launch`, or several invocations on
+one folder) claim the unfinished batches; a batch is finished when its record shard is whole (see
+`vehicle_diff.jobs`), so a killed run resumes where it stopped and a changed input is never mixed in.
 
     vehicle-diff generate --prompts out/prompts --lora_weights out/lora --output_dir out/generated
     accelerate launch --num_processes 8 -m generation.generate --prompts out/prompts --output_dir out/generated
@@ -14,18 +15,25 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vehicle_diff.config import parse_config, save_config
 from vehicle_diff.errors import UserInputError
-from vehicle_diff.io import atomic_path, remove_partial_writes, sha256_file
-from vehicle_diff.records import check_plan, done_batches, merge_shards, write_shard
+from vehicle_diff.io import atomic_path, sha256_file
+from vehicle_diff.jobs import Job, check_output_path, duplicates, output_settings, write_plan
+
+from .prompts import TEMPLATES, build_prompt
 
 LIBRARY_COLUMNS = ("vehicle_id", "identity", "color", "year", "brand", "model", "body_style", "template_id", "prompt")
 IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
 DTYPES = {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}
+ATTRIBUTES = ("color", "year", "brand", "model", "body_style")
+SAFE_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# rough bytes per pixel of a 1024 px photo-like image, for the dry run's disk estimate
+BYTES_PER_PIXEL = {"png": 1.5, "jpg": 0.35, "webp": 0.25}
 
 
 def image_seed(seed: int, image_id: str) -> int:
@@ -46,13 +54,17 @@ def image_prompt(prompt: str, view_phrase: str) -> str:
 
 
 def batch_requests(library: dict[str, list], images_per_identity: int, batch_index: int, batch_size: int,
-                   seed: int, view_phrases: list[str]) -> list[dict]:  # fmt: skip
-    """The images of one batch of the plan: attributes, prompt, seed. Pure, so any batch can be rebuilt."""
+                   seed: int, view_phrases: list[str], template_id: str | None = None) -> list[dict]:  # fmt: skip
+    """The images of one batch of the plan: attributes, prompt, seed. Pure, so any batch can be rebuilt.
+    With `template_id`, prompts are rendered again from the library's attributes with that template."""
     total = len(library["identity"]) * images_per_identity
     requests = []
     for plan_index in range(batch_index * batch_size, min((batch_index + 1) * batch_size, total)):
         row, sample = divmod(plan_index, images_per_identity)
         attributes = {column: library[column][row] for column in LIBRARY_COLUMNS}
+        if template_id is not None:
+            attributes["template_id"] = template_id
+            attributes["prompt"] = build_prompt(TEMPLATES[template_id], **{k: attributes[k] for k in ATTRIBUTES})
         image_id = f"{attributes['identity']}-{sample:04d}"
         view_phrase = view_phrase_for(image_id, view_phrases)
         requests.append({
@@ -86,7 +98,16 @@ def read_prompt_library(path: str) -> dict[str, list]:
     missing = [column for column in LIBRARY_COLUMNS if column not in table.column_names]
     if missing or table.num_rows == 0:
         raise UserInputError(f"--prompts {file}: not a prompt library (missing columns {missing} or no rows)")
-    return table.select(list(LIBRARY_COLUMNS)).to_pydict()
+    library = table.select(list(LIBRARY_COLUMNS)).to_pydict()
+    repeated = duplicates(library["identity"])
+    if repeated:
+        raise UserInputError(f"--prompts {file}: identity key(s) {repeated[:3]} appear more than once; every "
+                             "identity needs its own key (rebuild the library with `vehicle-diff prompts`)")  # fmt: skip
+    unsafe = [key for key in library["identity"] if not isinstance(key, str) or not SAFE_KEY.fullmatch(key)]
+    if unsafe:
+        raise UserInputError(f"--prompts {file}: identity key {unsafe[0]!r} is not a safe file name (letters, digits, "
+                             "'.', '_', '-'; at most 128 characters); rebuild the library with `vehicle-diff prompts`")  # fmt: skip
+    return library
 
 
 def lora_file(path: str) -> Path:
@@ -158,6 +179,9 @@ class GenerateConfig:
         default=None, metadata={"help": "LoRA file or folder; none = the vanilla base model"}
     )
     lora_scale: float = 1.0
+    template_id: str | None = field(
+        default=None, metadata={"help": f"render the prompts again with this template ({sorted(TEMPLATES)})"}
+    )
     images_per_identity: int = field(default=30, metadata={"help": "K images per identity (paper: ~30)"})
     seed: int = 0
     num_inference_steps: int = 50
@@ -170,9 +194,8 @@ class GenerateConfig:
     mixed_precision: str = field(default="no", metadata={"help": "no (fp32), fp16 or bf16"})
     image_format: str = field(default="png", metadata={"help": "png (lossless), jpg or webp"})
     image_quality: int = field(default=95, metadata={"help": "for jpg / webp"})
-    dry_run: bool = field(
-        default=False, metadata={"help": "print the plan and a measured time estimate, write nothing"}
-    )
+    overwrite: bool = field(default=False, metadata={"help": "replace this stage's earlier outputs in --output_dir"})
+    dry_run: bool = field(default=False, metadata={"help": "print and write plan.json; load no model, render nothing"})
 
     def __post_init__(self):
         for name in ("images_per_identity", "num_inference_steps", "batch_size", "height", "width"):
@@ -191,94 +214,104 @@ class GenerateConfig:
             raise UserInputError(f"--image_quality must be in 1..100 (got {self.image_quality})")
         if self.guidance_scale < 0:
             raise UserInputError(f"--guidance_scale must be >= 0 (got {self.guidance_scale})")
+        if self.template_id is not None and self.template_id not in TEMPLATES:
+            raise UserInputError(f"--template_id {self.template_id!r}: unknown; use one of {sorted(TEMPLATES)}")
 
 
-def main(argv: list[str] | None = None) -> Path:
-    config = parse_config(GenerateConfig, "generate", argv)
+def job_components(config: GenerateConfig, lora: Path | None) -> dict:
+    """Everything the images and records depend on: the settings and the content of the inputs."""
+    from vehicle_diff.models import resolved_revision
+
+    return {
+        "settings": output_settings(config, ignore=("prompts", "lora_weights")),
+        "prompt_library_sha256": sha256_file(prompt_library_file(config.prompts)),
+        "lora_sha256": sha256_file(lora) if lora else None,
+        "base_model_revision": resolved_revision(config.pretrained_model_name_or_path, config.revision),
+    }
+
+
+def generate(config: GenerateConfig) -> Path:
+    """Render every not-yet-finished batch of the plan, then merge the records (see the module doc)."""
     import torch
     from accelerate import PartialState
     from tqdm.auto import tqdm
 
-    state = PartialState(cpu=not torch.cuda.is_available())
-    out_dir = Path(config.output_dir)
-    records_dir = out_dir / "records"
+    check_output_path(config.output_dir, inputs=[config.prompts, config.lora_weights])
     library = read_prompt_library(config.prompts)
     lora = lora_file(config.lora_weights) if config.lora_weights else None
     num_images = len(library["identity"]) * config.images_per_identity
     num_batches = math.ceil(num_images / config.batch_size)
-    plan = {
-        "prompt_library_sha256": sha256_file(prompt_library_file(config.prompts)),
-        "lora_sha256": sha256_file(lora) if lora else None,
-        **{name: getattr(config, name) for name in (
-            "pretrained_model_name_or_path", "revision", "lora_scale", "images_per_identity", "seed",
-            "num_inference_steps", "guidance_scale", "height", "width", "negative_prompt", "view_phrases",
-            "batch_size", "mixed_precision", "image_format", "image_quality")},
-    }  # fmt: skip
+    if config.dry_run:
+        return dry_run(config, library, num_images, num_batches)
+    state = PartialState(cpu=not torch.cuda.is_available())
+    components = job_components(config, lora)
+    job = Job(config.output_dir, "generate", components, overwrite=config.overwrite,
+              owned=["images", "records.parquet", "config.yaml", "plan.json"]).open()  # fmt: skip
+    out_dir = job.out_dir
+    if state.is_main_process:
+        save_config(config, out_dir / "config.yaml", stage="generate")
 
-    todo = sorted(set(range(num_batches)) - done_batches(records_dir))
-    mine = todo[state.process_index :: state.num_processes]
+    def requests_of(batch_index: int) -> list[dict]:
+        return batch_requests(library, config.images_per_identity, batch_index, config.batch_size, config.seed,
+                              config.view_phrases, config.template_id)  # fmt: skip
+
     render_settings = {name: getattr(config, name) for name in (
         "num_inference_steps", "guidance_scale", "height", "width", "negative_prompt")}  # fmt: skip
     if lora:
         render_settings["lora_scale"] = config.lora_scale
-    if config.dry_run:
-        return dry_run(config, library, lora, state, num_images, num_batches, todo, render_settings)
-    if state.is_main_process:
-        remove_partial_writes(out_dir)
-        check_plan(out_dir, plan)
-        save_config(config, out_dir / "config.yaml", stage="generate")
-    state.wait_for_everyone()
-
-    if mine:
-        pipe = pipeline_for(config, lora, state.device)
-        scheduler = type(pipe.scheduler).__name__
-        suffix = "." + config.image_format
-        progress = tqdm(
-            total=sum(min(config.batch_size, num_images - b * config.batch_size) for b in mine),
-            desc=f"generate [process {state.process_index}]", unit="img", position=state.process_index, dynamic_ncols=True,
-        )  # fmt: skip
-        for batch_index in mine:
-            requests = batch_requests(library, config.images_per_identity, batch_index, config.batch_size,
-                                      config.seed, config.view_phrases)  # fmt: skip
-            started = time.perf_counter()
-            images = render(pipe, [r["prompt"] for r in requests], [r["seed"] for r in requests], **render_settings)
-            seconds = (time.perf_counter() - started) / len(requests)
-            records = []
-            for request, image in zip(requests, images, strict=True):
-                file_name = f"images/{request['identity']}/{request['image_id']}{suffix}"
-                with atomic_path(out_dir / file_name) as tmp:
-                    image.save(tmp, format=IMAGE_FORMATS[config.image_format], quality=config.image_quality)
-                records.append({
-                    **request,
-                    "file_name": file_name,
-                    "base_model": config.pretrained_model_name_or_path,
-                    "base_model_revision": config.revision,
-                    "lora_sha256": plan["lora_sha256"],
-                    "lora_scale": config.lora_scale if lora else None,
-                    "scheduler": scheduler,
-                    "num_inference_steps": config.num_inference_steps,
-                    "guidance_scale": config.guidance_scale,
-                    "negative_prompt": config.negative_prompt,
-                    "height": config.height,
-                    "width": config.width,
-                    "mixed_precision": config.mixed_precision,
-                    "seconds": round(seconds, 4),
-                })  # fmt: skip
-            write_shard(records_dir, batch_index, records)
-            progress.update(len(requests))
+    pipe, progress, suffix = None, None, "." + config.image_format
+    # processes start at different batches so that they rarely wait on each other's claims
+    order = list(range(num_batches))
+    order = order[state.process_index :: state.num_processes] + order
+    for batch_index in job.batches(num_batches, lambda b: [r["image_id"] for r in requests_of(b)], order=order):
+        if pipe is None:
+            pipe = pipeline_for(config, lora, state.device)
+            scheduler = type(pipe.scheduler).__name__
+            progress = tqdm(total=num_images, desc=f"generate [process {state.process_index}]", unit="img",
+                            position=state.process_index, dynamic_ncols=True)  # fmt: skip
+        requests = requests_of(batch_index)
+        images = render(pipe, [r["prompt"] for r in requests], [r["seed"] for r in requests], **render_settings)
+        records = []
+        for request, image in zip(requests, images, strict=True):
+            file_name = f"images/{request['identity']}/{request['image_id']}{suffix}"
+            with atomic_path(out_dir / file_name) as tmp:
+                image.save(tmp, format=IMAGE_FORMATS[config.image_format], quality=config.image_quality)
+                image_sha256 = sha256_file(tmp)
+            records.append({
+                **request,
+                "file_name": file_name,
+                "image_sha256": image_sha256,
+                "base_model": config.pretrained_model_name_or_path,
+                "base_model_revision": components["base_model_revision"],
+                "lora_sha256": components["lora_sha256"] or "",
+                "lora_scale": config.lora_scale if lora else 0.0,
+                "scheduler": scheduler,
+                "num_inference_steps": config.num_inference_steps,
+                "guidance_scale": config.guidance_scale,
+                "negative_prompt": config.negative_prompt or "",
+                "height": config.height,
+                "width": config.width,
+                "mixed_precision": config.mixed_precision,
+            })  # fmt: skip
+        job.write_shard(batch_index, records)
+        progress.update(len(requests))
+    if progress is not None:
         progress.close()
     state.wait_for_everyone()
 
     if state.is_main_process:
-        missing = num_batches - len(done_batches(records_dir))
-        if missing:
-            raise UserInputError(
-                f"{missing} batch(es) of {out_dir} are unfinished; re-run the same command to finish them"
-            )
-        count = merge_shards(records_dir, out_dir / "records.parquet")
-        print(f"generated {count} images of {len(library['identity'])} identities into {out_dir / 'images'}")
-        print(f"records: {out_dir / 'records.parquet'}")
+        with job.locked():
+            if not job.complete:
+                count = job.merge(num_batches, out_dir / "records.parquet", lambda b: [r["image_id"] for r in requests_of(b)])
+                job.mark_done({"images": count, "identities": len(library["identity"])})
+        print(f"Generated {num_images} images of {len(library['identity'])} identities into {out_dir / 'images'}.")
+        print(f"Records: {out_dir / 'records.parquet'}")
+    state.wait_for_everyone()
     return out_dir
+
+
+def main(argv: list[str] | None = None) -> Path:
+    return generate(parse_config(GenerateConfig, "generate", argv))
 
 
 def pipeline_for(config: GenerateConfig, lora: Path | None, device):
@@ -289,32 +322,23 @@ def pipeline_for(config: GenerateConfig, lora: Path | None, device):
     return pipe
 
 
-def dry_run(config, library, lora, state, num_images, num_batches, todo, render_settings) -> Path:
-    """Print the plan and, from one measured batch on this hardware, the time the rest will take."""
-    estimate = "nothing left to do"
-    if todo:
-        pipe = pipeline_for(config, lora, state.device)
-        requests = batch_requests(
-            library, config.images_per_identity, todo[0], config.batch_size, config.seed, config.view_phrases
-        )
-        prompts, seeds = [r["prompt"] for r in requests], [r["seed"] for r in requests]
-        render(pipe, prompts[:1], seeds[:1], **render_settings)  # warm-up: the first call pays for lazy initialisation
-        started = time.perf_counter()
-        render(pipe, prompts, seeds, **render_settings)
-        per_batch = time.perf_counter() - started
-        remaining_s = per_batch * math.ceil(len(todo) / state.num_processes)
-        estimate = f"~{remaining_s / 3600:.2f} h on {state.num_processes} process(es) ({per_batch / len(requests):.2f} s/image measured on {state.device})"
-    if state.is_main_process:
-        print(json.dumps({
-            "identities": len(library["identity"]),
-            "images": num_images,
-            "batches": num_batches,
-            "batches_done": num_batches - len(todo),
-            "record_shards": num_batches,
-            "processes": state.num_processes,
-            "estimate": estimate,
-        }, indent=2))  # fmt: skip
-    return Path(config.output_dir)
+def dry_run(config: GenerateConfig, library: dict, num_images: int, num_batches: int) -> Path:
+    """The plan at full scale without loading a model: images, batches, denoising steps and disk needed."""
+    pixels = config.height * config.width
+    image_bytes = num_images * pixels * BYTES_PER_PIXEL[config.image_format]
+    plan = {
+        "stage": "generate",
+        "identities": len(library["identity"]),
+        "images_per_identity": config.images_per_identity,
+        "images": num_images,
+        "batches": num_batches,
+        "batch_size": config.batch_size,
+        "unet_evaluations": num_images * config.num_inference_steps * (2 if config.guidance_scale > 1 else 1),
+        "record_shards": num_batches,
+        "estimated_disk_gb": round(image_bytes / 1e9, 2),
+        "disk_estimate_basis": f"{BYTES_PER_PIXEL[config.image_format]} bytes/pixel for {config.image_format}",
+    }
+    return write_plan(config.output_dir, plan)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from vehicle_diff.config import parse_config, save_config
 from vehicle_diff.errors import UserInputError
-from vehicle_diff.io import atomic_path
+from vehicle_diff.io import atomic_path, sha256_file
+from vehicle_diff.jobs import Job, output_settings
 
 from .catalog import BODY_STYLES, Prototype, load_catalog, slug
 
@@ -143,6 +144,7 @@ class PromptsConfig:
     seed: int = 0
     colors: list[str] = field(default_factory=lambda: list(VERI776_COLORS), metadata={"help": "shared with the filter"})
     template_id: str = field(default="paper", metadata={"help": f"one of {sorted(TEMPLATES)}"})
+    overwrite: bool = field(default=False, metadata={"help": "replace this stage's earlier outputs in --output_dir"})
 
     def __post_init__(self):
         if self.num_identities <= 0:
@@ -155,36 +157,50 @@ class PromptsConfig:
         self.colors = colors
 
 
-def main(argv: list[str] | None = None) -> Path:
-    config = parse_config(PromptsConfig, "prompts", argv)
-    out_dir = Path(config.output_dir)
-    started = time.perf_counter()
+def job_for(config: PromptsConfig) -> Job:
+    from importlib.metadata import version
 
+    catalog = sha256_file(config.catalog) if config.catalog and Path(config.catalog).is_file() else None
+    components = {"settings": output_settings(config, ignore=("catalog",)), "catalog_sha256": catalog,
+                  "faker_vehicle": None if config.catalog else version("faker-vehicle")}  # fmt: skip
+    return Job(config.output_dir, "prompts", components, overwrite=config.overwrite, inputs=[config.catalog],
+               owned=["prompts.parquet", "summary.json", "config.yaml"])  # fmt: skip
+
+
+def build_library(config: PromptsConfig) -> Path:
+    started = time.perf_counter()
     prototypes, skipped = load_catalog(config.catalog, skip_invalid=config.skip_invalid)
     identities = sample_identities(prototypes, config.colors, config.num_identities, config.seed)
     columns = library_rows(identities, config.template_id)
+    job = job_for(config).open()
+    out_dir = job.out_dir
 
     import datasets
 
     library = datasets.Dataset.from_dict(columns)
     with atomic_path(out_dir / "prompts.parquet") as tmp:
         library.to_parquet(str(tmp))
-    catalog_name = config.catalog or "faker-vehicle (built-in)"
+    catalog_name = Path(config.catalog).name if config.catalog else "faker-vehicle (built-in)"
     summary = summarize(columns, skipped, catalog_name)
     with atomic_path(out_dir / "summary.json") as tmp:
         tmp.write_text(json.dumps({**summary, "skipped_rows": skipped}, indent=2))
     save_config(config, out_dir / "config.yaml", stage="prompts")
+    job.mark_done({"identities": len(library)})
 
     top = lambda counts, k=8: ", ".join(f"{name} {count}" for name, count in list(counts.items())[:k])  # noqa: E731
-    print(f"prompt library: {len(library)} identities from {len(prototypes)} prototypes of {catalog_name}")
+    print(f"Prompt library: {len(library)} identities from {len(prototypes)} prototypes of {catalog_name}.")
     print(f"  brands ({len(summary['per_brand'])}): {top(summary['per_brand'])} ...")
     print(f"  body styles: {top(summary['per_body_style'], 20)}")
     print(f"  colors: {top(summary['per_color'], 20)}")
     if skipped:
         print(f"  skipped {len(skipped)} catalog row(s), listed in summary.json; first: {skipped[0]}")
     print(f"  example: {columns['prompt'][0]!r}")
-    print(f"wrote {out_dir / 'prompts.parquet'} in {time.perf_counter() - started:.1f} s")
+    print(f"Wrote {out_dir / 'prompts.parquet'} in {time.perf_counter() - started:.1f} s.")
     return out_dir
+
+
+def main(argv: list[str] | None = None) -> Path:
+    return build_library(parse_config(PromptsConfig, "prompts", argv))
 
 
 if __name__ == "__main__":

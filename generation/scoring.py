@@ -11,6 +11,7 @@ vehicle box below it is kept for the record (and the image is rejected as `low_c
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -126,6 +127,56 @@ def crop_box(box: list[float], image_width: int, image_height: int, *, margin: f
     left, top = max(0, int(round(x1))), max(0, int(round(y1)))
     right, bottom = min(image_width, int(round(x2))), min(image_height, int(round(y2)))
     return left, top, max(right, left + 1), max(bottom, top + 1)
+
+
+def score_images(images: list, expected_colors: list[str], detector, clip, color_texts: np.ndarray, *,
+                 colors: list[str], detection_confidence: float, crop_margin: float = 0.0,
+                 crop_square: bool = False) -> tuple[list[dict], list, np.ndarray]:  # fmt: skip
+    """Detect, crop and CLIP-score a batch, the one way the filter and the candidate selection share.
+
+    `images` may hold None for an unreadable file. Returns, per image, its scores (detection box, class,
+    confidence and count, crop size, the color similarities of Eq. 1 and the predicted color), its crop (None
+    without a vehicle box) and the crop's CLIP embedding (zeros without a crop)."""
+    readable = [i for i, image in enumerate(images) if image is not None]
+    detections = dict(zip(readable, detector([images[i] for i in readable]), strict=True))
+    scores, crops = [], []
+    for index, image in enumerate(images):
+        row = {"det_box": None, "det_class": None, "det_confidence": None, "det_num_vehicles": 0, "crop_width": None,
+               "crop_height": None, "color_similarities": None, "predicted_color": None}  # fmt: skip
+        crop = None
+        if image is not None:
+            found = detections[index]
+            row["det_num_vehicles"] = len(found["boxes"])
+            chosen = choose_box(found["boxes"], found["confidences"], found["classes"],
+                                min_confidence=detection_confidence)  # fmt: skip
+            if chosen is not None:
+                box = [round(v, 2) for v in found["boxes"][chosen]]
+                crop = image.crop(crop_box(box, image.width, image.height, margin=crop_margin, square=crop_square))
+                row.update(det_box=box, det_class=found["classes"][chosen],
+                           det_confidence=round(found["confidences"][chosen], 5), crop_width=crop.width,
+                           crop_height=crop.height)  # fmt: skip
+        scores.append(row)
+        crops.append(crop)
+    with_crop = [i for i, crop in enumerate(crops) if crop is not None]
+    embeddings = np.zeros((len(images), color_texts.shape[1]), dtype=np.float32)
+    if with_crop:
+        embeddings[with_crop] = clip.encode_images([crops[i] for i in with_crop])
+        for index, values in zip(with_crop, embeddings[with_crop] @ color_texts.T, strict=True):
+            similarities = {color: round(float(v), 6) for color, v in zip(colors, values, strict=True)}
+            scores[index]["color_similarities"] = similarities
+            scores[index]["predicted_color"] = predict_color(similarities, expected_colors[index])
+    return scores, crops, embeddings
+
+
+def load_image(path: Path):
+    """The RGB image, or None and the reason it cannot be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB"), None
+    except (OSError, ValueError, SyntaxError) as error:  # missing, truncated, not an image
+        return None, f"{type(error).__name__}: {error}"
 
 
 class VehicleDetector:

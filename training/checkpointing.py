@@ -1,33 +1,147 @@
-"""What both training scripts need from accelerate's checkpoints: a step counter saved with them, and resuming."""
+"""What both trainers share: the output folder's job, checkpoints that are complete or invisible, resuming.
+
+A checkpoint is `OUT/checkpoint-STEP` (diffusers' naming). It is written by accelerate's `save_state` into a
+staging folder, then `trainer_state.json` (the step, as JSON) and `manifest.json` (every file's sha256) are
+added and the folder is renamed into place: a kill at any moment leaves either no checkpoint-STEP or a whole
+one. On resume the manifest is checked; a damaged checkpoint is named and skipped for the previous one.
+
+`--resume_from_checkpoint latest | checkpoint-STEP | PATH` (PATH may be another run's checkpoint).
+"""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
+from vehicle_diff.errors import UserInputError
+from vehicle_diff.io import atomic_path, sha256_file
+from vehicle_diff.jobs import Job, warn
 
-class TrainingProgress:
-    """The optimizer-step counter, saved and restored with accelerate's checkpoints."""
-
-    def __init__(self):
-        self.step = 0
-
-    def state_dict(self):
-        return {"step": self.step}
-
-    def load_state_dict(self, state):
-        self.step = state["step"]
+STATE_FILE = "trainer_state.json"
+MANIFEST_FILE = "manifest.json"
 
 
-def resume(accelerator, out_dir: Path, checkpoint: str | None) -> bool:
-    """Restore model, optimizer, scheduler, RNG and step from `latest` or a checkpoint folder (accelerate's
-    automatic naming: OUT/checkpoints/checkpoint_N). Returns False when `latest` finds nothing yet."""
-    if not checkpoint:
-        return False
-    checkpoints = Path(out_dir) / "checkpoints"
-    numbers = [int(p.name.split("_")[-1]) for p in checkpoints.glob("checkpoint_*")]
-    if checkpoint == "latest" and not numbers:
-        accelerator.print(f"no checkpoint in {checkpoints} yet; starting from step 0")
-        return False
-    accelerator.load_state(None if checkpoint == "latest" else checkpoint)
-    accelerator.project_configuration.iteration = max(numbers) + 1  # new checkpoints continue the numbering
-    return True
+def open_training_output(out_dir: str, stage: str, components: dict, *, owned: list[str], overwrite: bool,
+                         accelerator) -> Job:  # fmt: skip
+    """The main process claims the folder for this plan and holds its lock for the whole run: a second trainer
+    on the same folder is refused, a folder made with other settings or data is refused (or `--overwrite`)."""
+    job = Job(out_dir, stage, components, overwrite=overwrite, owned=[*owned, "checkpoint-*"])
+    if accelerator.is_main_process:
+        job.open().hold()
+        for stale in job.out_dir.glob(".checkpoint-*.staging"):  # a checkpoint a kill interrupted
+            shutil.rmtree(stale)
+    accelerator.wait_for_everyone()
+    return job
+
+
+def checkpoint_step(path: Path) -> int | None:
+    name = Path(path).name
+    return int(name.split("-")[1]) if name.startswith("checkpoint-") and name.split("-")[1].isdigit() else None
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why a checkpoint folder cannot be resumed from, or None when it is whole."""
+    manifest = Path(path) / MANIFEST_FILE
+    try:
+        files = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return f"it has no readable {MANIFEST_FILE}"
+    for name, digest in files.items():
+        file = Path(path) / name
+        if not file.is_file() or sha256_file(file) != digest:
+            return f"{name} is missing or damaged"
+    if not (Path(path) / STATE_FILE).is_file():
+        return f"it has no {STATE_FILE}"
+    return None
+
+
+def checkpoints(out_dir: Path) -> list[Path]:
+    """The checkpoint folders of a run, oldest first."""
+    found = [p for p in Path(out_dir).glob("checkpoint-*") if p.is_dir() and checkpoint_step(p) is not None]
+    return sorted(found, key=checkpoint_step)
+
+
+def find_checkpoint(out_dir: Path, spec: str | None) -> Path | None:
+    """`latest` = the newest whole checkpoint of this run (damaged ones are skipped with a warning); a name
+    `checkpoint-STEP` is looked up in this run; anything else is a path."""
+    if not spec:
+        return None
+    if spec == "latest":
+        for candidate in reversed(checkpoints(out_dir)):
+            problem = checkpoint_problem(candidate)
+            if problem is None:
+                return candidate
+            warn(f"checkpoint {candidate} is damaged ({problem}); skipping it for an earlier one")
+        return None
+    path = Path(out_dir) / spec if checkpoint_step(Path(spec)) is not None and "/" not in spec else Path(spec)
+    if not path.is_dir():
+        raise UserInputError(f"--resume_from_checkpoint {spec}: no checkpoint folder {path}; use latest, "
+                             "checkpoint-STEP or the path of a checkpoint folder")  # fmt: skip
+    problem = checkpoint_problem(path)
+    if problem:
+        raise UserInputError(f"--resume_from_checkpoint {spec}: {path} cannot be resumed from ({problem})")
+    return path
+
+
+def resume(accelerator, out_dir: Path, spec: str | None) -> int:
+    """Restore models (or adapters), optimizer, scheduler, RNG and the step; returns the step (0 = fresh)."""
+    path = find_checkpoint(out_dir, spec)
+    if path is None:
+        if spec:
+            accelerator.print(f"No checkpoint in {out_dir} yet; starting from step 0.")
+        return 0
+    accelerator.load_state(str(path))
+    step = json.loads((path / STATE_FILE).read_text())["step"]
+    accelerator.print(f"Resumed from {path} at step {step}.")
+    return step
+
+
+def save_checkpoint(accelerator, out_dir: Path, step: int, total_limit: int) -> Path:
+    """Write checkpoint-STEP complete-or-invisible and keep the newest `total_limit` (all processes call it)."""
+    out_dir = Path(out_dir)
+    final, staging = out_dir / f"checkpoint-{step}", out_dir / f".checkpoint-{step}.staging"
+    if accelerator.is_main_process and staging.exists():
+        shutil.rmtree(staging)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        with atomic_path(staging / STATE_FILE) as tmp:
+            tmp.write_text(json.dumps({"step": step}))
+        files = {p.relative_to(staging).as_posix(): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()}
+        with atomic_path(staging / MANIFEST_FILE) as tmp:
+            tmp.write_text(json.dumps(files, indent=1))
+        if final.exists():  # the same step again (a resumed run): the new one replaces it whole
+            shutil.rmtree(final)
+        staging.rename(final)
+        for old in checkpoints(out_dir)[:-total_limit]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def adapter_checkpoint_hooks(accelerator, models: list) -> None:
+    """Checkpoints hold only the trained LoRA adapters (peft state dicts, safetensors), not the frozen weights:
+    kilobytes to megabytes instead of the whole UNet."""
+    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file, save_file
+
+    def save_hook(hooked_models, weights, output_dir):
+        if accelerator.is_main_process:
+            for index, model in enumerate(hooked_models):
+                state = get_peft_model_state_dict(accelerator.unwrap_model(model))
+                save_file({k: v.detach().contiguous().cpu() for k, v in state.items()},
+                          str(Path(output_dir) / f"adapter_{index}.safetensors"))  # fmt: skip
+        weights.clear()  # accelerate would otherwise save every frozen weight too
+
+    def load_hook(hooked_models, input_dir):
+        for index, model in enumerate(hooked_models):
+            state = load_file(str(Path(input_dir) / f"adapter_{index}.safetensors"))
+            result = set_peft_model_state_dict(accelerator.unwrap_model(model), state)
+            if getattr(result, "unexpected_keys", None):
+                raise UserInputError(f"{input_dir}: its adapters do not fit this model ({result.unexpected_keys[:3]})")
+        hooked_models.clear()
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)

@@ -51,6 +51,18 @@ def warmup_steps(*, warmup_epochs: float, steps_per_epoch: int, explicit_steps: 
     return explicit_steps if explicit_steps is not None else round(warmup_epochs * steps_per_epoch)
 
 
+def training_plan(*, num_images: int, train_batch_size: int, num_processes: int, gradient_accumulation_steps: int,
+                  num_train_epochs: int, max_train_steps: int | None, lr_warmup_epochs: float,
+                  lr_warmup_steps: int | None) -> dict:  # fmt: skip
+    """Steps per epoch, total and warm-up steps, as the loop below runs them (a pure function, for the dry run)."""
+    batches = math.ceil(num_images / train_batch_size)
+    steps_per_epoch = math.ceil(math.ceil(batches / num_processes) / gradient_accumulation_steps)
+    total = max_train_steps or num_train_epochs * steps_per_epoch
+    warmup = warmup_steps(warmup_epochs=lr_warmup_epochs, steps_per_epoch=steps_per_epoch, explicit_steps=lr_warmup_steps)
+    return {"num_images": num_images, "steps_per_epoch": steps_per_epoch, "total_steps": total,
+            "epochs": math.ceil(total / steps_per_epoch), "warmup_steps": max(0, min(warmup, total - 1))}  # fmt: skip
+
+
 def augment(image, *, resolution: int, center_crop: bool, random_flip: bool, rng: random.Random):
     """Resize the shorter side to `resolution`, crop a square (random or central), maybe flip. Returns the
     pixels in [-1, 1] and SDXL's micro-conditioning: original (h, w) and the crop's (top, left)."""
@@ -173,6 +185,7 @@ class FinetuneConfig:
     optimizer: str = field(default="adam", metadata={"help": "adam (paper) or adamw"})
     adam_weight_decay: float = field(default=0.0, metadata={"help": "AdamW's decoupled decay (1e-2 is common)"})
     lr_scheduler: str = field(default="polynomial", metadata={"help": "a diffusers schedule name"})
+    lr_power: float = field(default=1.0, metadata={"help": "the polynomial schedule's power (1 = linear decay)"})
     lr_warmup_epochs: float = field(default=20, metadata={"help": "warm-up, in epochs (paper: 20 of 100)"})
     lr_warmup_steps: int | None = field(default=None, metadata={"help": "warm-up in optimizer steps; overrides epochs"})
     max_grad_norm: float = 1.0
@@ -186,7 +199,9 @@ class FinetuneConfig:
     )
     checkpointing_steps: int = 500
     checkpoints_total_limit: int = 3
-    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "latest, or a checkpoint folder"})
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "latest, checkpoint-STEP, or the path of a checkpoint folder"}
+    )
     seed: int = 0
     dataloader_num_workers: int = 0
     validation_prompts: list[str] = field(default_factory=lambda: [
@@ -197,6 +212,8 @@ class FinetuneConfig:
     ])  # fmt: skip
     validation_seeds: int = field(default=2, metadata={"help": "seeds per validation prompt"})
     validation_inference_steps: int = 30
+    overwrite: bool = field(default=False, metadata={"help": "replace this stage's earlier outputs in --output_dir"})
+    dry_run: bool = field(default=False, metadata={"help": "print and write plan.json; load no model"})
 
     def __post_init__(self):
         if self.resolution <= 0 or self.resolution % 8:
@@ -205,6 +222,12 @@ class FinetuneConfig:
                      "checkpointing_steps", "checkpoints_total_limit"):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise UserInputError(f"--{name} must be positive (got {getattr(self, name)})")
+        if not self.learning_rate > 0 or self.max_grad_norm <= 0 or self.lr_power <= 0:
+            raise UserInputError("--learning_rate, --max_grad_norm and --lr_power must be positive")
+        if self.lr_warmup_epochs < 0 or (self.lr_warmup_steps is not None and self.lr_warmup_steps < 0):
+            raise UserInputError("--lr_warmup_epochs and --lr_warmup_steps must be >= 0")
+        if self.adam_weight_decay < 0 or self.validation_seeds < 0 or self.validation_inference_steps <= 0:
+            raise UserInputError("--adam_weight_decay and --validation_seeds must be >= 0, --validation_inference_steps > 0")
         if self.max_train_steps is not None and self.max_train_steps <= 0:
             raise UserInputError(f"--max_train_steps must be positive (got {self.max_train_steps})")
         if self.optimizer not in ("adam", "adamw"):
@@ -216,12 +239,73 @@ class FinetuneConfig:
         lora_target_modules(self.lora_scope)
 
 
-def main(argv: list[str] | None = None) -> Path:
-    config = parse_config(FinetuneConfig, "finetune", argv)
+def job_components(config: FinetuneConfig) -> dict:
+    """The LoRA depends on its settings, the captioned images' content and the base model's revision."""
+    from vehicle_diff.jobs import folder_digest, output_settings
+    from vehicle_diff.models import resolved_revision
+
+    return {
+        "settings": output_settings(config, ignore=("train_data_dir", "checkpointing_steps", "checkpoints_total_limit")),
+        "training_data": folder_digest(Path(config.train_data_dir)),
+        "base_model_revision": resolved_revision(config.pretrained_model_name_or_path, config.revision),
+    }
+
+
+def count_training_images(train_data_dir: str) -> int:
+    """The captioned images, read from the imagefolder's metadata alone (no image decoded)."""
+    files = list(Path(train_data_dir).rglob("metadata.jsonl"))
+    if not files:
+        raise UserInputError(f"--train_data_dir {train_data_dir}: no metadata.jsonl; run `vehicle-diff caption` first")
+    return sum(1 for file in files for line in file.read_text().splitlines() if line.strip())
+
+
+def dry_run(config: FinetuneConfig) -> Path:
+    """The training plan at full scale without loading a model: steps, warm-up, checkpoints and their size."""
+    from vehicle_diff.jobs import write_plan
+
+    plan = training_plan(num_images=count_training_images(config.train_data_dir), train_batch_size=config.train_batch_size,
+                         num_processes=1, gradient_accumulation_steps=config.gradient_accumulation_steps,
+                         num_train_epochs=config.num_train_epochs, max_train_steps=config.max_train_steps,
+                         lr_warmup_epochs=config.lr_warmup_epochs, lr_warmup_steps=config.lr_warmup_steps)  # fmt: skip
+    plan = {"stage": "finetune", **plan, "processes": 1, "checkpoints_written": plan["total_steps"] // config.checkpointing_steps,
+            "checkpoints_kept": min(config.checkpoints_total_limit, plan["total_steps"] // config.checkpointing_steps)}  # fmt: skip
+    lora_parameters = count_lora_parameters(config)
+    if lora_parameters is not None:
+        # fp32 adapters in the LoRA file; a checkpoint adds Adam's two moments and small states
+        plan.update(lora_parameters=lora_parameters, lora_file_mb=round(lora_parameters * 4 / 1e6, 2),
+                    checkpoint_mb=round(lora_parameters * 4 * 3 / 1e6, 2))  # fmt: skip
+    return write_plan(config.output_dir, plan)
+
+
+def count_lora_parameters(config: FinetuneConfig) -> int | None:
+    """LoRA parameters of the UNet, counted on the meta device from its config (None when the config is not
+    available offline)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from vehicle_diff.models import resolve_model
+
+    try:
+        unet_config = UNet2DConditionModel.load_config(resolve_model(config.pretrained_model_name_or_path),
+                                                       subfolder="unet", revision=config.revision)  # fmt: skip
+    except (OSError, ValueError):
+        return None
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(unet_config)
+    inject_adapter_in_model(LoraConfig(r=config.rank, lora_alpha=config.lora_alpha,
+                                       target_modules=lora_target_modules(config.lora_scope)), unet)  # fmt: skip
+    return sum(p.numel() for name, p in unet.named_parameters() if "lora_" in name)
+
+
+def finetune(config: FinetuneConfig) -> Path:
+    """The training script, top-down: accelerator, frozen models, adapters, data, optimizer, loop, save."""
+    if config.dry_run:
+        return dry_run(config)
     import torch
     import torch.nn.functional as F
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+    from accelerate.utils import DataLoaderConfiguration, set_seed
     from diffusers import DDPMScheduler, StableDiffusionXLPipeline
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import cast_training_params
@@ -230,21 +314,22 @@ def main(argv: list[str] | None = None) -> Path:
     from peft.utils import get_peft_model_state_dict
     from tqdm.auto import tqdm
 
-    from training.checkpointing import TrainingProgress, resume
+    from training.checkpointing import adapter_checkpoint_hooks, open_training_output, resume, save_checkpoint
     from vehicle_diff.models import load_sdxl_pipeline
 
-    out_dir = Path(config.output_dir)
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),  # order from (seed, epoch) alone
-        project_config=ProjectConfiguration(
-            project_dir=str(out_dir), automatic_checkpoint_naming=True, total_limit=config.checkpoints_total_limit
-        ),  # fmt: skip
     )
-    set_seed(config.seed)
     data = read_training_set(config)
+    job = open_training_output(config.output_dir, "finetune", job_components(config), overwrite=config.overwrite,
+                               accelerator=accelerator, owned=[LORA_FILE, "pytorch_lora_weights_kohya.safetensors",
+                               "README.md", "validation.png", "training_stats.json", "training_curves.png", "config.yaml",
+                               "plan.json"])  # fmt: skip
+    out_dir = job.out_dir
+    set_seed(config.seed)
 
     # frozen models: the base pipeline's parts, loaded with the stock loader
     base = load_sdxl_pipeline(config.pretrained_model_name_or_path, revision=config.revision)
@@ -316,42 +401,34 @@ def main(argv: list[str] | None = None) -> Path:
     # optimizer and schedule
     optimizer_cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
     optimizer = optimizer_cls(parameters, lr=config.learning_rate, weight_decay=config.adam_weight_decay)
-    steps_per_epoch = math.ceil(len(loader) / accelerator.num_processes / config.gradient_accumulation_steps)
-    max_train_steps = config.max_train_steps or config.num_train_epochs * steps_per_epoch
-    num_epochs = math.ceil(max_train_steps / steps_per_epoch)
-    warmup = warmup_steps(warmup_epochs=config.lr_warmup_epochs, steps_per_epoch=steps_per_epoch,
-                          explicit_steps=config.lr_warmup_steps)  # fmt: skip
-    if warmup >= max_train_steps:  # a schedule needs at least one step after warm-up
-        accelerator.print(
-            f"warm-up of {warmup} steps shortened to {max_train_steps - 1}: training is {max_train_steps} steps"
-        )
-        warmup = max_train_steps - 1
+    plan = training_plan(num_images=len(dataset), train_batch_size=config.train_batch_size,
+                         num_processes=accelerator.num_processes,
+                         gradient_accumulation_steps=config.gradient_accumulation_steps,
+                         num_train_epochs=config.num_train_epochs, max_train_steps=config.max_train_steps,
+                         lr_warmup_epochs=config.lr_warmup_epochs, lr_warmup_steps=config.lr_warmup_steps)  # fmt: skip
+    steps_per_epoch, max_train_steps, num_epochs, warmup = (plan[k] for k in ("steps_per_epoch", "total_steps", "epochs", "warmup_steps"))
     lr_scheduler = get_scheduler(config.lr_scheduler, optimizer=optimizer, num_warmup_steps=warmup * accelerator.num_processes,
-                                 num_training_steps=max_train_steps * accelerator.num_processes)  # fmt: skip
+                                 num_training_steps=max_train_steps * accelerator.num_processes,
+                                 power=config.lr_power)  # fmt: skip
 
     prepared = accelerator.prepare(*trained, optimizer, loader, lr_scheduler)
     trained, (optimizer, loader, lr_scheduler) = list(prepared[: len(trained)]), prepared[len(trained) :]
     unet = trained[0]
     if config.train_text_encoder:
         text_encoders = trained[1:]
-    progress = TrainingProgress()
-    accelerator.register_for_checkpointing(progress)
+    adapter_checkpoint_hooks(accelerator, trained)
+    step = resume(accelerator, out_dir, config.resume_from_checkpoint)
 
-    if resume(accelerator, out_dir, config.resume_from_checkpoint):
-        accelerator.print(f"resumed at step {progress.step}")
-
-    save_config(config, out_dir / "config.yaml", stage="finetune")
-    bar = tqdm(total=max_train_steps, initial=progress.step, desc="finetune", unit="step",
+    if accelerator.is_main_process:
+        save_config(config, out_dir / "config.yaml", stage="finetune")
+    history = []
+    bar = tqdm(total=max_train_steps, initial=step, desc="finetune", unit="step",
                disable=not accelerator.is_local_main_process)  # fmt: skip
-    first_epoch, first_step, started = progress.step // steps_per_epoch, progress.step, time.perf_counter()
+    first_epoch, first_step, started = step // steps_per_epoch, step, time.perf_counter()
     for epoch in range(first_epoch, num_epochs):
         dataset.epoch = epoch
         loader.set_epoch(epoch)
-        skip = (
-            (progress.step - epoch * steps_per_epoch) * config.gradient_accumulation_steps
-            if epoch == first_epoch
-            else 0
-        )
+        skip = (step - epoch * steps_per_epoch) * config.gradient_accumulation_steps if epoch == first_epoch else 0
         for batch in accelerator.skip_first_batches(loader, skip) if skip else loader:
             with accelerator.accumulate(*trained):
                 latents, time_ids, prompt_embeds, pooled = model_inputs(batch)
@@ -377,50 +454,47 @@ def main(argv: list[str] | None = None) -> Path:
                 lr_scheduler.step()
                 optimizer.zero_grad()
             if accelerator.sync_gradients:
-                progress.step += 1
+                step += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
-                if progress.step % config.checkpointing_steps == 0:
-                    accelerator.save_state()
-                if progress.step >= max_train_steps:
+                learning_rate = lr_scheduler.get_last_lr()[0]
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{learning_rate:.2e}")
+                history.append({"step": step, "loss": loss.item(), "learning_rate": learning_rate})
+                if step % config.checkpointing_steps == 0:
+                    save_checkpoint(accelerator, out_dir, step, config.checkpoints_total_limit)
+                if step >= max_train_steps:
                     break
-        if progress.step >= max_train_steps:
+        if step >= max_train_steps:
             break
     bar.close()
     seconds = time.perf_counter() - started
     accelerator.wait_for_everyone()
 
     if accelerator.is_main_process:
-        layers = {
-            "unet_lora_layers": convert_state_dict_to_diffusers(
-                get_peft_model_state_dict(accelerator.unwrap_model(unet))
-            )
-        }
-        if config.train_text_encoder:
-            for key, encoder in zip(
-                ("text_encoder_lora_layers", "text_encoder_2_lora_layers"), text_encoders, strict=True
-            ):
-                layers[key] = convert_state_dict_to_diffusers(
-                    get_peft_model_state_dict(accelerator.unwrap_model(encoder))
-                )
-        StableDiffusionXLPipeline.save_lora_weights(out_dir, safe_serialization=True, **layers)
-        images = (
-            (progress.step - first_step)
-            * config.train_batch_size
-            * config.gradient_accumulation_steps
-            * accelerator.num_processes
-        )
-        stats = {"steps": progress.step - first_step, "seconds": round(seconds, 3), "images_per_second": round(images / max(seconds, 1e-9), 3),
+        layers, metadata = {}, {}
+        names = ("unet", "text_encoder", "text_encoder_2")[: len(trained)]
+        for name, model in zip(names, trained, strict=True):
+            model = accelerator.unwrap_model(model)
+            layers[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
+            # the adapter's config travels in the file's header, so a stock reload uses the trained alpha
+            metadata[f"{name}_lora_adapter_metadata"] = model.peft_config["default"].to_dict()
+        StableDiffusionXLPipeline.save_lora_weights(out_dir, safe_serialization=True, **layers, **metadata)
+        images = (step - first_step) * config.train_batch_size * config.gradient_accumulation_steps * accelerator.num_processes
+        stats = {"steps": step - first_step, "seconds": round(seconds, 3), "images_per_second": round(images / max(seconds, 1e-9), 3),
                  "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                  "peak_cuda_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None}  # fmt: skip
         (out_dir / "training_stats.json").write_text(json.dumps(stats, indent=2))
         validation = validate(config, out_dir, accelerator.device)
-        write_card(config, out_dir, data, validation, steps=progress.step, epochs=num_epochs, warmup=warmup,
+        write_card(config, out_dir, data, validation, steps=step, epochs=num_epochs, warmup=warmup,
                    target_modules=target_modules, num_tensors=sum(len(v) for v in layers.values()))  # fmt: skip
-        print(f"LoRA: {out_dir / LORA_FILE} ({progress.step} steps)\nvalidation grid: {out_dir / 'validation.png'}\n"
-              f"card: {out_dir / 'README.md'}")  # fmt: skip
+        job.mark_done({"steps": step})
+        print(f"LoRA: {out_dir / LORA_FILE} ({step} steps)\nValidation grid: {out_dir / 'validation.png'}\n"
+              f"Card: {out_dir / 'README.md'}")  # fmt: skip
     accelerator.end_training()
     return out_dir
+
+
+def main(argv: list[str] | None = None) -> Path:
+    return finetune(parse_config(FinetuneConfig, "finetune", argv))
 
 
 def validate(config: FinetuneConfig, out_dir: Path, device) -> dict:

@@ -35,20 +35,23 @@ class ReIDImages(torch.utils.data.Dataset):
         return self.transform(load_image(sample.image)), sample.pid
 
 
-def train_transform(image_size: list[int]):
-    """Resize, random flip, pad-and-crop, normalise (the usual re-ID baseline augmentation)."""
+def train_transform(image_size: list[int], *, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                    random_erasing: float = 0.5):  # fmt: skip
+    """Resize, random flip, pad-and-crop, normalise with the backbone's own mean / std, random erasing (the
+    strong re-ID baseline's augmentation, as fast-reid's VeRi recipe uses it)."""
     from torchvision import transforms
 
-    from .evaluate import IMAGENET_MEAN, IMAGENET_STD
-
-    return transforms.Compose([
+    steps = [
         transforms.Resize(tuple(image_size)),
         transforms.RandomHorizontalFlip(),
         transforms.Pad(10),
         transforms.RandomCrop(tuple(image_size)),
         transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])  # fmt: skip
+        transforms.Normalize(mean, std),
+    ]
+    if random_erasing > 0:
+        steps.append(transforms.RandomErasing(p=random_erasing, value=0))
+    return transforms.Compose(steps)
 
 
 @dataclass
@@ -82,18 +85,27 @@ class TrainReIDConfig:
     learning_rate: float = 3.5e-4
     weight_decay: float = 5e-4
     lr_scheduler: str = "cosine"
-    lr_warmup_steps: int = 500
+    lr_warmup_epochs: float = field(default=5, metadata={"help": "warm-up, in epochs (fast-reid's VeRi: 5 of 60)"})
+    lr_warmup_steps: int | None = field(default=None, metadata={"help": "warm-up in steps; overrides epochs"})
+    random_erasing: float = field(default=0.5, metadata={"help": "random erasing probability (0 = off)"})
+    max_synthetic_images: int | None = field(
+        default=None, metadata={"help": "a seeded subsample of the synthetic images, identities kept balanced"}
+    )
     label_smoothing: float = 0.1
     circle_m: float = field(default=0.25, metadata={"help": "relaxation margin m (Sun et al. 2020)"})
     circle_gamma: float = field(default=128.0, metadata={"help": "scale gamma"})
     mixed_precision: str = "no"
     checkpointing_steps: int = 1000
     checkpoints_total_limit: int = 2
-    resume_from_checkpoint: str | None = None
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "latest, checkpoint-STEP, or the path of a checkpoint folder"}
+    )
     eval_every_epochs: int = 10
-    flip_test: bool = True
+    flip_test: bool = field(default=False, metadata={"help": "average features with the mirrored image at evaluation"})
     seed: int = 0
     dataloader_num_workers: int = 0
+    overwrite: bool = field(default=False, metadata={"help": "replace this stage's earlier outputs in --output_dir"})
+    dry_run: bool = field(default=False, metadata={"help": "read the data lists only; print and write plan.json"})
 
     def __post_init__(self):
         if self.data_mode not in ("R", "S", "D", "B"):
@@ -109,77 +121,145 @@ class TrainReIDConfig:
             raise UserInputError("--images_per_id must be >= 2: circle loss needs positive pairs")
         if not 0 <= self.label_smoothing < 1:
             raise UserInputError(f"--label_smoothing must be in [0, 1) (got {self.label_smoothing})")
+        if len(self.image_size) != 2 or min(self.image_size) <= 0 or any(side % 8 for side in self.image_size):
+            raise UserInputError(f"--image_size takes HEIGHT WIDTH, positive multiples of 8 (got {self.image_size})")
+        if not self.learning_rate > 0 or self.weight_decay < 0 or self.circle_gamma <= 0 or self.circle_m < 0:
+            raise UserInputError("--learning_rate and --circle_gamma must be positive, --weight_decay and --circle_m >= 0")
+        if not 0 <= self.random_erasing <= 1 or self.lr_warmup_epochs < 0 or self.aux_loss_weight < 0:
+            raise UserInputError("--random_erasing must be in [0, 1]; --lr_warmup_epochs, --aux_loss_weight >= 0")
+        if self.max_train_steps is not None and self.max_train_steps <= 0:
+            raise UserInputError(f"--max_train_steps must be positive (got {self.max_train_steps})")
+        if self.max_synthetic_images is not None and self.max_synthetic_images <= 0:
+            raise UserInputError(f"--max_synthetic_images must be positive (got {self.max_synthetic_images})")
+        if self.checkpoints_total_limit <= 0:
+            raise UserInputError(f"--checkpoints_total_limit must be positive (got {self.checkpoints_total_limit})")
 
 
-def main(argv: list[str] | None = None) -> Path:
-    config = parse_config(TrainReIDConfig, "train-reid", argv)
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, set_seed
-    from diffusers.optimization import get_scheduler
-    from tqdm.auto import tqdm
-
-    from .checkpointing import TrainingProgress, resume
-    from .evaluate import evaluate_model
-    from .reid_model import ReIDModel, backbone_spec, reid_loss
-
-    out_dir = Path(config.output_dir)
-    accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(),
-        mixed_precision=config.mixed_precision,
-        project_config=ProjectConfiguration(
-            project_dir=str(out_dir), automatic_checkpoint_naming=True, total_limit=config.checkpoints_total_limit
-        ),  # fmt: skip
-    )
-    set_seed(config.seed)
-
-    # data: real labels 0..R-1, synthetic R..R+S-1
+def training_data(config: TrainReIDConfig, *, rank: int = 0, world: int = 1):
+    """The training samples (real labels 0..R-1, synthetic R..), their sources and the batch sampler; reads the
+    data lists only, no image."""
     real = read_source(config.real_data) if config.data_mode in ("R", "D", "B") else None
     synthetic = read_source(config.synthetic_data) if config.data_mode in ("S", "D", "B") else None
     real_train = real.train if real else []
+    synthetic_train = synthetic.train if synthetic else []
+    if synthetic_train and config.max_synthetic_images:
+        from .reid_data import subsample_synthetic
+
+        synthetic_train = subsample_synthetic(synthetic_train, config.max_synthetic_images, config.seed)
     offset = len({s.pid for s in real_train})
-    synthetic_train = relabel(synthetic.train, offset=offset) if synthetic else []
+    synthetic_train = relabel(synthetic_train, offset=offset) if synthetic_train else []
     samples = real_train + synthetic_train
     sources = ["real"] * len(real_train) + ["synthetic"] * len(synthetic_train)
-    num_classes = len({s.pid for s in samples})
     sampler = IdentityBatchSampler([s.pid for s in samples], sources, p=config.ids_per_batch, k=config.images_per_id,
-                                   mode=config.data_mode, seed=config.seed, rank=accelerator.process_index,
-                                   world=accelerator.num_processes)  # fmt: skip
-    dataset = ReIDImages(samples, train_transform(config.image_size))
+                                   mode=config.data_mode, seed=config.seed, rank=rank, world=world)  # fmt: skip
     if len(sampler) == 0:
         raise UserInputError(
             f"no full batch of {config.ids_per_batch} identities x {config.images_per_id} images per process"
         )
     eval_data = config.eval_data or (config.real_data if real and real.query else config.synthetic_data)
+    return samples, sources, sampler, eval_data
+
+
+def schedule(config: TrainReIDConfig, steps_per_epoch: int) -> tuple[int, int, int]:
+    """(total steps, epochs, warm-up steps): warm-up is counted in epochs unless given in steps."""
+    total = config.max_train_steps or config.num_train_epochs * steps_per_epoch
+    warmup = config.lr_warmup_steps if config.lr_warmup_steps is not None else round(config.lr_warmup_epochs * steps_per_epoch)
+    return total, -(-total // steps_per_epoch), max(0, min(warmup, total - 1))
+
+
+def dry_run(config: TrainReIDConfig) -> Path:
+    """The plan at full scale from the data lists alone: images, identities, steps, warm-up, batch shares."""
+    from vehicle_diff.jobs import write_plan
+
+    samples, sources, sampler, eval_data = training_data(config)
+    total, epochs, warmup = schedule(config, len(sampler))
+    batch = config.ids_per_batch * config.images_per_id
+    real_share = {"R": 1.0, "S": 0.0, "B": 0.5}.get(config.data_mode, round(sources.count("real") / len(sources), 4))
+    plan = {"stage": "train-reid", "data_mode": config.data_mode, "num_images": len(samples),
+            "num_real_images": sources.count("real"), "num_synthetic_images": sources.count("synthetic"),
+            "num_identities": len({s.pid for s in samples}), "batch_size": batch, "steps_per_epoch": len(sampler),
+            "epochs": epochs, "total_steps": total, "warmup_steps": warmup,
+            "batch_share": {"real": real_share, "synthetic": round(1 - real_share, 4)}, "eval_data": eval_data}  # fmt: skip
+    return write_plan(config.output_dir, plan)
+
+
+def job_components(config: TrainReIDConfig) -> dict:
+    """The model depends on its settings and the content of its data (dataset folders or reader roots)."""
+    from vehicle_diff.jobs import output_settings
+
+    def data_identity(spec: str | None):
+        if not spec:
+            return None
+        root = Path(spec.split(":", 1)[1] if ":" in spec and not Path(spec).exists() else spec)
+        if root.is_dir():
+            # the file list with sizes (hashing a whole real benchmark on every start would be slow)
+            files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+            return [spec.split(":", 1)[0] if ":" in spec else "folder", len(files), sum(p.stat().st_size for p in files),
+                    sha256_text("\n".join(f"{p.relative_to(root)}:{p.stat().st_size}" for p in files))]  # fmt: skip
+        return spec  # a hub dataset id, with its revision in the id
+
+    return {"settings": output_settings(config, ignore=("real_data", "synthetic_data", "eval_data", "checkpointing_steps",
+                                                         "checkpoints_total_limit", "eval_every_epochs")),
+            "real_data": data_identity(config.real_data), "synthetic_data": data_identity(config.synthetic_data),
+            "eval_data": data_identity(config.eval_data)}  # fmt: skip
+
+
+def sha256_text(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def train_reid(config: TrainReIDConfig) -> Path:
+    """The training script, top-down: accelerator, data, model, optimizer, resume, loop, evaluation, save."""
+    if config.dry_run:
+        return dry_run(config)
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from diffusers.optimization import get_scheduler
+    from timm.data import resolve_data_config
+    from tqdm.auto import tqdm
+
+    from .checkpointing import open_training_output, resume, save_checkpoint
+    from .evaluate import evaluate_model
+    from .reid_model import ReIDModel, backbone_spec, reid_loss
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision)
+    samples, sources, sampler, eval_data = training_data(config, rank=accelerator.process_index,
+                                                         world=accelerator.num_processes)  # fmt: skip
+    job = open_training_output(config.output_dir, "train-reid", job_components(config), overwrite=config.overwrite,
+                               accelerator=accelerator, owned=["model.safetensors", "config.json", "README.md",
+                               "metrics.json", "training_stats.json", "training_curves.png", "config.yaml", "plan.json",
+                               "timm-backbone"])  # fmt: skip
+    out_dir = job.out_dir
+    set_seed(config.seed)
+    num_classes = len({s.pid for s in samples})
 
     architecture, backbone_args = backbone_spec(config.backbone)
     model = ReIDModel(architecture=architecture, backbone_args=backbone_args, num_classes=num_classes,
                       last_stride_1=config.last_stride_1, aux_head=config.aux_head, image_size=config.image_size)  # fmt: skip
     if config.pretrained_backbone:
         model.load_backbone(config.backbone)
+    data_config = resolve_data_config(model=model.backbone)  # the backbone's own normalisation
+    dataset = ReIDImages(samples, train_transform(config.image_size, mean=data_config["mean"], std=data_config["std"],
+                                                  random_erasing=config.random_erasing))  # fmt: skip
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     steps_per_epoch = len(sampler)
-    max_train_steps = config.max_train_steps or config.num_train_epochs * steps_per_epoch
-    num_epochs = -(-max_train_steps // steps_per_epoch)
+    max_train_steps, num_epochs, warmup = schedule(config, steps_per_epoch)
     lr_scheduler = get_scheduler(config.lr_scheduler, optimizer=optimizer, num_training_steps=max_train_steps * accelerator.num_processes,
-                                 num_warmup_steps=min(config.lr_warmup_steps, max_train_steps - 1) * accelerator.num_processes)  # fmt: skip
+                                 num_warmup_steps=warmup * accelerator.num_processes)  # fmt: skip
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
-    progress = TrainingProgress()
-    accelerator.register_for_checkpointing(progress)
-    resume(accelerator, out_dir, config.resume_from_checkpoint)
-    save_config(config, out_dir / "config.yaml", stage="train-reid")
+    step = resume(accelerator, out_dir, config.resume_from_checkpoint)
+    if accelerator.is_main_process:
+        save_config(config, out_dir / "config.yaml", stage="train-reid")
 
-    history = []
-    bar = tqdm(
-        total=max_train_steps,
-        initial=progress.step,
-        desc="train-reid",
-        unit="step",
-        disable=not accelerator.is_local_main_process,
-    )
-    first_epoch, first_step, started = progress.step // steps_per_epoch, progress.step, time.perf_counter()
+    history, curve = [], []
+    bar = tqdm(total=max_train_steps, initial=step, desc="train-reid", unit="step",
+               disable=not accelerator.is_local_main_process)  # fmt: skip
+    first_epoch, first_step, started = step // steps_per_epoch, step, time.perf_counter()
     for epoch in range(first_epoch, num_epochs):
         sampler.set_epoch(epoch)
-        sampler.skip = progress.step - epoch * steps_per_epoch if epoch == first_epoch else 0
+        sampler.skip = step - epoch * steps_per_epoch if epoch == first_epoch else 0
         # its own generator: creating the iterator must not draw from the global RNG that checkpoints restore
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=config.dataloader_num_workers,
                                              generator=torch.Generator().manual_seed(config.seed + epoch))  # fmt: skip
@@ -193,24 +273,25 @@ def main(argv: list[str] | None = None) -> Path:
             optimizer.step()
             lr_scheduler.step()
             optimizer.zero_grad()
-            progress.step += 1
+            step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch)
-            if progress.step % config.checkpointing_steps == 0:
-                accelerator.save_state()
-            if progress.step >= max_train_steps:
+            curve.append({"step": step, "loss": loss.item(), "learning_rate": lr_scheduler.get_last_lr()[0]})
+            if step % config.checkpointing_steps == 0:
+                save_checkpoint(accelerator, out_dir, step, config.checkpoints_total_limit)
+            if step >= max_train_steps:
                 break
-        last_epoch = epoch + 1 == num_epochs or progress.step >= max_train_steps
+        last_epoch = epoch + 1 == num_epochs or step >= max_train_steps
         if (epoch + 1) % config.eval_every_epochs == 0 or last_epoch:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
                 metrics, _ = evaluate_model(accelerator.unwrap_model(model), eval_data, flip=config.flip_test, rerank=False,
                                             vehicleid_draws=1, device=accelerator.device)  # fmt: skip
-                history.append({"epoch": epoch + 1, "step": progress.step, **metrics})
+                history.append({"epoch": epoch + 1, "step": step, **metrics})
                 accelerator.print(
                     f"epoch {epoch + 1}: mAP {metrics['plain']['mAP']:.4f}, rank-1 {metrics['plain']['rank1']:.4f}"
                 )
-        if progress.step >= max_train_steps:
+        if step >= max_train_steps:
             break
     bar.close()
     seconds = time.perf_counter() - started
@@ -219,19 +300,22 @@ def main(argv: list[str] | None = None) -> Path:
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(model)
         final.save_pretrained(out_dir)
-        images_seen = (
-            (progress.step - first_step) * config.ids_per_batch * config.images_per_id * accelerator.num_processes
-        )
-        stats = {"steps": progress.step - first_step, "seconds": round(seconds, 3), "images_per_second": round(images_seen / max(seconds, 1e-9), 2),
-                 "num_classes": num_classes, "real_images": len(real_train), "synthetic_images": len(synthetic_train)}  # fmt: skip
+        images_seen = (step - first_step) * config.ids_per_batch * config.images_per_id * accelerator.num_processes
+        stats = {"steps": step - first_step, "seconds": round(seconds, 3), "images_per_second": round(images_seen / max(seconds, 1e-9), 2),
+                 "num_classes": num_classes, "real_images": sources.count("real"), "synthetic_images": sources.count("synthetic")}  # fmt: skip
         (out_dir / "training_stats.json").write_text(json.dumps(stats, indent=2))
         (out_dir / "metrics.json").write_text(json.dumps(history, indent=2))
         write_card(config, out_dir, history[-1] if history else None, stats, eval_data, architecture)
+        job.mark_done({"steps": step})
         accelerator.print(
-            f"re-ID model: {out_dir} (load with ReIDModel.from_pretrained); metrics: {out_dir / 'metrics.json'}"
+            f"Re-ID model: {out_dir} (load it with ReIDModel.from_pretrained). Metrics: {out_dir / 'metrics.json'}"
         )
     accelerator.end_training()
     return out_dir
+
+
+def main(argv: list[str] | None = None) -> Path:
+    return train_reid(parse_config(TrainReIDConfig, "train-reid", argv))
 
 
 def write_card(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +18,9 @@ def atomic_path(path: Path):
     """Yield a temporary path beside `path`; on success it is renamed onto `path`, on error removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # the writer's host and PID are in the name, so a clean-up can tell a live writer's file from a dead one's
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}~{socket.gethostname()}~{os.getpid()}~", suffix=".tmp",
+                               dir=path.parent)  # fmt: skip
     os.close(fd)
     try:
         yield Path(tmp)
@@ -26,15 +29,6 @@ def atomic_path(path: Path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-
-
-def remove_partial_writes(root: Path) -> int:
-    """Delete the temporary files that a killed run left behind (SIGKILL skips the clean-up above); they were
-    never renamed, so nothing counts them as done. Returns how many were removed."""
-    stale = list(Path(root).rglob(".*.tmp")) if Path(root).is_dir() else []
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return len(stale)
 
 
 def sha256_file(path: Path) -> str:

@@ -101,3 +101,29 @@ def create_timm(model_id: str, pretrained: bool = True, flag="--backbone", **kwa
         name = "local-dir:" + name
     with clear_load_errors(model_id, flag):
         return timm.create_model(name, pretrained=pretrained, **kwargs)
+
+
+def resolved_revision(model_id: str, revision: str | None = None) -> str:
+    """What exactly was loaded: the commit sha from the Hub cache for a hub id, a content hash for a local
+    folder, file or tiny model (so records and cards pin the weights, not a moving name)."""
+    from .io import sha256_file
+
+    path = Path(resolve_model(model_id).removeprefix("local-dir:"))
+    if path.is_file():
+        return "sha256:" + sha256_file(path)
+    if path.is_dir():
+        from .jobs import folder_digest
+
+        return "sha256:" + folder_digest(path)
+    name = model_id.removeprefix("hf-hub:")
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        for repo in scan_cache_dir().repos:
+            if repo.repo_id == name:
+                for cached in repo.revisions:
+                    if revision in (None, cached.commit_hash) or revision in cached.refs:
+                        return cached.commit_hash
+    except Exception:  # no cache yet, or an unreadable one: fall back to what was asked for
+        pass
+    return revision or "main"
