@@ -19,19 +19,8 @@ from pathlib import Path
 
 from vehicle_diff.config import parse_config, save_config
 from vehicle_diff.errors import UserInputError
-from vehicle_diff.io import atomic_path
+from vehicle_diff.io import atomic_path, list_images
 from vehicle_diff.jobs import Job, output_settings, write_plan
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
-
-
-def list_images(folder: str) -> list[Path]:
-    """Every file with an image suffix under `folder`, recursively, in a stable order."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise UserInputError(f"--input_images {folder}: not a folder")
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
 
 def select_subset(count: int, *, fraction: float | None, num_images: int | None, seed: int) -> list[int]:
     """Indices of the images to caption: a seeded sample of `num_images`, or of round(fraction x count) (the

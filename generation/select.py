@@ -12,7 +12,10 @@ and is scored with the filter stage's scorers:
 
 Rule: among the candidates whose yield is at least `--yield_tolerance` x the best yield, the one closest to the
 real images (lowest FD-CLIP); without real images, or on ties, the higher yield, then the higher text similarity.
-Rendering and scoring settings come from the preset's `generate` and `filter` sections.
+Rendering and scoring use the very `generate` and `filter` settings those stages run with (`vehicle-diff run`
+passes its resolved configs; standalone, the preset's sections), the filter's own detect-crop-score function,
+and FD-CLIP compares detector crops with detector crops of the real images. `generate` (and `run`) then use the
+chosen LoRA and template.
 
     vehicle-diff select --prompts out/prompts --candidates base out/lora-a out/lora-b --real_images out/captions
 """
@@ -28,14 +31,30 @@ import numpy as np
 
 from vehicle_diff.config import parse_config, save_config
 from vehicle_diff.errors import UserInputError
-from vehicle_diff.io import atomic_path
+from vehicle_diff.io import atomic_path, list_images, sha256_file
+from vehicle_diff.jobs import Job
+from vehicle_diff.stats import frechet_distance_of_features
 
-from .filter import FilterConfig, load_image
-from .generate import GenerateConfig, attach_lora, image_seed, load_pipeline, lora_file, read_prompt_library, render
+from .filter import FilterConfig
+from .generate import (
+    ATTRIBUTES,
+    GenerateConfig,
+    attach_lora,
+    image_seed,
+    load_pipeline,
+    lora_file,
+    prompt_library_file,
+    read_prompt_library,
+    render,
+)
 from .prompts import TEMPLATES, build_prompt
-from .scoring import ClipScorer, VehicleDetector, choose_box, crop_box, decide, predict_color
+from .scoring import ClipScorer, VehicleDetector, decide, load_image, score_images
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+RENDER_SETTINGS = ("num_inference_steps", "guidance_scale", "height", "width", "negative_prompt", "batch_size",
+                   "pretrained_model_name_or_path", "revision", "mixed_precision", "lora_scale")  # fmt: skip
+SELECT_FILTER_SETTINGS = ("detector", "detector_imgsz", "detection_floor", "detection_confidence", "min_box_side",
+                          "reference_side", "crop_margin", "crop_square", "clip_model", "colors", "color_prompt",
+                          "color_check")  # fmt: skip
 
 
 def sample_prompt_rows(num_rows: int, num_prompts: int, seed: int) -> list[int]:
@@ -57,10 +76,7 @@ def candidate_name(candidate: str, template_id: str, several_templates: bool) ->
 
 
 def real_image_files(folder: str) -> list[Path]:
-    root = Path(folder)
-    if not root.is_dir():
-        raise UserInputError(f"--real_images {folder}: not a folder")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = list_images(folder, flag="--real_images")
     if len(files) < 2:
         raise UserInputError(
             f"--real_images {folder}: need at least 2 images for a Fréchet distance, found {len(files)}"
@@ -68,42 +84,44 @@ def real_image_files(folder: str) -> list[Path]:
     return files
 
 
-def score_images(images: list, requests: list[dict], detector, clip, color_texts: np.ndarray,
-                 filter_config: FilterConfig) -> list[dict]:  # fmt: skip
-    """The filter's scores for freshly rendered images, plus the CLIP similarity to the prompt."""
+def candidate_scores(images: list, requests: list[dict], detector, clip, color_texts: np.ndarray,
+                     filter_config: FilterConfig) -> list[dict]:  # fmt: skip
+    """The filter's scores and decision for freshly rendered images, the CLIP similarity to the prompt, and the
+    crop's embedding (None without a vehicle box)."""
     thresholds = replace(filter_config.thresholds, near_duplicate=1.0)  # a few images per prompt: no duplicates rule
-    detections = detector(images)
-    full_embeddings = clip.encode_images(images)
+    colors = [request["color"] for request in requests]
+    scores, crops, embeddings = score_images(images, colors, detector, clip, color_texts, colors=filter_config.colors,
+                                             detection_confidence=filter_config.detection_confidence,
+                                             crop_margin=filter_config.crop_margin, crop_square=filter_config.crop_square)  # fmt: skip
+    image_embeddings = clip.encode_images(images)
     prompt_embeddings = clip.encode_texts([request["prompt"] for request in requests])
-    records, crops = [], []
-    for image, request, found in zip(images, requests, detections, strict=True):
-        chosen = choose_box(
-            found["boxes"], found["confidences"], found["classes"], min_confidence=filter_config.detection_confidence
-        )
-        record = {"color": request["color"], "width": image.width, "height": image.height, "det_confidence": None}
-        crop = image
-        if chosen is not None:
-            box = found["boxes"][chosen]
-            record.update(det_box=box, det_confidence=found["confidences"][chosen])
-            crop = image.crop(crop_box(box, image.width, image.height))
-        records.append(record)
-        crops.append(crop)
-    color_similarities = clip.encode_images(crops) @ color_texts.T
-    scores = []
-    for record, request, similarities, embedding, text in zip(
-        records, requests, color_similarities, full_embeddings, prompt_embeddings, strict=True
+    results = []
+    for image, request, score, crop, embedding, image_embedding, text in zip(
+        images, requests, scores, crops, embeddings, image_embeddings, prompt_embeddings, strict=True
     ):
-        record["color_similarities"] = dict(zip(filter_config.colors, similarities.tolist(), strict=True))
-        reason = decide(record, thresholds)
-        scores.append({
+        reason = decide({**score, "color": request["color"], "width": image.width, "height": image.height}, thresholds)
+        results.append({
             "detected": reason not in ("no_vehicle", "low_confidence", "too_small"),
-            "color_correct": predict_color(record["color_similarities"], request["color"]) == request["color"],
+            "color_correct": score["predicted_color"] == request["color"],
             "kept": reason is None,
             "reject_reason": reason,
-            "clip_text_similarity": float(embedding @ text),
-            "embedding": embedding,
+            "clip_text_similarity": float(image_embedding @ text),
+            "embedding": embedding if crop is not None else None,
         })  # fmt: skip
-    return scores
+    return results
+
+
+def real_crop_features(files: list[Path], detector, clip, color_texts: np.ndarray, filter_config: FilterConfig):
+    """CLIP embeddings of the real images' detector crops, cut as the filter cuts them."""
+    images = [image for image, _ in map(load_image, files) if image is not None]
+    _, crops, embeddings = score_images(images, [None] * len(images), detector, clip, color_texts,
+                                        colors=filter_config.colors, detection_confidence=filter_config.detection_confidence,
+                                        crop_margin=filter_config.crop_margin, crop_square=filter_config.crop_square)  # fmt: skip
+    with_crops = [i for i, crop in enumerate(crops) if crop is not None]
+    if len(with_crops) < 2:
+        raise UserInputError(f"--real_images: the detector found a vehicle in {len(with_crops)} of {len(images)} real "
+                             "images; FD-CLIP needs at least 2")  # fmt: skip
+    return embeddings[with_crops]
 
 
 def ranking_markdown(ranking: list[dict], images_per_candidate: int) -> str:
@@ -151,62 +169,76 @@ class SelectConfig:
             raise UserInputError("--candidates: give at least one (base, or a LoRA file / folder)")
 
 
-def main(argv: list[str] | None = None) -> Path:
-    config = parse_config(SelectConfig, "select", argv)
+def job_for(config: SelectConfig, generate_config: GenerateConfig, filter_config: FilterConfig, loras: dict,
+            real_files: list[Path]) -> Job:  # fmt: skip
+    from vehicle_diff.jobs import files_digest, output_settings
+
+    render = {name: getattr(generate_config, name) for name in RENDER_SETTINGS}
+    scoring = {name: getattr(filter_config, name) for name in SELECT_FILTER_SETTINGS}
+    components = {
+        "settings": output_settings(config, ignore=("prompts", "candidates", "real_images")),
+        "render": render, "scoring": scoring,
+        "prompt_library_sha256": sha256_file(prompt_library_file(config.prompts)),
+        "candidates": {name: sha256_file(lora) if lora else None for name, lora in loras.items()},
+        "real_images": files_digest(Path(config.real_images), real_files) if real_files else None,
+    }  # fmt: skip
+    return Job(config.output_dir, "select", components, inputs=[config.prompts],
+               owned=["ranking.json", "ranking.md", "selected.json", "contact_sheets", "config.yaml"])  # fmt: skip
+
+
+def select_candidates(config: SelectConfig, *, generate_config: GenerateConfig, filter_config: FilterConfig) -> Path:
+    """Render, score and rank every candidate x template with the very settings `generate` and `filter` use."""
     import torch
     from accelerate import PartialState
     from tqdm.auto import tqdm
 
-    from training.fid import frechet_distance_of_features
     from vehicle_diff.contact_sheet import contact_sheet
 
-    render_config = parse_config(GenerateConfig, "generate", ["--preset", config.preset])
-    filter_config = parse_config(FilterConfig, "filter", ["--preset", config.preset])
     loras = {c: None if c == "base" else lora_file(c) for c in config.candidates}
     library = read_prompt_library(config.prompts)
     real_files = real_image_files(config.real_images) if config.real_images else []
+    job = job_for(config, generate_config, filter_config, loras, real_files).open()
+    out_dir = job.out_dir
     device = PartialState(cpu=not torch.cuda.is_available()).device
-    out_dir = Path(config.output_dir)
 
     requests = []
     for row in sample_prompt_rows(len(library["identity"]), config.num_prompts, config.seed):
         for sample in range(config.seeds_per_prompt):
-            attributes = {name: library[name][row] for name in ("color", "year", "brand", "model", "body_style")}
+            attributes = {name: library[name][row] for name in ATTRIBUTES}
             requests.append({**attributes, "identity": library["identity"][row],
                              "seed": image_seed(config.seed, f"select/{library['identity'][row]}/{sample}")})  # fmt: skip
 
-    pipe = load_pipeline(render_config.pretrained_model_name_or_path, revision=render_config.revision,
-                         mixed_precision=render_config.mixed_precision, device=device)  # fmt: skip
+    pipe = load_pipeline(generate_config.pretrained_model_name_or_path, revision=generate_config.revision,
+                         mixed_precision=generate_config.mixed_precision, device=device)  # fmt: skip
     detector = VehicleDetector(filter_config.detector, imgsz=filter_config.detector_imgsz, device=device,
                                floor=filter_config.detection_floor)  # fmt: skip
     clip = ClipScorer(filter_config.clip_model, device=device)
     color_texts = clip.encode_texts([filter_config.color_prompt.format(color=c) for c in filter_config.colors])
-    real_images = [image for image, _ in map(load_image, real_files) if image is not None]
-    real_features = clip.encode_images(real_images) if real_files else None
-    settings = {
-        name: getattr(render_config, name)
-        for name in ("num_inference_steps", "guidance_scale", "height", "width", "negative_prompt")
-    }
+    real_features = None
+    if real_files:
+        real_features = real_crop_features(real_files, detector, clip, color_texts, filter_config)
+    settings = {name: getattr(generate_config, name) for name in RENDER_SETTINGS if name != "batch_size"}
 
     results, names = [], set()
     progress = tqdm(total=len(loras) * len(config.template_ids) * len(requests), desc="select", unit="img")
     for candidate, lora in loras.items():
         if lora is not None:
-            attach_lora(pipe, lora, render_config.pretrained_model_name_or_path)
+            attach_lora(pipe, lora, generate_config.pretrained_model_name_or_path)
         for template_id in config.template_ids:
             name = candidate_name(candidate, template_id, len(config.template_ids) > 1)
             name = name if name not in names else f"{name}-{len(names)}"
             names.add(name)
-            prompted = [{**r, "prompt": build_prompt(TEMPLATES[template_id], **{k: r[k] for k in ("color", "year", "brand", "model", "body_style")})}
+            prompted = [{**r, "prompt": build_prompt(TEMPLATES[template_id], **{k: r[k] for k in ATTRIBUTES})}
                         for r in requests]  # fmt: skip
             images = []
-            for start in range(0, len(prompted), render_config.batch_size):
-                batch = prompted[start : start + render_config.batch_size]
+            for start in range(0, len(prompted), generate_config.batch_size):
+                batch = prompted[start : start + generate_config.batch_size]
                 images += render(pipe, [r["prompt"] for r in batch], [r["seed"] for r in batch],
-                                 lora_scale=render_config.lora_scale if lora else None, **settings)  # fmt: skip
+                                 lora_scale=generate_config.lora_scale if lora else None, **settings)  # fmt: skip
                 progress.update(len(batch))
-            scores = score_images(images, prompted, detector, clip, color_texts, filter_config)
-            embeddings = np.stack([s["embedding"] for s in scores])
+            scores = candidate_scores(images, prompted, detector, clip, color_texts, filter_config)
+            crop_embeddings = np.stack([s["embedding"] for s in scores if s["embedding"] is not None] or [np.zeros(color_texts.shape[1])])
+            with_crops = sum(s["embedding"] is not None for s in scores)
             result = {
                 "candidate": name,
                 "lora_weights": str(lora) if lora else None,
@@ -216,20 +248,16 @@ def main(argv: list[str] | None = None) -> Path:
                 "detection_pass_rate": float(np.mean([s["detected"] for s in scores])),
                 "color_accuracy": float(np.mean([s["color_correct"] for s in scores])),
                 "clip_text_similarity": float(np.mean([s["clip_text_similarity"] for s in scores])),
-                "fd_clip": frechet_distance_of_features(embeddings, real_features)
-                if real_features is not None
+                "fd_clip": frechet_distance_of_features(crop_embeddings, real_features)
+                if real_features is not None and with_crops >= 2
                 else None,
             }
             results.append(result)
             sheet = out_dir / "contact_sheets" / f"{name.replace('|', '_')}.png"
-            labels = [
-                f"{r['color']} {'kept' if s['kept'] else s['reject_reason']}"
-                for r, s in zip(prompted, scores, strict=True)
-            ]
+            labels = [f"{r['color']} {'kept' if s['kept'] else s['reject_reason']}" for r, s in zip(prompted, scores, strict=True)]
             with atomic_path(sheet) as tmp:
-                contact_sheet(
-                    images, labels, title=f"{name}: yield {result['yield']:.2f}", columns=config.seeds_per_prompt * 5
-                ).save(tmp, format="PNG")
+                contact_sheet(images, labels, title=f"{name}: yield {result['yield']:.2f}",
+                              columns=config.seeds_per_prompt * 5).save(tmp, format="PNG")  # fmt: skip
         if lora is not None:
             pipe.unload_lora_weights()
     progress.close()
@@ -244,8 +272,19 @@ def main(argv: list[str] | None = None) -> Path:
     with atomic_path(out_dir / "selected.json") as tmp:
         tmp.write_text(json.dumps({k: chosen[k] for k in ("candidate", "lora_weights", "template_id")}, indent=2))
     save_config(config, out_dir / "config.yaml", stage="select")
-    print(f"chosen: {chosen['candidate']} (yield {chosen['yield']:.2f}); ranking: {out_dir / 'ranking.md'}")
+    job.mark_done({k: chosen[k] for k in ("candidate", "template_id")})
+    print(f"Chosen: {chosen['candidate']} with template {chosen['template_id']} (yield {chosen['yield']:.2f}). "
+          f"Ranking: {out_dir / 'ranking.md'}")  # fmt: skip
     return out_dir
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Standalone, the generate and filter settings come from the same preset `generate` and `filter` read."""
+    from vehicle_diff.config import resolve_config
+
+    config = parse_config(SelectConfig, "select", argv)
+    return select_candidates(config, generate_config=resolve_config(GenerateConfig, "generate", config.preset),
+                             filter_config=resolve_config(FilterConfig, "filter", config.preset))  # fmt: skip
 
 
 if __name__ == "__main__":

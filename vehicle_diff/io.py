@@ -38,3 +38,17 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+
+
+def list_images(folder: str | Path, flag: str = "--input_images") -> list[Path]:
+    """Every file with an image suffix under `folder`, recursively, in a stable order (hidden entries skipped)."""
+    from .errors import UserInputError
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise UserInputError(f"{flag} {folder}: not a folder")
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts))  # fmt: skip
