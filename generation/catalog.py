@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import hashlib
+import io
 import json
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +20,10 @@ from vehicle_diff.errors import UserInputError
 
 COLUMNS = ("brand", "model", "year", "body_style")
 FIRST_YEAR = 1886  # the first production automobile
+# Keys become folder and file names (`images/{identity}/{identity}-0007.png`); 96 bytes leaves room for the
+# suffixes within the 255-byte name limit of ext4, APFS, NTFS and most others.
+MAX_KEY_BYTES = 96
+KEY_HASH_CHARS = 12  # 48 bits: long keys that share a 83-byte prefix still differ
 
 # Canonical body style -> the words used for it in a prompt. Covers faker-vehicle's categories and
 # VeRi-776's vehicle types (sedan, suv, van, hatchback, mpv, pickup, bus, truck, estate).
@@ -61,9 +68,17 @@ class CatalogError(UserInputError):
 
 
 def slug(*parts) -> str:
-    """Lower-case words joined by '-': the readable, stable part of identity keys."""
-    text = " ".join(str(part) for part in parts).lower()
-    return "-".join("".join(ch if ch.isalnum() else " " for ch in text).split())
+    """Lower-case words joined by '-': the readable, stable part of identity keys. At most MAX_KEY_BYTES of
+    UTF-8, so that it is safe as a file name: a longer one keeps its start and ends in a hash of the whole,
+    so it stays deterministic and distinct."""
+    text = unicodedata.normalize("NFC", " ".join(str(part) for part in parts)).lower()
+    key = "-".join("".join(ch if ch.isalnum() else " " for ch in text).split())
+    encoded = key.encode("utf-8")
+    if len(encoded) <= MAX_KEY_BYTES:
+        return key
+    digest = hashlib.sha256(encoded).hexdigest()[:KEY_HASH_CHARS]
+    head = encoded[: MAX_KEY_BYTES - KEY_HASH_CHARS - 1].decode("utf-8", errors="ignore").rstrip("-")
+    return f"{head}-{digest}"
 
 
 def canonical_body_style(value: str) -> str | None:
@@ -100,20 +115,42 @@ def parse_row(row: dict, where: str) -> list[Prototype]:
     return prototypes
 
 
+SAVE_AS_UTF8 = "save it as UTF-8 (in Excel: Save As > 'CSV UTF-8')"
+
+
+def read_text(path: Path) -> str:
+    """A text catalog's content: UTF-8, with or without the byte-order mark that Excel's "CSV UTF-8" writes.
+    Any other encoding is refused rather than guessed at: a wrong guess would silently rename brands."""
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16 (and UTF-32 LE) byte-order marks
+        raise CatalogError(f"catalog {path}: the file is UTF-16 (Excel's 'Unicode Text'); {SAVE_AS_UTF8}")
+    if b"\x00" in data[:4096]:
+        raise CatalogError(f"catalog {path}: the file has NUL bytes, as UTF-16 text does; {SAVE_AS_UTF8}")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise CatalogError(
+            f"catalog {path}: not UTF-8 (byte 0x{data[error.start]:02x} on line {line}; Latin-1 or Windows-1252 "
+            f"perhaps); {SAVE_AS_UTF8}"
+        ) from None
+
+
 def read_rows(path: Path):
     """Yield (row number, row dict) from a CSV, JSON Lines or Parquet catalog; row 1 is the first data row."""
     suffix = path.suffix.lower()
     if not path.is_file():
         raise CatalogError(f"catalog {path}: no such file")
     if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise CatalogError(f"catalog {path}: missing column(s) {missing}; expected columns {list(COLUMNS)}")
-            yield from enumerate(reader, start=1)
+        reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+        header = reader.fieldnames or []
+        missing = [c for c in COLUMNS if c not in header]
+        if missing:
+            hint = "; the header looks ';'-separated: save it comma-separated" if ";" in "".join(header) else ""
+            raise CatalogError(f"catalog {path}: missing column(s) {missing}; expected columns {list(COLUMNS)}{hint}")
+        yield from enumerate(reader, start=1)
     elif suffix in (".jsonl", ".json"):
-        with path.open(encoding="utf-8") as handle:
+        with io.StringIO(read_text(path)) as handle:
             for number, line in enumerate(handle, start=1):
                 if not line.strip():
                     continue

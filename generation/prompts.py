@@ -42,7 +42,9 @@ def build_prompt(template: str, *, color: str, year: int, brand: str, model: str
 
 
 def identity_key(color: str, prototype: Prototype) -> str:
-    return slug(color, prototype.key)
+    """`red-2012-audi-a5-coupe`: readable, stable, and short enough for a file name however long the catalog's
+    names are (`slug` ends an over-long key in a hash of all of it, not of an already shortened `key`)."""
+    return slug(color, prototype.year, prototype.brand, prototype.model, prototype.body_style)
 
 
 def round_robin(iterables):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import importlib
+import signal
 import sys
 
 # subcommand -> (module with `main(argv)`, one-line description)
@@ -22,27 +23,48 @@ STAGES = {
     "fid": ("training.fid", "FID between two image folders (Inception-v3 weights supplied locally)"),
     "publish": ("vehicle_diff.publish", "stage 6: versioned dataset / LoRA / re-ID repos (Hub or olah mirror)"),
 }
+# stages whose finished work survives an interruption, so running the same command again continues it
+RESUMABLE = {"caption", "finetune", "generate", "filter", "train-reid", "run", "publish"}
+
+
+def stage_of(main) -> str | None:
+    """The subcommand whose module defines `main` (also under `python -m MODULE`, where it is `__main__`)."""
+    module = main.__module__
+    if module == "__main__":
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        module = spec.name if spec else module
+    return next((name for name, (stage_module, _) in STAGES.items() if stage_module == module), None)
+
+
+def interrupted(stage: str | None) -> None:
+    """Ctrl-C: one line and exit status 130 (128 + SIGINT), the shells' convention, instead of a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not print a traceback over the line
+    prog = f"vehicle-diff {stage}" if stage else "vehicle-diff"
+    resume = "; re-run the same command to resume" if stage in RESUMABLE else ""
+    print(f"\n{prog}: interrupted{resume}", file=sys.stderr)
+    sys.exit(130)
 
 
 def run_main(main, argv: list[str] | None = None, prog: str | None = None) -> None:
     """Run a stage's `main`; bad input becomes one clear message and exit status 2, not a traceback."""
     from .errors import UserInputError
 
+    stage = prog.removeprefix("vehicle-diff ") if prog else stage_of(main)
+    prog = prog or (f"vehicle-diff {stage}" if stage else "vehicle-diff")
     try:
         main(argv)
     except UserInputError as error:
-        print(f"{prog or 'vehicle-diff'}: error: {error}", file=sys.stderr)
+        print(f"{prog}: error: {error}", file=sys.stderr)
         sys.exit(2)
     except OSError as error:
         if error.errno not in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT):
             raise
         where = f" {error.filename}" if error.filename else ""
-        print(f"\n{prog or 'vehicle-diff'}: error: cannot write{where}: {error.strerror}. Finished work is kept; "
+        print(f"\n{prog}: error: cannot write{where}: {error.strerror}. Finished work is kept; "
               "free space or fix the permissions, then re-run the same command to continue.", file=sys.stderr)  # fmt: skip
         sys.exit(1)
     except KeyboardInterrupt:
-        print(f"{prog or 'vehicle-diff'}: interrupted; re-run the same command to resume", file=sys.stderr)
-        sys.exit(130)
+        interrupted(stage)
 
 
 def usage() -> str:
@@ -61,7 +83,10 @@ def main(argv: list[str] | None = None) -> None:
     if stage not in STAGES:
         print(f"vehicle-diff: unknown stage {stage!r}\n\n{usage()}", file=sys.stderr)
         sys.exit(2)
-    module = importlib.import_module(STAGES[stage][0])
+    try:
+        module = importlib.import_module(STAGES[stage][0])  # seconds: torch, diffusers ...
+    except KeyboardInterrupt:
+        interrupted(stage)
     run_main(module.main, rest, prog=f"vehicle-diff {stage}")
 
 
