@@ -289,13 +289,3 @@ def save_config(config, path: Path, stage: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
 
-
-def resolve_config(config_cls, stage: str, preset: str, overrides: dict | None = None):
-    """Dataclass defaults < preset section `stage` < `overrides`, with the same checks as the command line:
-    how `vehicle-diff run` builds every stage's typed config once, without argv strings."""
-    config = parse_config(config_cls, stage, ["--preset", preset])
-    overrides = dict(overrides or {})
-    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(config_cls)})
-    if unknown:
-        raise UserInputError(f"{stage}: unknown setting(s) {unknown}")
-    return dataclasses.replace(config, **overrides) if overrides else config
