@@ -133,6 +133,23 @@ class ImageSource:
             return image.convert("RGB"), data, suffix
 
 
+def job_for(config: CaptionConfig, source: ImageSource | None = None, selected: list[int] | None = None) -> Job:
+    from vehicle_diff.models import resolved_revision
+
+    source = source or ImageSource(config)
+    if selected is None:
+        selected = select_subset(len(source), fraction=config.fraction, num_images=config.num_images, seed=config.seed)
+    components = {
+        "settings": output_settings(config, ignore=("input_images", "input_dataset")),
+        "images": len(source),
+        "selected_images": source.digest(selected),
+        "caption_model_revision": resolved_revision(config.caption_model),
+    }
+    return Job(config.output_dir, "caption", components, overwrite=config.overwrite, shards=".shards",
+               inputs=[config.input_images], owned=["train", "skipped.jsonl", "captions.json", "selection.json",
+                                                   "config.yaml", "plan.json"])  # fmt: skip
+
+
 def caption(config: CaptionConfig) -> Path:
     """Caption every not-yet-finished batch of the selection, then write the imagefolder's metadata."""
     import torch
@@ -140,7 +157,7 @@ def caption(config: CaptionConfig) -> Path:
     from PIL import UnidentifiedImageError
     from tqdm.auto import tqdm
 
-    from vehicle_diff.models import load_blip2, resolved_revision
+    from vehicle_diff.models import load_blip2
 
     source = ImageSource(config)
     selected = select_subset(len(source), fraction=config.fraction, num_images=config.num_images, seed=config.seed)
@@ -151,15 +168,7 @@ def caption(config: CaptionConfig) -> Path:
                                               "batches": num_batches, "caption_model": config.caption_model,
                                               "estimated_disk_gb": round(sum(sizes) / 1e9, 3) if sizes else None})  # fmt: skip
     state = PartialState(cpu=not torch.cuda.is_available())
-    components = {
-        "settings": output_settings(config, ignore=("input_images", "input_dataset")),
-        "images": len(source),
-        "selected_images": source.digest(selected),
-        "caption_model_revision": resolved_revision(config.caption_model),
-    }
-    job = Job(config.output_dir, "caption", components, overwrite=config.overwrite, shards=".shards",
-              inputs=[config.input_images], owned=["train", "skipped.jsonl", "captions.json", "selection.json",
-                                                  "config.yaml", "plan.json"]).open()  # fmt: skip
+    job = job_for(config, source, selected).open()
     out_dir = job.out_dir
     if state.is_main_process:
         with atomic_path(out_dir / "selection.json") as tmp:

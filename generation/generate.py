@@ -230,13 +230,19 @@ def job_components(config: GenerateConfig, lora: Path | None) -> dict:
     }
 
 
+def job_for(config: GenerateConfig) -> Job:
+    lora = lora_file(config.lora_weights) if config.lora_weights else None
+    return Job(config.output_dir, "generate", job_components(config, lora), overwrite=config.overwrite,
+               inputs=[config.prompts, config.lora_weights], owned=["images", "records.parquet", "config.yaml", "plan.json"])  # fmt: skip
+
+
 def generate(config: GenerateConfig) -> Path:
     """Render every not-yet-finished batch of the plan, then merge the records (see the module doc)."""
     import torch
     from accelerate import PartialState
     from tqdm.auto import tqdm
 
-    check_output_path(config.output_dir, inputs=[config.prompts, config.lora_weights])
+    check_output_path(config.output_dir, inputs=[config.prompts, config.lora_weights])  # before any work
     library = read_prompt_library(config.prompts)
     lora = lora_file(config.lora_weights) if config.lora_weights else None
     num_images = len(library["identity"]) * config.images_per_identity
@@ -244,10 +250,8 @@ def generate(config: GenerateConfig) -> Path:
     if config.dry_run:
         return dry_run(config, library, num_images, num_batches)
     state = PartialState(cpu=not torch.cuda.is_available())
-    components = job_components(config, lora)
-    job = Job(config.output_dir, "generate", components, overwrite=config.overwrite,
-              owned=["images", "records.parquet", "config.yaml", "plan.json"]).open()  # fmt: skip
-    out_dir = job.out_dir
+    job = job_for(config).open()
+    components, out_dir = job.components, job.out_dir
     if state.is_main_process:
         save_config(config, out_dir / "config.yaml", stage="generate")
 

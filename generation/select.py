@@ -52,6 +52,7 @@ from .scoring import ClipScorer, VehicleDetector, decide, load_image, score_imag
 
 RENDER_SETTINGS = ("num_inference_steps", "guidance_scale", "height", "width", "negative_prompt", "batch_size",
                    "pretrained_model_name_or_path", "revision", "mixed_precision", "lora_scale")  # fmt: skip
+RENDER_KWARGS = ("num_inference_steps", "guidance_scale", "height", "width", "negative_prompt")
 SELECT_FILTER_SETTINGS = ("detector", "detector_imgsz", "detection_floor", "detection_confidence", "min_box_side",
                           "reference_side", "crop_margin", "crop_square", "clip_model", "colors", "color_prompt",
                           "color_check")  # fmt: skip
@@ -217,7 +218,7 @@ def select_candidates(config: SelectConfig, *, generate_config: GenerateConfig, 
     real_features = None
     if real_files:
         real_features = real_crop_features(real_files, detector, clip, color_texts, filter_config)
-    settings = {name: getattr(generate_config, name) for name in RENDER_SETTINGS if name != "batch_size"}
+    settings = {name: getattr(generate_config, name) for name in RENDER_KWARGS}
 
     results, names = [], set()
     progress = tqdm(total=len(loras) * len(config.template_ids) * len(requests), desc="select", unit="img")

@@ -182,7 +182,10 @@ def metrics_markdown(metrics: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    config = parse_config(EvaluateConfig, "evaluate", argv)
+    return evaluate(parse_config(EvaluateConfig, "evaluate", argv))
+
+
+def evaluate(config: EvaluateConfig) -> Path:
     from .reid_model import ReIDModel
 
     device = "cuda" if torch.cuda.is_available() else "cpu"

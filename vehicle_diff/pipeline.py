@@ -13,6 +13,8 @@ the demo has something honest to caption: they are drawings, not camera images.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
 import subprocess
 import sys
@@ -20,8 +22,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import parse_config, save_config
+from .config import parse_config, resolve_config
 from .errors import UserInputError
+from .io import atomic_path
 
 
 def draw_target_images(out_dir: Path, count: int, seed: int = 0, size: int = 96) -> Path:
@@ -57,9 +60,23 @@ def draw_target_images(out_dir: Path, count: int, seed: int = 0, size: int = 96)
     return out_dir
 
 
+STAGE_CLASSES = {
+    "prompts": ("generation.prompts", "PromptsConfig", "build_library"),
+    "caption": ("generation.caption", "CaptionConfig", "caption"),
+    "finetune": ("training.finetune_lora", "FinetuneConfig", "finetune"),
+    "select": ("generation.select", "SelectConfig", "select_candidates"),
+    "generate": ("generation.generate", "GenerateConfig", "generate"),
+    "filter": ("generation.filter", "FilterConfig", "filter_images"),
+    "export": ("vehicle_diff_dataset", "ExportConfig", "export_dataset"),
+    "train-reid": ("training.train_reid", "TrainReIDConfig", "train_reid"),
+    "evaluate": ("training.evaluate", "EvaluateConfig", "evaluate"),
+    "publish": ("vehicle_diff.publish", "PublishConfig", "publish"),
+}
+
+
 @dataclass
 class RunConfig:
-    """Run every stage in order: prompts to publish. Stages already complete are skipped."""
+    """Run every stage in order: prompts to publish. Stages already complete (same fingerprint) are skipped."""
 
     output_dir: str = field(default="vehicle-diff-output", metadata={"help": "one folder per stage inside"})
     preset: str = field(default="paper", metadata={"help": "paper, tiny, or a YAML file"})
@@ -70,58 +87,188 @@ class RunConfig:
         default=24, metadata={"help": "tiny only: how many drawings to make without --target_images"}
     )
     version: str = "v1.0"
+    override: list[str] = field(
+        default_factory=list,
+        metadata={"help": "STAGE.KEY=VALUE settings on top of the preset, e.g. generate.images_per_identity=10 "
+                          "select.candidates=[base] (VALUE is YAML)"},
+    )  # fmt: skip
+    overwrite: bool = field(
+        default=False, metadata={"help": "re-run stages whose settings or inputs changed, replacing their outputs"}
+    )
     push_to_hub: bool = field(default=False, metadata={"help": "also publish to the Hub (needs a token)"})
     verify_mirror: bool = field(default=True, metadata={"help": "read the dataset back through olah at the end"})
 
+    def __post_init__(self):
+        if self.num_target_images <= 0:
+            raise UserInputError(f"--num_target_images must be positive (got {self.num_target_images})")
+        parse_overrides(self.override)
 
-def stage_runs(config: RunConfig, out: Path) -> list[tuple[str, Path, str, callable]]:
-    """(name, output folder, completion marker, runner) for each stage."""
-    import vehicle_diff_dataset
-    from generation import caption, generate, prompts, select
-    from generation import filter as filter_stage
-    from training import evaluate, finetune_lora, train_reid
 
-    from . import publish
+def parse_overrides(items: list[str]) -> dict[str, dict]:
+    """`STAGE.KEY=VALUE` strings -> {stage: {key: value}}, VALUE read as YAML."""
+    import yaml
 
-    preset = ["--preset", config.preset]
+    overrides: dict[str, dict] = {}
+    for item in items:
+        target, sep, value = item.partition("=")
+        stage, dot, key = target.partition(".")
+        if not sep or not dot or stage not in STAGE_CLASSES:
+            raise UserInputError(f"--override {item!r}: write STAGE.KEY=VALUE with STAGE one of {list(STAGE_CLASSES)}")
+        overrides.setdefault(stage, {})[key] = yaml.safe_load(value)
+    return overrides
+
+
+def stage_class(stage: str):
+    module, class_name, function = STAGE_CLASSES[stage]
+    return getattr(importlib.import_module(module), class_name)
+
+
+def resolve_stage_configs(config: RunConfig, out: Path) -> dict:
+    """Every stage's typed config, resolved once: preset < the run's wiring (where each stage reads and
+    writes) < --override. `generate` learns the chosen LoRA and template from `select` when it has run."""
     target = config.target_images or str(out / "target_images")
+    wiring = {
+        "prompts": {"output_dir": out / "prompts"},
+        "caption": {"input_images": target, "output_dir": out / "captions"},
+        "finetune": {"train_data_dir": out / "captions", "output_dir": out / "lora", "resume_from_checkpoint": "latest"},
+        "select": {"prompts": out / "prompts", "candidates": ["base", str(out / "lora")],
+                   "real_images": out / "captions" / "train", "output_dir": out / "select"},
+        "generate": {"prompts": out / "prompts", "output_dir": out / "generated"},
+        "filter": {"generated": out / "generated", "output_dir": out / "filtered"},
+        "export": {"filtered": out / "filtered", "output_dir": out / "vehicle-diff"},
+        "train-reid": {"synthetic_data": out / "vehicle-diff", "data_mode": "S", "output_dir": out / "reid",
+                       "resume_from_checkpoint": "latest"},
+        "evaluate": {"model": out / "reid", "eval_data": out / "vehicle-diff", "output_dir": out / "evaluation"},
+        "publish": {"dataset": out / "vehicle-diff", "lora": out / "lora", "reid": out / "reid",
+                    "version": config.version, "target": "mirror", "mirror_dir": out / "mirror",
+                    "output_dir": out / "publish-mirror"},
+    }  # fmt: skip
+    overrides = parse_overrides(config.override)
+    configs = {}
+    for stage, settings in wiring.items():
+        cls = stage_class(stage)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        settings = {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()}
+        if "overwrite" in fields:
+            settings["overwrite"] = config.overwrite
+        configs[stage] = resolve_config(cls, stage, config.preset, {**settings, **overrides.get(stage, {})})
+    return configs
 
-    def selected_lora() -> list[str]:
-        chosen = json.loads((out / "select" / "selected.json").read_text())
-        return ["--lora_weights", chosen["lora_weights"]] if chosen["lora_weights"] else []
 
-    def publish_args(target_kind: str) -> list[str]:
-        return [*preset, "--dataset", str(out / "vehicle-diff"), "--lora", str(out / "lora"), "--reid", str(out / "reid"),
-                "--version", config.version, "--target", target_kind, "--mirror_dir", str(out / "mirror"),
-                "--output_dir", str(out / f"publish-{target_kind}")]  # fmt: skip
+def with_selection(generate_config, out: Path):
+    """The generate config with the LoRA and template `select` chose (an explicit override wins)."""
+    chosen = json.loads((out / "select" / "selected.json").read_text())
+    return dataclasses.replace(generate_config, lora_weights=generate_config.lora_weights or chosen["lora_weights"],
+                               template_id=generate_config.template_id or chosen["template_id"])  # fmt: skip
 
-    runs = [
-        ("prompts", out / "prompts", "prompts.parquet", lambda: prompts.main([*preset, "--output_dir", str(out / "prompts")])),
-        ("caption", out / "captions", "train/metadata.jsonl",
-         lambda: caption.main([*preset, "--input_images", target, "--output_dir", str(out / "captions")])),
-        ("finetune", out / "lora", "README.md",
-         lambda: finetune_lora.main([*preset, "--train_data_dir", str(out / "captions"), "--output_dir", str(out / "lora"),
-                                     "--resume_from_checkpoint", "latest"])),
-        ("select", out / "select", "selected.json",
-         lambda: select.main([*preset, "--prompts", str(out / "prompts"), "--candidates", "base", str(out / "lora"),
-                              "--real_images", str(out / "captions" / "train"), "--output_dir", str(out / "select")])),
-        ("generate", out / "generated", "records.parquet",
-         lambda: generate.main([*preset, "--prompts", str(out / "prompts"), *selected_lora(), "--output_dir", str(out / "generated")])),
-        ("filter", out / "filtered", "summary.json",
-         lambda: filter_stage.main([*preset, "--generated", str(out / "generated"), "--output_dir", str(out / "filtered")])),
-        ("export", out / "vehicle-diff", "README.md",
-         lambda: vehicle_diff_dataset.main([*preset, "--filtered", str(out / "filtered"), "--output_dir", str(out / "vehicle-diff")])),
-        ("train-reid", out / "reid", "model.safetensors",
-         lambda: train_reid.main([*preset, "--synthetic_data", str(out / "vehicle-diff"), "--data_mode", "S",
-                                  "--output_dir", str(out / "reid"), "--resume_from_checkpoint", "latest"])),
-        ("evaluate", out / "evaluation", "metrics.json",
-         lambda: evaluate.main([*preset, "--model", str(out / "reid"), "--eval_data", str(out / "vehicle-diff"),
-                                "--output_dir", str(out / "evaluation")])),
-        ("publish", out / "publish-mirror", "report.txt", lambda: publish.main(publish_args("mirror"))),
-    ]  # fmt: skip
+
+def stage_is_complete(stage: str, config, configs: dict) -> bool:
+    """True when the stage's output carries the done-marker of exactly these settings and inputs (evaluate and
+    publish always run: they are cheap and publishing is idempotent)."""
+    from .jobs import Job
+
+    if stage in ("evaluate", "publish"):
+        return False
+    module = importlib.import_module(STAGE_CLASSES[stage][0])
+    try:
+        if stage == "select":
+            from generation.generate import lora_file
+            from generation.select import real_image_files
+
+            loras = {c: None if c == "base" else lora_file(c) for c in config.candidates}
+            real = real_image_files(config.real_images) if config.real_images else []
+            return module.job_for(config, configs["generate"], configs["filter"], loras, real).complete
+        if stage in ("finetune", "train-reid", "export"):
+            return Job(config.output_dir, stage, module.job_components(config), owned=[]).complete
+        return module.job_for(config).complete
+    except (UserInputError, OSError):  # an input is not there yet: the stage has to run
+        return False
+
+
+def run_stage_isolated(stage: str, config, **kwargs) -> None:
+    """Run one stage's function in a fresh interpreter (spawn): no RNG state, thread setting, deterministic
+    flag or cached module leaks from one stage into the next, so `run` writes exactly what the stages alone
+    write. Bad input there is its one line, and `run` stops with the same exit status."""
+    import multiprocessing
+
+    module, _, function = STAGE_CLASSES[stage]
+    process = multiprocessing.get_context("spawn").Process(target=_stage_entry, args=(stage, module, function, config, kwargs),
+                                                           name=f"vehicle-diff {stage}")  # fmt: skip
+    process.start()
+    process.join()
+    if process.exitcode:
+        code = process.exitcode if process.exitcode > 0 else 130 if process.exitcode == -2 else 1
+        if code not in (2, 130):
+            print(f"vehicle-diff run: stage {stage} failed (exit status {process.exitcode}); see its messages above. "
+                  "Re-run the same command to resume.", file=sys.stderr)  # fmt: skip
+        raise SystemExit(code)
+
+
+def _stage_entry(stage: str, module: str, function: str, config, kwargs: dict) -> None:
+    from .cli import run_main
+
+    work = getattr(importlib.import_module(module), function)
+    run_main(lambda argv: work(config, **kwargs), [], prog=f"vehicle-diff run ({stage})")
+
+
+def run_pipeline(config: RunConfig) -> Path:
+    from .jobs import Job
+
+    out = Path(config.output_dir)
+    job = Job(out, "run", {"layout": 1}, owned=[]).open().hold()  # one run at a time in a folder
+    out = job.out_dir
+    if not config.target_images:
+        if config.preset != "tiny":
+            raise UserInputError(
+                "--target_images is required: a folder of ~1% unlabeled images of your cameras (paper §III-B)"
+            )
+        if not (out / "target_images").is_dir():
+            draw_target_images(out / "target_images", config.num_target_images)
+    configs = resolve_stage_configs(config, out)
+    timings, done = {}, []
+    for stage in STAGE_CLASSES:
+        stage_config = configs[stage]
+        if stage == "generate":
+            stage_config = configs["generate"] = with_selection(stage_config, out)
+        save_run_configs(config, configs, out / "run_config.yaml")
+        if stage_is_complete(stage, stage_config, configs):
+            print(f"== {stage}: complete with these settings and inputs, skipped ({stage_config.output_dir})")
+            done.append(stage)
+            continue
+        print(f"== {stage} -> {stage_config.output_dir}", flush=True)
+        started = time.perf_counter()
+        extra = {"generate_config": configs["generate"], "filter_config": configs["filter"]} if stage == "select" else {}
+        run_stage_isolated(stage, stage_config, **extra)
+        timings[stage] = round(time.perf_counter() - started, 1)
     if config.push_to_hub:
-        runs.append(("publish-hub", out / "publish-hub", "report.txt", lambda: publish.main(publish_args("hub"))))
-    return runs
+        hub = dataclasses.replace(configs["publish"], target="hub", output_dir=str(out / "publish-hub"))
+        run_stage_isolated("publish", hub)
+    read_back = None
+    if config.verify_mirror:
+        read_back = read_back_through_olah(
+            out / "mirror", "vehicle-diff/vehicle-diff", config.version, out / "publish-mirror"
+        )
+    summary = run_summary(out, timings, read_back)
+    with atomic_path(out / "summary.md") as tmp:
+        tmp.write_text(summary)
+    print(summary)
+    return out
+
+
+def save_run_configs(config: RunConfig, configs: dict, path: Path) -> None:
+    """Every stage's resolved settings, together, next to the run's outputs."""
+    import yaml
+
+    from . import __version__
+
+    resolved = {"vehicle_diff_version": __version__, "run": dataclasses.asdict(config),
+                "stages": {stage: dataclasses.asdict(stage_config) for stage, stage_config in configs.items()}}  # fmt: skip
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
+
+
+def main(argv: list[str] | None = None) -> Path:
+    return run_pipeline(parse_config(RunConfig, "run", argv))
 
 
 def read_back_through_olah(mirror: Path, repo: str, version: str, work_dir: Path) -> dict:
@@ -137,38 +284,6 @@ def read_back_through_olah(mirror: Path, repo: str, version: str, work_dir: Path
     if result.returncode:
         raise UserInputError(f"reading {repo}@{version} back through olah failed:\n{result.stderr[-2000:]}")
     return {"endpoint": endpoint, "splits": json.loads(result.stdout.strip().splitlines()[-1])}
-
-
-def main(argv: list[str] | None = None) -> Path:
-    config = parse_config(RunConfig, "run", argv)
-    out = Path(config.output_dir)
-    if not config.target_images:
-        if config.preset != "tiny":
-            raise UserInputError(
-                "--target_images is required: a folder of ~1% unlabeled images of your cameras (paper §III-B)"
-            )
-        if not (out / "target_images").is_dir():
-            draw_target_images(out / "target_images", config.num_target_images)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out / "run_config.yaml", stage="run")
-    timings = {}
-    for name, folder, marker, runner in stage_runs(config, out):
-        if (folder / marker).exists():
-            print(f"== {name}: complete, skipped ({folder})")
-            continue
-        print(f"== {name} -> {folder}", flush=True)
-        started = time.perf_counter()
-        runner()
-        timings[name] = round(time.perf_counter() - started, 1)
-    read_back = None
-    if config.verify_mirror:
-        read_back = read_back_through_olah(
-            out / "mirror", "vehicle-diff/vehicle-diff", config.version, out / "publish-mirror"
-        )
-    summary = run_summary(out, timings, read_back)
-    (out / "summary.md").write_text(summary)
-    print(summary)
-    return out
 
 
 def run_summary(out: Path, timings: dict, read_back: dict | None) -> str:

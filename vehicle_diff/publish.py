@@ -219,7 +219,10 @@ class PublishConfig:
 
 
 def main(argv: list[str] | None = None) -> list[str]:
-    config = parse_config(PublishConfig, "publish", argv)
+    return publish(parse_config(PublishConfig, "publish", argv))
+
+
+def publish(config: PublishConfig) -> list[str]:
     if config.target == "hub":
         from huggingface_hub import get_token
 
