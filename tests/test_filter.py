@@ -142,5 +142,5 @@ def test_bad_input(damaged_generation, tmp_path, flags, message):
 def test_missing_generation_and_rescore_before_scoring(tmp_path, damaged_generation):
     with pytest.raises(UserInputError, match="no records.parquet"):
         main(tiny_args(tmp_path, tmp_path / "out"))
-    with pytest.raises(UserInputError, match="has no complete scores"):
+    with pytest.raises(UserInputError, match="has no filter scores"):
         main(tiny_args(damaged_generation, tmp_path / "out", "--rescore_only"))

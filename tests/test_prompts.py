@@ -158,7 +158,7 @@ def test_command_line_exit_codes(tmp_path):
         capture_output=True, text=True,
     )  # fmt: skip
     assert ok.returncode == 0, ok.stderr
-    assert "prompt library: 8 identities" in ok.stdout
+    assert "Prompt library: 8 identities" in ok.stdout
     bad = subprocess.run(
         [sys.executable, "-m", "vehicle_diff.cli", "prompts", "--num_identities", "-1", "--output_dir", str(tmp_path / "q")],
         capture_output=True, text=True,

@@ -28,7 +28,7 @@ def open_training_output(out_dir: str, stage: str, components: dict, *, owned: l
     on the same folder is refused, a folder made with other settings or data is refused (or `--overwrite`)."""
     job = Job(out_dir, stage, components, overwrite=overwrite, owned=[*owned, "checkpoint-*"])
     if accelerator.is_main_process:
-        job.open().hold()
+        job.open(hold=True)
         for stale in job.out_dir.glob(".checkpoint-*.staging"):  # a checkpoint a kill interrupted
             shutil.rmtree(stale)
     accelerator.wait_for_everyone()

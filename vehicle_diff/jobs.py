@@ -261,16 +261,14 @@ class Job:
         finally:
             self._lock.release()
 
-    def hold(self) -> "Job":
-        """Keep the folder's lock until this process ends (trainers: a second one on the folder is refused)."""
-        self._acquire(blocking=False)
-        return self
-
-    def open(self) -> "Job":
+    def open(self, hold: bool = False) -> "Job":
         """Claim the folder for this plan: create it, refuse a foreign or different one, remove what a kill
-        left half-written. Safe to call from every worker (it runs under the lock)."""
+        left half-written. Safe to call from every worker (it runs under the lock). `hold` keeps the lock
+        until this process ends, and refuses at once when another process holds it (trainers, `run`)."""
         refuse_foreign_folder(self.out_dir, self.stage)
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        if hold:
+            self._acquire(blocking=False)
         with self.locked():
             refuse_foreign_folder(self.out_dir, self.stage)
             existing = read_json(self.out_dir / JOB_FILE)

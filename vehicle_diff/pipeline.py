@@ -215,7 +215,7 @@ def run_pipeline(config: RunConfig) -> Path:
     from .jobs import Job
 
     out = Path(config.output_dir)
-    job = Job(out, "run", {"layout": 1}, owned=[]).open().hold()  # one run at a time in a folder
+    job = Job(out, "run", {"layout": 1}, owned=[]).open(hold=True)  # one run at a time in a folder
     out = job.out_dir
     if not config.target_images:
         if config.preset != "tiny":

@@ -1,0 +1,194 @@
+"""The job layer on hand-made folders: output safety, fingerprints, shards, claims and whole-folder replaces."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vehicle_diff import jobs
+from vehicle_diff.errors import UserInputError
+from vehicle_diff.jobs import Job, TornShard, read_shard, replace_folder, write_shard
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+@pytest.mark.parametrize("name", ["/", "~", ".", ".."])
+def test_outputs_that_would_swallow_something_are_refused(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserInputError, match="refusing to use"):
+        jobs.check_output_path(name)
+
+
+def test_an_output_holding_the_inputs_or_a_file_is_refused(tmp_path):
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    with pytest.raises(UserInputError, match="holds this stage's input"):
+        jobs.check_output_path(tmp_path / "data", inputs=[tmp_path / "data" / "images"])
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(UserInputError, match="is a file"):
+        jobs.check_output_path(tmp_path / "a-file")
+    with pytest.raises(UserInputError, match="is a file, so the folder cannot be made"):
+        jobs.check_output_path(tmp_path / "a-file" / "below")
+
+
+def test_a_foreign_folder_is_never_written_into(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(UserInputError, match="not an output of `generate`"):
+        Job(tmp_path / "mine", "generate", {"a": 1}, owned=["images"], overwrite=True).open()
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
+
+
+def test_another_fingerprint_is_refused_with_what_changed_and_overwrite_removes_only_owned(tmp_path):
+    out = tmp_path / "out"
+    Job(out, "generate", {"settings": {"seed": 0}}, owned=["images"]).open()
+    (out / "images").mkdir()
+    (out / "images" / "a.png").write_bytes(b"x")
+    (out / "notes.txt").write_text("a user's file inside the folder")
+    with pytest.raises(UserInputError, match=r"changed: settings.seed: 0 -> 1.*--overwrite"):
+        Job(out, "generate", {"settings": {"seed": 1}}, owned=["images"]).open()
+    with pytest.raises(UserInputError, match="is the output of `generate`, not `filter`"):
+        Job(out, "filter", {"settings": {"seed": 0}}, owned=["images"]).open()
+    Job(out, "generate", {"settings": {"seed": 1}}, owned=["images"], overwrite=True).open()
+    assert not (out / "images").exists() and (out / "notes.txt").read_text().startswith("a user's")
+    assert json.loads((out / "job.json").read_text())["components"] == {"settings": {"seed": 1}}
+
+
+def test_the_done_marker_carries_the_fingerprint(tmp_path):
+    job = Job(tmp_path / "out", "prompts", {"n": 8}, owned=[], result_settings={"t": 1}).open()
+    assert not job.complete
+    job.mark_done({"identities": 8})
+    assert job.complete
+    assert not Job(tmp_path / "out", "prompts", {"n": 8}, owned=[], result_settings={"t": 2}).complete
+    assert jobs.is_complete(tmp_path / "out", "prompts", jobs.done_fingerprint({"n": 8}, {"t": 1}))
+
+
+def test_shards_check_themselves(tmp_path):
+    records = [{"image_id": f"x-{i}", "value": i} for i in range(3)]
+    path = write_shard(tmp_path, 0, records)
+    assert read_shard(path, ["x-0", "x-1", "x-2"]) == records
+    with pytest.raises(TornShard, match="not the plan's ids"):
+        read_shard(path, ["x-0", "x-1", "x-9"])
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:2]) + lines[2][:7])  # cut in the middle of a record, footer gone
+    with pytest.raises(TornShard, match="footer"):
+        read_shard(path)
+    path.write_text(lines[0] + lines[1] + lines[3])  # a record lost, footer kept
+    with pytest.raises(TornShard, match="checksum"):
+        read_shard(path)
+
+
+def test_a_side_file_that_changed_fails_its_shard(tmp_path):
+    side = tmp_path / "batch-0000000.npy"
+    side.write_bytes(b"embeddings")
+    path = write_shard(tmp_path, 0, [{"image_id": "a"}], side_files=[side])
+    assert read_shard(path)
+    side.write_bytes(b"other")
+    with pytest.raises(TornShard, match="side file"):
+        read_shard(path)
+
+
+def test_damaged_shards_are_named_removed_and_redone(tmp_path, capsys):
+    job = Job(tmp_path / "out", "generate", {"a": 1}, owned=[]).open()
+    ids = lambda b: [f"id-{b}-{i}" for i in range(2)]  # noqa: E731
+    for batch in range(3):
+        job.write_shard(batch, [{"image_id": i} for i in ids(batch)])
+    torn = jobs.shard_path(job.shards_dir, 1)
+    torn.write_text(torn.read_text()[:-20])
+    assert list(job.batches(3, ids)) == [1]
+    assert "batch-0000001.jsonl is damaged" in capsys.readouterr().err
+
+
+def test_merge_sees_every_planned_id_once(tmp_path):
+    job = Job(tmp_path / "out", "generate", {"a": 1}, owned=[]).open()
+    job.write_shard(0, [{"image_id": "a"}, {"image_id": "b"}])
+    job.write_shard(1, [{"image_id": "b"}])
+    with pytest.raises(UserInputError, match="'b' appears twice"):
+        job.merge(2, tmp_path / "out" / "records.parquet")
+    job.write_shard(1, [{"image_id": "c"}])
+    with pytest.raises(UserInputError, match="batch 2 is unfinished"):
+        job.merge(3, tmp_path / "out" / "records.parquet", lambda b: None)
+
+
+def test_claims_of_live_workers_hold_and_dead_ones_are_taken_over(tmp_path, monkeypatch):
+    job = Job(tmp_path / "out", "generate", {"a": 1}, owned=[]).open()
+    claims = job.out_dir / ".claims"
+    claims.mkdir()
+    host = socket.gethostname()
+    (claims / "batch-0000000").write_text(json.dumps({"host": host, "pid": os.getppid(), "lease_until": 0}))
+    (claims / "batch-0000001").write_text(json.dumps({"host": host, "pid": dead_pid(), "lease_until": 0}))
+    far = time.time() + 3600
+    (claims / "batch-0000002").write_text(json.dumps({"host": "elsewhere", "pid": 1, "lease_until": far}))
+    (claims / "batch-0000003").write_text(json.dumps({"host": "elsewhere", "pid": 1, "lease_until": 1}))
+    monkeypatch.setattr(jobs, "POLL_S", 0.01)
+    taken, batches = [], job.batches(5)
+    for batch in batches:
+        taken.append(batch)
+        job.write_shard(batch, [])
+        if len(taken) == 3:  # the live holders "finish" their batches while we wait
+            job.write_shard(0, [])
+            job.write_shard(2, [])
+    assert taken == [1, 3, 4]
+
+
+def test_partial_writes_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
+    out = tmp_path / "out"
+    Job(out, "generate", {"a": 1}, owned=[]).open()
+    (out / "images").mkdir(parents=True)
+    dead = out / "images" / f".a.png~{socket.gethostname()}~{dead_pid()}~x1.tmp"
+    live = out / "images" / f".b.png~{socket.gethostname()}~{os.getppid()}~x2.tmp"
+    old_style = out / "images" / ".c.png.abc.tmp"
+    for path in (dead, live, old_style):
+        path.write_bytes(b"half")
+    Job(out, "generate", {"a": 1}, owned=[]).open()
+    assert live.exists() and not dead.exists() and not old_style.exists()
+
+
+def test_replace_folder_swaps_whole_outputs_and_keeps_the_old_one_on_failure(tmp_path):
+    out = tmp_path / "dataset"
+
+    def build(content):
+        def into(staging: Path):
+            (staging / "data.txt").write_text(content)
+            if content == "fail":
+                raise RuntimeError("killed while building")
+
+        return into
+
+    replace_folder(out, "export", {"v": 1}, build("one"))
+    replace_folder(out, "export", {"v": 2}, build("two"))
+    assert (out / "data.txt").read_text() == "two"
+    with pytest.raises(RuntimeError):
+        replace_folder(out, "export", {"v": 3}, build("fail"))
+    assert (out / "data.txt").read_text() == "two"
+    assert [p.name for p in tmp_path.iterdir()] == ["dataset"]  # no staging left behind
+    stale = tmp_path / f".dataset~{socket.gethostname()}~{dead_pid()}~staging"
+    stale.mkdir()
+    (stale / "job.json").write_text(json.dumps({"stage": "export"}))
+    replace_folder(out, "export", {"v": 4}, build("four"))
+    assert not stale.exists()
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("x")
+    with pytest.raises(UserInputError, match="not an output of `export`"):
+        replace_folder(foreign, "export", {"v": 1}, build("x"))
+    assert (foreign / "notes.txt").exists()
+
+
+def test_a_held_folder_refuses_a_second_holder(tmp_path):
+    held = Job(tmp_path / "out", "finetune", {"a": 1}, owned=[]).open(hold=True)  # noqa: F841 (kept alive)
+    script = (
+        "import sys; from vehicle_diff.jobs import Job; from vehicle_diff.errors import UserInputError\n"
+        f"try:\n    Job({str(tmp_path / 'out')!r}, 'finetune', {{'a': 1}}, owned=[]).open(hold=True)\n"
+        "except UserInputError as e:\n    print(e); sys.exit(2)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "in use by another `finetune` run" in result.stdout
