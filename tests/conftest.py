@@ -47,21 +47,21 @@ class CheckpointCrash(Exception):
 
 @contextmanager
 def crash_after_first_checkpoint():
-    """Training inside the block dies right after accelerate writes its first checkpoint."""
-    from accelerate import Accelerator
+    """Training inside the block dies right after its first checkpoint is complete."""
+    import training.checkpointing as checkpointing
 
-    save_state = Accelerator.save_state
+    save_checkpoint = checkpointing.save_checkpoint
 
-    def save_then_crash(self, *args, **kwargs):
-        save_state(self, *args, **kwargs)
+    def save_then_crash(*args, **kwargs):
+        save_checkpoint(*args, **kwargs)
         raise CheckpointCrash
 
-    Accelerator.save_state = save_then_crash
+    checkpointing.save_checkpoint = save_then_crash
     try:
         with pytest.raises(CheckpointCrash):
             yield
     finally:
-        Accelerator.save_state = save_state
+        checkpointing.save_checkpoint = save_checkpoint
 
 
 @pytest.fixture(scope="session")

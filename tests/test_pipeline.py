@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from vehicle_diff.errors import UserInputError
 from vehicle_diff.pipeline import main
 
 
@@ -39,8 +40,6 @@ def test_a_second_run_skips_finished_stages(demo_run, capsys):
 
 
 def test_paper_preset_needs_target_images(tmp_path):
-    from vehicle_diff.errors import UserInputError
-
     with pytest.raises(UserInputError, match="--target_images is required"):
         main(["--preset", "paper", "--output_dir", str(tmp_path / "out")])
 
@@ -105,3 +104,52 @@ def test_cli_lists_every_stage():
     for stage in ("tiny-models", "run", "prompts", "caption", "finetune", "select", "generate", "filter", "export",
                   "train-reid", "evaluate", "fid", "publish"):  # fmt: skip
         assert f"  {stage} " in result.stdout
+
+
+def test_run_killed_mid_generate_then_rerun_equals_an_uninterrupted_run(demo_run, tmp_path):
+    """SIGKILL to the whole run (as a scheduler kills a job) while generate writes its batches."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "vehicle_diff.cli", "run", "--preset", "tiny", "--num_target_images", "12",
+               "--output_dir", str(out), "--no_verify_mirror"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 400
+    while time.time() < deadline and len(list((out / "generated" / "records").glob("batch-*.jsonl"))) < 2:
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (out / "generated" / "done.json").exists(), "the kill should land mid-generate"
+    finished = subprocess.run(command, capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    for name in ("generated/records.parquet", "filtered/records.parquet", "vehicle-diff/data/train-00000-of-00001.parquet"):
+        assert (out / name).read_bytes() == (demo_run / name).read_bytes(), name
+    ours = sorted(p.relative_to(out / "generated") for p in (out / "generated" / "images").rglob("*.png"))
+    theirs = sorted(p.relative_to(demo_run / "generated") for p in (demo_run / "generated" / "images").rglob("*.png"))
+    assert ours == theirs
+    assert all((out / "generated" / p).read_bytes() == (demo_run / "generated" / p).read_bytes() for p in ours)
+
+
+def test_run_after_a_settings_change_refuses_then_redoes_what_changed(demo_run, capfd):
+    change = ["--preset", "tiny", "--output_dir", str(demo_run), "--no_verify_mirror",
+              "--override", "generate.images_per_identity=2"]  # fmt: skip
+    with pytest.raises(SystemExit) as refused:
+        main(change)
+    assert refused.value.code == 2
+    assert "changed: settings.images_per_identity: 3 -> 2" in capfd.readouterr().err
+    main([*change, "--overwrite"])
+    output = capfd.readouterr().out
+    assert "== prompts: complete" in output and "== select: complete" in output and "== generate ->" in output
+    assert "generated images: 16;" in (demo_run / "summary.md").read_text()
+    with pytest.raises(UserInputError, match="--override 'generate=2'"):
+        main(["--preset", "tiny", "--output_dir", str(demo_run), "--override", "generate=2"])
+
+
+def test_run_refuses_a_folder_that_is_not_a_run(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("x")
+    with pytest.raises(UserInputError, match="not an output of `run`"):
+        main(["--preset", "tiny", "--output_dir", str(tmp_path / "mine")])
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["thesis.tex"]
