@@ -30,6 +30,7 @@ class Split:
     query: list[Sample]
     gallery: list[Sample]
     name: str
+    cameras: bool = True  # False: camid is a per-image stand-in (nothing is junk), not a camera to show
 
 
 def parse_veri_name(path: Path) -> tuple[int, int]:
@@ -116,7 +117,7 @@ def read_vehicleid(root: str, test_size: int = 800, draw: int = 0) -> Split:
         chosen = rng.randrange(len(by_pid[pid]))
         gallery.append(by_pid[pid][chosen])
         query += [s for i, s in enumerate(by_pid[pid]) if i != chosen]
-    return Split(train, query, gallery, f"VehicleID-{test_size} (draw {draw})")
+    return Split(train, query, gallery, f"VehicleID-{test_size} (draw {draw})", cameras=False)
 
 
 def read_hf_dataset(name_or_path: str, revision: str | None = None) -> Split:
@@ -144,7 +145,8 @@ def read_hf_dataset(name_or_path: str, revision: str | None = None) -> Split:
             for index, (pid, cam) in enumerate(zip(table["vehicle_id"], cameras, strict=True))
         ]
 
-    return Split(relabel(samples("train")), samples("query"), samples("gallery"), shown)
+    has_cameras = all("camera" in data[split].column_names for split in ("query", "gallery") if split in data)
+    return Split(relabel(samples("train")), samples("query"), samples("gallery"), shown, cameras=has_cameras)
 
 
 def relabel(samples: list[Sample], offset: int = 0) -> list[Sample]:
