@@ -1,7 +1,10 @@
+import json
+
 import numpy as np
 import pytest
 
-from training.fid import feature_statistics, frechet_distance, frechet_distance_of_features
+from training.fid import WEIGHTS_FILE_NAMES, feature_statistics, frechet_distance, frechet_distance_of_features
+from vehicle_diff.errors import UserInputError
 
 
 def test_one_dimensional_gaussians():
@@ -45,42 +48,131 @@ def test_sampled_features_converge_to_the_known_distance():
         feature_statistics(np.zeros((1, 3)))
 
 
-def test_fid_stage_with_local_inception_weights(tmp_path):
+def random_fid_weights(path):
+    """torch-fidelity's FID Inception with random weights, saved as its state dict under the release's file
+    name. Its constructor always loads weights (downloading them when given no path), so loading is stubbed
+    out while it is built. He-initialised convolutions keep the activations from vanishing over 90+ layers."""
+    from unittest import mock
+
     import torch
-    from safetensors.torch import save_file
-    from torchvision.models import inception_v3
+    import torch_fidelity.feature_extractor_inceptionv3 as inception
 
-    from tests.conftest import write_images
+    with (
+        mock.patch.object(inception, "load_state_dict_from_url", return_value={}),
+        mock.patch.object(inception.FeatureExtractorInceptionV3, "load_state_dict"),
+    ):
+        model = inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            fan_in = module.weight[0].numel()
+            module.weight.data = torch.randn(module.weight.shape, generator=generator) * (2 / fan_in) ** 0.5
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def write_images(folder, sizes, seed):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for index, (height, width) in enumerate(sizes):
+        ramp = np.linspace(0, 1, width)[None, :, None] * rng.uniform(0, 255, 3)
+        noise = rng.integers(0, 256, (height, width, 3)) * (seed % 2)
+        array = np.clip(0.5 * ramp + 0.5 * noise + rng.normal(0, 20, (height, width, 3)), 0, 255).astype(np.uint8)
+        files.append(folder / f"{index}.png")
+        Image.fromarray(array).save(files[-1])
+    return files
+
+
+def uint8_tensor(file):
+    import torch
+    from PIL import Image
+
+    with Image.open(file) as image:
+        return torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
+
+
+@pytest.fixture(scope="module")
+def fid_inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fid")
+    weights = random_fid_weights(root / WEIGHTS_FILE_NAMES[0])
+    real = write_images(root / "real", [(48, 64)] * 4 + [(40, 40)] * 2, seed=1)  # two sizes: two batches
+    fake = write_images(root / "fake", [(32, 32)] * 5, seed=2)
+    return root, weights, real, fake
+
+
+def test_fid_stage_equals_torchmetrics_and_torch_fidelity(fid_inputs, tmp_path):
+    import torch
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
     from training.fid import main
-    from vehicle_diff.errors import UserInputError
 
-    torch.manual_seed(0)
-    save_file(
-        inception_v3(weights=None, aux_logits=True, init_weights=True).state_dict(), tmp_path / "inception.safetensors"
-    )
-    write_images(tmp_path / "real", [f"{i}.png" for i in range(4)], seed=0)
-    write_images(tmp_path / "fake", [f"{i}.png" for i in range(4)], seed=1)
-    args = [
-        "--real_images",
-        str(tmp_path / "real"),
-        "--generated_images",
-        str(tmp_path / "fake"),
-        "--output_dir",
-        str(tmp_path / "out"),
-    ]
-    out = main([*args, "--inception_weights", str(tmp_path / "inception.safetensors")])
-    import json
-
+    root, weights, real, fake = fid_inputs
+    out = main(["--real_images", str(root / "real"), "--generated_images", str(root / "fake"), "--batch_size", "3",
+                "--inception_weights", str(weights), "--output_dir", str(tmp_path / "out")])  # fmt: skip
     result = json.loads((out / "fid.json").read_text())
-    assert result["real_images"] == 4 and result["generated_images"] == 4
-    from training.fid import image_features, inception_features_model
+    assert result["real_images"] == 6 and result["generated_images"] == 5
 
-    model = inception_features_model(str(tmp_path / "inception.safetensors"))
-    real = image_features(model, sorted((tmp_path / "real").glob("*.png")), 2, "cpu")
-    fake = image_features(model, sorted((tmp_path / "fake").glob("*.png")), 2, "cpu")
-    assert real.shape == (4, 2048)
-    assert result["fid"] == pytest.approx(frechet_distance_of_features(real, fake), rel=1e-6)
-    # random weights give huge activations: the distance of a set to itself is 0 up to float64 rounding
-    assert abs(frechet_distance_of_features(real, real)) <= 1e-9 * np.trace(np.cov(real, rowvar=False))
-    with pytest.raises(UserInputError, match="--inception_weights is required"):
+    # torchmetrics by hand: one image per update, in file order
+    metric = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(weights), antialias=False)
+    with torch.no_grad():
+        for files, is_real in ((real, True), (fake, False)):
+            for file in files:
+                metric.update(uint8_tensor(file)[None], real=is_real)
+        expected = float(metric.compute())
+    assert expected > 1e-3
+    assert result["fid"] == pytest.approx(expected, rel=1e-4)
+
+    # torch-fidelity's own extractor (TensorFlow-style resize) and a float64 Fréchet distance agree as well
+    extractor = FeatureExtractorInceptionV3(
+        "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights)
+    )
+    with torch.no_grad():
+        features = [np.concatenate([extractor(uint8_tensor(f)[None])[0].double().numpy() for f in files]) for files in (real, fake)]  # fmt: skip
+    assert result["fid"] == pytest.approx(frechet_distance_of_features(*features), rel=1e-3)
+
+
+def test_fid_weights_are_found_in_the_hub_cache_or_refused_in_one_line(fid_inputs, tmp_path, monkeypatch):
+    from training.fid import main
+
+    root, weights, _, _ = fid_inputs
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    args = ["--real_images", str(root / "real"), "--generated_images", str(root / "fake"),
+            "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    with pytest.raises(UserInputError) as error:
         main(args)
+    message = str(error.value)
+    assert (
+        "\n" not in message
+        and "--inception_weights" in message
+        and str(tmp_path / "torch" / "hub" / "checkpoints") in message
+    )
+    assert all(name in message for name in WEIGHTS_FILE_NAMES)
+    with pytest.raises(UserInputError, match="no such file"):
+        main([*args, "--inception_weights", str(tmp_path / "missing.pth")])
+    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / WEIGHTS_FILE_NAMES[1]).symlink_to(weights)  # pytorch-fid's name for the same tensors
+    result = json.loads((main(args) / "fid.json").read_text())
+    assert result["weights_file"] == str(checkpoints / WEIGHTS_FILE_NAMES[1]) and result["fid"] > 0
+
+
+def test_fid_refuses_files_that_are_not_the_inception_state_dict(tmp_path, fid_inputs):
+    import torch
+
+    from training.fid import main
+
+    root, _, _, _ = fid_inputs
+    args = ["--real_images", str(root / "real"), "--generated_images", str(root / "fake"),
+            "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    torch.save({"fc.weight": torch.zeros(3, 3)}, tmp_path / "other.pth")
+    with pytest.raises(UserInputError, match="not the FID Inception-v3 state dict"):
+        main([*args, "--inception_weights", str(tmp_path / "other.pth")])
+    torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "pickled.pth")  # a module: code on unpickling
+    with pytest.raises(UserInputError, match="not a tensors-only state dict"):
+        main([*args, "--inception_weights", str(tmp_path / "pickled.pth")])
+    with pytest.raises(UserInputError, match="--batch_size must be positive"):
+        main([*args, "--batch_size", "0"])

@@ -1,6 +1,10 @@
-"""Fréchet distance between two sets of image features (FID when the features are Inception-v3 pool3).
+"""Fréchet distance between two sets of image features, and the `vehicle-diff fid` stage (standard FID).
 
 d^2 = ||mu_1 - mu_2||^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^{1/2})      (Heusel et al., 2017)
+
+The stage is torchmetrics' FrechetInceptionDistance on torch-fidelity's port of the TensorFlow FID Inception-v3
+(`pt_inception-2015-12-05`, the weights pytorch-fid uses too), so its numbers compare with published FIDs. The
+weights come from a local file: nothing is downloaded at run time.
 """
 
 from __future__ import annotations
@@ -41,69 +45,108 @@ def frechet_distance_of_features(features1: np.ndarray, features2: np.ndarray) -
     return frechet_distance(*feature_statistics(features1), *feature_statistics(features2))
 
 
+WEIGHTS_FILE_NAMES = ("weights-inception-2015-12-05-6726825d.pth", "pt_inception-2015-12-05-6726825d.pth")
+WEIGHTS_NAME = (
+    "pt_inception-2015-12-05 (TensorFlow Inception-v3 FID weights, as ported by pytorch-fid / torch-fidelity)"
+)
+
+
 @dataclass
 class FidConfig:
-    """FID between two image folders (paper Table IV), with Inception-v3 weights you supply."""
+    """Standard FID between two image folders (paper Table IV): torchmetrics' FrechetInceptionDistance on the
+    2048-d pool features of the TensorFlow FID Inception-v3, from a weights file you supply."""
 
     output_dir: str = field(default="vehicle-diff-output/fid", metadata={"help": "fid.json"})
     preset: str = field(default="paper", metadata={"help": "paper, tiny, or a YAML file"})
     real_images: str = field(default="", metadata={"help": "folder of real images (recursive)"})
     generated_images: str = field(default="", metadata={"help": "folder of generated images (recursive)"})
     inception_weights: str | None = field(
-        default=None, metadata={"help": "torchvision inception_v3 state dict (.safetensors or .pth)"}
+        default=None,
+        metadata={
+            "help": f"{WEIGHTS_FILE_NAMES[0]} (torch-fidelity) or {WEIGHTS_FILE_NAMES[1]} (pytorch-fid); "
+            "default: either name in torch's hub checkpoint folder"
+        },  # fmt: skip
     )
     batch_size: int = 32
     max_images: int | None = field(default=None, metadata={"help": "a seeded sample of at most this many per side"})
     seed: int = 0
 
+    def __post_init__(self):
+        if self.batch_size <= 0:
+            raise UserInputError(f"--batch_size must be positive (got {self.batch_size})")
+        if self.max_images is not None and self.max_images < 2:
+            raise UserInputError(f"--max_images must be at least 2 for a covariance (got {self.max_images})")
 
-def inception_features_model(weights: str | None):
-    """torchvision's Inception-v3 with its classifier removed: 2048-d pool features."""
+
+def inception_weights_file(weights: str | None) -> Path:
+    """The FID Inception weights as a local file. torch-fidelity downloads them when it is given no path; here
+    it always gets one: `--inception_weights`, or the file where torch-fidelity's own download would have put it
+    (torch's hub checkpoint folder, under either release's name; both hold the same tensors)."""
     import torch
-    from torchvision.models import inception_v3
 
-    if not weights:
-        raise UserInputError(
-            "--inception_weights is required: FID needs Inception-v3 weights and nothing is downloaded here. Pass a "
-            "local torchvision inception_v3 state dict (e.g. inception_v3_google-0cc3c7bd.pth, or it converted to "
-            ".safetensors). FIDs are comparable only with FIDs computed from the same weights."
-        )
-    path = Path(weights)
-    if not path.is_file():
-        raise UserInputError(f"--inception_weights {weights}: no such file")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
+    if weights:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise UserInputError(f"--inception_weights {weights}: no such file")
+        return path
+    for name in WEIGHTS_FILE_NAMES:
+        if (checkpoints / name).is_file():
+            return checkpoints / name
+    raise UserInputError(
+        f"FID needs the Inception-v3 FID weights and nothing is downloaded here: put {WEIGHTS_FILE_NAMES[0]} "
+        f"(torch-fidelity release v0.2.0) or {WEIGHTS_FILE_NAMES[1]} (pytorch-fid release fid_weights) in "
+        f"{checkpoints}/, or pass its path with --inception_weights PATH"
+    )
 
-        state = load_file(path)
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)  # tensors only: no code is unpickled
-    model = inception_v3(weights=None, aux_logits=True, init_weights=False)
+
+def fid_metric(weights_file: Path):
+    """torchmetrics' FID on torch-fidelity's Inception, resizing like the TensorFlow original (bilinear, no
+    antialiasing), so the numbers compare with pytorch-fid / torch-fidelity / TTUR FIDs."""
+    import torch
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    try:  # tensors only, checked before torch-fidelity loads the file with the full unpickler
+        torch.load(weights_file, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise UserInputError(f"--inception_weights {weights_file}: not a tensors-only state dict ({error})") from error
     try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
+        return FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(weights_file), antialias=False)
+    except RuntimeError as error:  # load_state_dict: missing / unexpected keys or shapes
         raise UserInputError(
-            f"--inception_weights {weights}: not a torchvision inception_v3 state dict ({str(error)[:200]})"
+            f"--inception_weights {weights_file}: not the FID Inception-v3 state dict ({str(error)[:200]})"
         ) from error
-    model.fc = torch.nn.Identity()
-    return model.eval()
 
 
-def image_features(model, files: list[Path], batch_size: int, device) -> np.ndarray:
+def update_with_images(metric, files: list[Path], *, real: bool, batch_size: int, device) -> None:
+    """uint8 CHW tensors, batched by size (the metric's Inception resizes every batch to 299 x 299 itself)."""
     import torch
     from PIL import Image
-    from torchvision import transforms
 
-    transform = transforms.Compose([transforms.Resize((299, 299)), transforms.ToTensor(),
-                                    transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])  # fmt: skip
-    features = []
-    with torch.no_grad():
-        for start in range(0, len(files), batch_size):
-            batch = []
-            for file in files[start : start + batch_size]:
-                with Image.open(file) as image:
-                    batch.append(transform(image.convert("RGB")))
-            features.append(model(torch.stack(batch).to(device)).float().cpu().numpy())
-    return np.concatenate(features)
+    pending: dict[tuple[int, int], list] = {}
+
+    def flush(size):
+        metric.update(torch.stack(pending.pop(size)).to(device), real=real)
+
+    for file in files:
+        with Image.open(file) as image:
+            array = np.asarray(image.convert("RGB"))
+        tensor = torch.from_numpy(array.copy()).permute(2, 0, 1)
+        pending.setdefault(array.shape[:2], []).append(tensor)
+        if len(pending[array.shape[:2]]) == batch_size:
+            flush(array.shape[:2])
+    for size in list(pending):
+        flush(size)
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -116,23 +159,29 @@ def main(argv: list[str] | None = None) -> Path:
     from vehicle_diff.config import parse_config, save_config
 
     config = parse_config(FidConfig, "fid", argv)
-    model = inception_features_model(config.inception_weights)
+    weights_file = inception_weights_file(config.inception_weights)
     sides = {}
     for name in ("real_images", "generated_images"):
         if not getattr(config, name):
             raise UserInputError(f"--{name} is required")
-        files = real_image_files(getattr(config, name))
+        try:
+            files = real_image_files(getattr(config, name))
+        except UserInputError as error:
+            raise UserInputError(str(error).replace("--real_images", f"--{name}")) from None
         if config.max_images and len(files) > config.max_images:
             files = sorted(random.Random(config.seed).sample(files, config.max_images))
         sides[name] = files
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
-    features = {name: image_features(model, files, config.batch_size, device) for name, files in sides.items()}
-    fid = frechet_distance_of_features(features["real_images"], features["generated_images"])
+    metric = fid_metric(weights_file).to(device)
+    with torch.no_grad():
+        for name, files in sides.items():
+            update_with_images(metric, files, real=name == "real_images", batch_size=config.batch_size, device=device)
+        fid = float(metric.compute())
     out_dir = Path(config.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = {"fid": fid, "real_images": len(sides["real_images"]), "generated_images": len(sides["generated_images"]),
-              "features": "torchvision inception_v3 pool (2048-d)", "weights": config.inception_weights}  # fmt: skip
+              "features": "Inception-v3 pool3, 2048-d (torchmetrics FrechetInceptionDistance, torch-fidelity extractor)",
+              "weights": WEIGHTS_NAME, "weights_file": str(weights_file), "weights_sha256": file_sha256(weights_file)}  # fmt: skip
     (out_dir / "fid.json").write_text(json.dumps(result, indent=2))
     save_config(config, out_dir / "config.yaml", stage="fid")
     print(

@@ -30,6 +30,7 @@ class Split:
     query: list[Sample]
     gallery: list[Sample]
     name: str
+    cameras: bool = True  # False: camid is a per-image stand-in (nothing is junk), not a camera to show
 
 
 def parse_veri_name(path: Path) -> tuple[int, int]:
@@ -116,18 +117,21 @@ def read_vehicleid(root: str, test_size: int = 800, draw: int = 0) -> Split:
         chosen = rng.randrange(len(by_pid[pid]))
         gallery.append(by_pid[pid][chosen])
         query += [s for i, s in enumerate(by_pid[pid]) if i != chosen]
-    return Split(train, query, gallery, f"VehicleID-{test_size} (draw {draw})")
+    return Split(train, query, gallery, f"VehicleID-{test_size} (draw {draw})", cameras=False)
 
 
 def read_hf_dataset(name_or_path: str, revision: str | None = None) -> Split:
     """A `datasets` dataset with `image` + `vehicle_id` (+ `camera`): ours, or any other. `train` trains;
-    `query` / `gallery` splits evaluate when present."""
+    `query` / `gallery` splits evaluate when present. `revision` (a tag such as `v1.0`, a branch or a commit)
+    pins a Hub dataset, so a result names the exact data it came from."""
     import datasets
+    from huggingface_hub.errors import RevisionNotFoundError
 
+    shown = f"{name_or_path}@{revision}" if revision else name_or_path
     try:
         data = datasets.load_dataset(name_or_path, revision=revision)
-    except (FileNotFoundError, ValueError, datasets.exceptions.DatasetNotFoundError) as error:
-        raise UserInputError(f"{name_or_path}: cannot be loaded as a dataset ({error})") from error
+    except (FileNotFoundError, ValueError, datasets.exceptions.DatasetNotFoundError, RevisionNotFoundError) as error:
+        raise UserInputError(f"{shown}: cannot be loaded as a dataset ({error})") from error
     if "train" not in data or not {"image", "vehicle_id"} <= set(data["train"].column_names):
         raise UserInputError(f"{name_or_path}: needs a train split with `image` and `vehicle_id` columns")
 
@@ -141,7 +145,8 @@ def read_hf_dataset(name_or_path: str, revision: str | None = None) -> Split:
             for index, (pid, cam) in enumerate(zip(table["vehicle_id"], cameras, strict=True))
         ]
 
-    return Split(relabel(samples("train")), samples("query"), samples("gallery"), str(name_or_path))
+    has_cameras = all("camera" in data[split].column_names for split in ("query", "gallery") if split in data)
+    return Split(relabel(samples("train")), samples("query"), samples("gallery"), shown, cameras=has_cameras)
 
 
 def relabel(samples: list[Sample], offset: int = 0) -> list[Sample]:
@@ -153,7 +158,8 @@ def relabel(samples: list[Sample], offset: int = 0) -> list[Sample]:
 
 
 def read_source(spec: str) -> Split:
-    """`veri776:ROOT`, `cityflow:ROOT`, `vehicleid:ROOT[:800|1600|2400]`, or a datasets name / folder."""
+    """`veri776:ROOT`, `cityflow:ROOT`, `vehicleid:ROOT[:800|1600|2400]`, or a datasets name / folder, with an
+    optional `@REVISION` (`ORG/vehicle-diff@v1.0`) unless the whole spec is an existing path."""
     kind, _, rest = spec.partition(":")
     if kind == "veri776":
         return read_veri776(rest)
@@ -162,7 +168,52 @@ def read_source(spec: str) -> Split:
     if kind == "vehicleid":
         root, _, size = rest.partition(":")
         return read_vehicleid(root, int(size or 800))
+    if "@" in spec and not Path(spec).exists():
+        name, _, revision = spec.rpartition("@")
+        if not name or not revision:
+            raise UserInputError(f"{spec}: expected NAME@REVISION (e.g. ORG/vehicle-diff@v1.0)")
+        return read_hf_dataset(name, revision=revision)
     return read_hf_dataset(spec)
+
+
+def subsample_synthetic(samples: list[Sample], max_images: int | None, seed: int) -> list[Sample]:
+    """At most `max_images` of `samples`, spread evenly over identities (the paper trains on as many
+    synthetic images as its baselines): seeded, dealt round-robin, two images per identity first so that
+    every kept identity has a positive pair; when there are fewer than two images per identity to go round,
+    fewer identities are kept (those with two or more images first). Dataset order is kept."""
+    if max_images is None or max_images >= len(samples):
+        return list(samples)
+    if max_images < 1:
+        raise UserInputError(f"--max_synthetic_images must be positive (got {max_images})")
+    rng = random.Random(seed)
+    by_identity: dict[int, list[int]] = {}
+    for index, sample in enumerate(samples):
+        by_identity.setdefault(sample.pid, []).append(index)
+    identities = list(by_identity)
+    rng.shuffle(identities)
+    for identity in identities:
+        rng.shuffle(by_identity[identity])
+    order = [i for i in identities if len(by_identity[i]) >= 2] + [i for i in identities if len(by_identity[i]) < 2]
+    taken, remaining, opened = dict.fromkeys(order, 0), max_images, 0
+    for identity in order:  # first round: a pair each
+        pair = min(2, len(by_identity[identity]))
+        if pair > remaining:
+            break
+        taken[identity], remaining, opened = pair, remaining - pair, opened + 1
+        if not remaining:
+            break
+    depth = 2
+    while remaining:  # then one more each, in the same order
+        grown = [i for i in order[:opened] if len(by_identity[i]) > depth][:remaining]
+        if not grown:
+            break
+        for identity in grown:
+            taken[identity] += 1
+        remaining, depth = remaining - len(grown), depth + 1
+    for identity in order[opened : opened + remaining]:  # only when every kept identity ran out: singles
+        taken[identity] = 1
+    chosen = sorted(index for identity in order for index in by_identity[identity][: taken[identity]])
+    return [samples[index] for index in chosen]
 
 
 def load_image(image):
@@ -177,13 +228,40 @@ def load_image(image):
         return opened.convert("RGB")
 
 
+def identity_groups(rng: random.Random, pool: dict, p: int, k: int):
+    """Endless groups of p identities x k image indices, as fast-reid's identity sampler draws them: each
+    identity's images are shuffled and handed out k at a time without replacement (an identity with fewer
+    than k images repeats some); an identity with fewer than k images left sits out the rest of the round;
+    a new round starts when fewer than p identities remain."""
+    identities = sorted(pool)
+    while True:
+        queues: dict = {}
+        available = list(identities)
+        while len(available) >= p:
+            group = []
+            for identity in rng.sample(available, p):
+                if identity not in queues:
+                    images = list(pool[identity])
+                    images += [rng.choice(images) for _ in range(k - len(images))]
+                    rng.shuffle(images)
+                    queues[identity] = images
+                queue = queues[identity]
+                group += queue[:k]
+                del queue[:k]
+                if len(queue) < k:
+                    available.remove(identity)
+            yield group
+
+
 class IdentityBatchSampler:
     """P identities x K images per batch so every anchor has positives (circle loss needs them).
 
     Modes (paper Table II): `R`/`S`: one source; `D`: real and synthetic pooled, identities drawn at random;
-    `B`: balanced, every batch P/2 real and P/2 synthetic identities. An epoch visits each identity of the
-    pool (in `B`: of the real side; synthetic identities are drawn as needed) once. Order depends only on
-    (seed, epoch); processes take batches in turn (rank, world).
+    `B`: balanced, every batch P/2 real and P/2 synthetic identities. An epoch is a pass over the images of the
+    mode's pool (R: real, S: synthetic, D and B: both), as in fast-reid: num_images // (P x K) batches over all
+    processes together, so D and B train on the same number of images. Order depends only on (seed, epoch),
+    drawn with the sampler's own generator; processes take batches in turn (rank, world); `skip` leaves out
+    the batches of this epoch already trained (resume).
     """
 
     def __init__(
@@ -200,46 +278,51 @@ class IdentityBatchSampler:
     ):
         if mode not in ("R", "S", "D", "B"):
             raise UserInputError(f"--data_mode {mode!r}: use R, S, D or B")
+        if p < 1 or k < 1:
+            raise UserInputError(f"--ids_per_batch and --images_per_id must be positive (got {p}, {k})")
         if mode == "B" and p % 2:
             raise UserInputError(f"--ids_per_batch {p} must be even in balanced mode (half real, half synthetic)")
         self.p, self.k, self.mode, self.seed, self.rank, self.world, self.epoch = p, k, mode, seed, rank, world, 0
-        self.skip = 0  # batches of this epoch already trained (set when resuming), not loaded again
+        self.skip = 0
         self.by_identity: dict[str, dict[int, list[int]]] = {"real": {}, "synthetic": {}}
         for index, (label, source) in enumerate(zip(labels, sources, strict=True)):
             self.by_identity[source].setdefault(label, []).append(index)
-        needed = {"R": ["real"], "S": ["synthetic"], "D": ["real", "synthetic"], "B": ["real", "synthetic"]}[mode]
-        for source in needed:
-            if len(self.by_identity[source]) < (p // 2 if mode == "B" else p if mode != "D" else 1):
-                raise UserInputError(f"data mode {mode}: only {len(self.by_identity[source])} {source} identities for "
-                                     f"{p} identities per batch")  # fmt: skip
+        real, synthetic = self.by_identity["real"], self.by_identity["synthetic"]
+        if mode == "B":
+            for source, identities in (("real", real), ("synthetic", synthetic)):
+                if len(identities) < p // 2:
+                    raise UserInputError(f"data mode B: only {len(identities)} {source} identities for {p // 2} "
+                                         f"{source} identities per batch")  # fmt: skip
+        else:
+            needed = {"R": ["real"], "S": ["synthetic"], "D": ["real", "synthetic"]}[mode]
+            for source in needed:
+                if not self.by_identity[source]:
+                    raise UserInputError(f"data mode {mode}: no {source} images")
+            pooled = sum(len(self.by_identity[source]) for source in needed)
+            if pooled < p:
+                raise UserInputError(f"data mode {mode}: only {pooled} identities for {p} identities per batch")
+        sources_used = {"R": ["real"], "S": ["synthetic"]}.get(mode, ["real", "synthetic"])
+        self.num_images = sum(len(v) for source in sources_used for v in self.by_identity[source].values())
+        self.steps_per_epoch = self.num_images // (p * k)  # over all processes
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _images(self, rng: random.Random, indices: list[int]) -> list[int]:
-        if len(indices) >= self.k:
-            return rng.sample(indices, self.k)
-        return indices + [rng.choice(indices) for _ in range(self.k - len(indices))]
-
     def batches(self) -> list[list[int]]:
+        """This epoch's batches for all processes together."""
         rng = random.Random(f"{self.seed}/{self.epoch}")
         real, synthetic = self.by_identity["real"], self.by_identity["synthetic"]
-        if self.mode in ("R", "S", "D"):
-            pool = {**({} if self.mode == "S" else {("real", i): v for i, v in real.items()}),
-                    **({} if self.mode == "R" else {("synthetic", i): v for i, v in synthetic.items()})}  # fmt: skip
-            identities = sorted(pool)
-            rng.shuffle(identities)
-            groups = [identities[i : i + self.p] for i in range(0, len(identities) - self.p + 1, self.p)]
-            return [[j for identity in group for j in self._images(rng, pool[identity])] for group in groups]
-        half = self.p // 2
-        real_ids, synthetic_ids = sorted(real), sorted(synthetic)
-        rng.shuffle(real_ids)
-        batches = []
-        for start in range(0, len(real_ids) - half + 1, half):
-            batch = [j for identity in real_ids[start : start + half] for j in self._images(rng, real[identity])]
-            batch += [j for identity in rng.sample(synthetic_ids, half) for j in self._images(rng, synthetic[identity])]
-            batches.append(batch)
-        return batches
+        if self.mode == "B":
+            real_groups = identity_groups(rng, real, self.p // 2, self.k)
+            synthetic_groups = identity_groups(rng, synthetic, self.p // 2, self.k)
+            return [next(real_groups) + next(synthetic_groups) for _ in range(self.steps_per_epoch)]
+        pool = {}
+        if self.mode in ("R", "D"):
+            pool.update({("real", i): v for i, v in real.items()})
+        if self.mode in ("S", "D"):
+            pool.update({("synthetic", i): v for i, v in synthetic.items()})
+        groups = identity_groups(rng, pool, self.p, self.k)
+        return [next(groups) for _ in range(self.steps_per_epoch)]
 
     def __iter__(self):
         batches = self.batches()
@@ -247,4 +330,4 @@ class IdentityBatchSampler:
         return iter(batches[self.rank : usable : self.world][self.skip :])
 
     def __len__(self):
-        return len(self.batches()) // self.world
+        return self.steps_per_epoch // self.world

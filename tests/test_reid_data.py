@@ -1,0 +1,156 @@
+"""The identity sampler's epoch, the synthetic subsample and dataset revisions, on hand-made inputs."""
+
+import random
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from training.reid_data import IdentityBatchSampler, Sample, read_source, subsample_synthetic
+from vehicle_diff.errors import UserInputError
+
+
+def veri_like_labels(num_images=37_778, num_ids=576, seed=0):
+    """VeRi-776's training numbers: 37,778 images of 576 identities, at least 6 images each."""
+    counts = 6 + np.random.default_rng(seed).multinomial(num_images - 6 * num_ids, np.full(num_ids, 1 / num_ids))
+    return np.repeat(np.arange(num_ids), counts).tolist()
+
+
+@pytest.fixture(scope="module")
+def veri_sampler():
+    labels = veri_like_labels()
+    return IdentityBatchSampler(labels, ["real"] * len(labels), p=16, k=4, mode="R", seed=0), labels
+
+
+def test_an_epoch_is_a_pass_over_the_images(veri_sampler):
+    sampler, labels = veri_sampler
+    assert len(sampler) == 590 == 37_778 // (16 * 4)  # fast-reid's iters_per_epoch, not 576 // 16 = 36
+    batches = list(sampler)
+    assert len(batches) == 590
+    for batch in batches:
+        per_identity = Counter(labels[i] for i in batch)
+        assert len(batch) == 64 and len(per_identity) == 16 and set(per_identity.values()) == {4}
+    seen = Counter(i for batch in batches for i in batch)
+    # images are dealt without replacement within a round: nearly every image once, none more than twice
+    assert len(seen) >= 0.9 * len(labels) and max(seen.values()) <= 2
+
+
+def test_processes_split_the_epoch_and_resume_skips(veri_sampler):
+    sampler, labels = veri_sampler
+    whole = sampler.batches()
+    sources = ["real"] * len(labels)
+    ranks = [IdentityBatchSampler(labels, sources, p=16, k=4, mode="R", seed=0, rank=r, world=3) for r in range(3)]
+    assert [len(s) for s in ranks] == [196] * 3  # 590 // 3: the last 2 batches are left out
+    assert [list(s) for s in ranks] == [whole[r:588:3] for r in range(3)]
+    ranks[1].skip = 50
+    assert list(ranks[1]) == whole[1:588:3][50:]
+
+
+def test_order_depends_only_on_seed_and_epoch():
+    labels = veri_like_labels(2_000, 40)
+    sources = ["real"] * len(labels)
+
+    def epoch(seed, number):
+        sampler = IdentityBatchSampler(labels, sources, p=8, k=4, mode="R", seed=seed)
+        sampler.set_epoch(number)
+        return list(sampler)
+
+    state = random.getstate()
+    first = epoch(0, 3)
+    assert random.getstate() == state  # its own generator: the global RNG is not touched
+    random.seed(123)
+    assert epoch(0, 3) == first
+    assert epoch(0, 4) != first and epoch(1, 3) != first
+
+
+def test_modes_pool_or_balance_real_and_synthetic():
+    real = veri_like_labels(600, 30, seed=1)
+    synthetic = [100 + label for label in veri_like_labels(1_400, 50, seed=2)]
+    labels, sources = real + synthetic, ["real"] * 600 + ["synthetic"] * 1_400
+    steps = {}
+    for mode in ("R", "S", "D", "B"):
+        sampler = IdentityBatchSampler(labels, sources, p=8, k=4, mode=mode, seed=0)
+        steps[mode] = len(sampler)
+        for batch in sampler:
+            kinds = Counter(sources[i] for i in batch)
+            assert len(batch) == 32 and set(Counter(labels[i] for i in batch).values()) == {4}
+            if mode == "R":
+                assert kinds == {"real": 32}
+            if mode == "S":
+                assert kinds == {"synthetic": 32}
+            if mode == "B":
+                assert kinds == {"real": 16, "synthetic": 16}
+    assert steps == {"R": 600 // 32, "S": 1_400 // 32, "D": 2_000 // 32, "B": 2_000 // 32}
+
+
+def test_identities_with_fewer_than_k_images_repeat_some():
+    labels = [0, 1, 1, 2, 2, 2] + [3] * 10
+    sampler = IdentityBatchSampler(labels, ["real"] * 16, p=2, k=4, mode="R", seed=0)
+    assert len(sampler) == 2
+    for batch in sampler:
+        assert set(Counter(labels[i] for i in batch).values()) == {4}
+
+
+def test_sampler_refuses_too_few_identities():
+    with pytest.raises(UserInputError, match="only 3 identities for 4"):
+        IdentityBatchSampler([0, 0, 1, 1, 2, 2], ["real"] * 6, p=4, k=2, mode="R", seed=0)
+    with pytest.raises(UserInputError, match="only 1 synthetic identities"):
+        IdentityBatchSampler([0, 1, 2, 3], ["real"] * 3 + ["synthetic"], p=4, k=2, mode="B", seed=0)
+
+
+def synthetic_samples(sizes):
+    return [Sample(f"{pid}-{n}.png", pid, 0) for pid, size in enumerate(sizes) for n in range(size)]
+
+
+def per_identity(samples):
+    return Counter(s.pid for s in samples)
+
+
+def test_subsample_deals_images_round_robin():
+    samples = synthetic_samples([1, 2, 3, 5, 8, 13, 21])
+    kept = subsample_synthetic(samples, 20, seed=0)
+    counts = per_identity(kept)
+    # a pair each (the single-image identity gives its one), then one more each round: 13, 18, 20 images
+    assert len(kept) == 20 and [counts[0], counts[1], counts[2]] == [1, 2, 3]
+    assert sorted(counts[pid] for pid in (3, 4, 5, 6)) == [3, 3, 4, 4]
+    positions = [samples.index(s) for s in kept]
+    assert positions == sorted(positions)  # dataset order kept
+    assert subsample_synthetic(samples, 20, seed=0) == kept
+    assert subsample_synthetic(samples, 20, seed=1) != kept
+    assert subsample_synthetic(samples, None, seed=0) == samples == subsample_synthetic(samples, 999, seed=0)
+
+
+def test_subsample_keeps_pairs_when_images_are_scarce():
+    samples = synthetic_samples([6] * 10 + [1] * 3)
+    kept = subsample_synthetic(samples, 7, seed=0)
+    counts = per_identity(kept)
+    assert len(kept) == 7 and sorted(counts.values()) == [2, 2, 3]  # 3 identities with positives, no singles
+    assert all(pid < 10 for pid in counts)  # the single-image identities are left out
+    kept = subsample_synthetic(samples, 26, seed=0)  # two each for the ten, then the three singles
+    assert len(kept) == 26 and all(per_identity(kept)[pid] >= 2 for pid in range(10))
+    with pytest.raises(UserInputError, match="must be positive"):
+        subsample_synthetic(samples, 0, seed=0)
+
+
+def test_dataset_revision_is_pinned(monkeypatch, synthetic_dataset, tmp_path):
+    import shutil
+
+    import datasets
+
+    calls = []
+    real_load = datasets.load_dataset
+
+    def recording_load(name, **kwargs):
+        calls.append((name, kwargs.get("revision")))
+        return real_load(name, **kwargs)
+
+    monkeypatch.setattr(datasets, "load_dataset", recording_load)
+    split = read_source(f"{synthetic_dataset}@v1.0")
+    assert calls[-1] == (str(synthetic_dataset), "v1.0") and split.name == f"{synthetic_dataset}@v1.0"
+    assert len(split.train) == 24
+    with_at = tmp_path / "run@2"
+    shutil.copytree(synthetic_dataset, with_at)
+    read_source(str(with_at))  # an existing path is never split at its @
+    assert calls[-1] == (str(with_at), None)
+    with pytest.raises(UserInputError, match="NAME@REVISION"):
+        read_source("ORG/vehicle-diff@")
