@@ -1,6 +1,4 @@
-"""Fréchet distance between two sets of image features, and the `vehicle-diff fid` stage (standard FID).
-
-d^2 = ||mu_1 - mu_2||^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^{1/2})      (Heusel et al., 2017)
+"""The `vehicle-diff fid` stage: standard FID (the Fréchet distance itself lives in `vehicle_diff.stats`).
 
 The stage is torchmetrics' FrechetInceptionDistance on torch-fidelity's port of the TensorFlow FID Inception-v3
 (`pt_inception-2015-12-05`, the weights pytorch-fid uses too), so its numbers compare with published FIDs. The
@@ -15,34 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from vehicle_diff.errors import UserInputError
-
-
-def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and (unbiased) covariance of an (n, d) feature matrix, in float64."""
-    features = np.asarray(features, dtype=np.float64)
-    if features.ndim != 2 or features.shape[0] < 2:
-        raise ValueError(f"need at least 2 feature vectors, got shape {features.shape}")
-    return features.mean(axis=0), np.cov(features, rowvar=False)
-
-
-def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
-    eigenvalues, eigenvectors = np.linalg.eigh(matrix)
-    return (eigenvectors * np.sqrt(np.clip(eigenvalues, 0, None))) @ eigenvectors.T
-
-
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """Squared Fréchet distance of two Gaussians. Tr((S_1 S_2)^{1/2}) is the sum of the singular values of
-    S_2^{1/2} S_1^{1/2} (their squares are the eigenvalues of S_1^{1/2} S_2 S_1^{1/2}, which has the spectrum of
-    S_1 S_2): real arithmetic, no complex sqrtm, and no squared matrices whose rounding would swamp the result."""
-    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
-    trace_sqrt = np.linalg.svd(_psd_sqrt(sigma2) @ _psd_sqrt(sigma1), compute_uv=False).sum()
-    difference = mu1 - mu2
-    return float(difference @ difference + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt)
-
-
-def frechet_distance_of_features(features1: np.ndarray, features2: np.ndarray) -> float:
-    return frechet_distance(*feature_statistics(features1), *feature_statistics(features2))
+from vehicle_diff.stats import feature_statistics, frechet_distance, frechet_distance_of_features  # noqa: F401 (re-exported)
 
 
 WEIGHTS_FILE_NAMES = ("weights-inception-2015-12-05-6726825d.pth", "pt_inception-2015-12-05-6726825d.pth")
@@ -139,24 +110,14 @@ def update_with_images(metric, files: list[Path], *, real: bool, batch_size: int
         flush(size)
 
 
-def file_sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def main(argv: list[str] | None = None) -> Path:
     import json
     import random
 
     import torch
 
-    from generation.select import real_image_files
     from vehicle_diff.config import parse_config, save_config
+    from vehicle_diff.io import list_images, sha256_file
 
     config = parse_config(FidConfig, "fid", argv)
     weights_file = inception_weights_file(config.inception_weights)
@@ -164,10 +125,10 @@ def main(argv: list[str] | None = None) -> Path:
     for name in ("real_images", "generated_images"):
         if not getattr(config, name):
             raise UserInputError(f"--{name} is required")
-        try:
-            files = real_image_files(getattr(config, name))
-        except UserInputError as error:
-            raise UserInputError(str(error).replace("--real_images", f"--{name}")) from None
+        files = list_images(getattr(config, name), flag=f"--{name}")
+        if len(files) < 2:
+            raise UserInputError(f"--{name} {getattr(config, name)}: a Fréchet distance needs at least 2 images, "
+                                 f"found {len(files)}")  # fmt: skip
         if config.max_images and len(files) > config.max_images:
             files = sorted(random.Random(config.seed).sample(files, config.max_images))
         sides[name] = files
@@ -181,7 +142,7 @@ def main(argv: list[str] | None = None) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     result = {"fid": fid, "real_images": len(sides["real_images"]), "generated_images": len(sides["generated_images"]),
               "features": "Inception-v3 pool3, 2048-d (torchmetrics FrechetInceptionDistance, torch-fidelity extractor)",
-              "weights": WEIGHTS_NAME, "weights_file": str(weights_file), "weights_sha256": file_sha256(weights_file)}  # fmt: skip
+              "weights": WEIGHTS_NAME, "weights_file": weights_file.name, "weights_sha256": sha256_file(weights_file)}  # fmt: skip
     (out_dir / "fid.json").write_text(json.dumps(result, indent=2))
     save_config(config, out_dir / "config.yaml", stage="fid")
     print(

@@ -286,10 +286,12 @@ def train_reid(config: TrainReIDConfig) -> Path:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
                 metrics, _ = evaluate_model(accelerator.unwrap_model(model), eval_data, flip=config.flip_test, rerank=False,
-                                            vehicleid_draws=1, device=accelerator.device)  # fmt: skip
+                                            vehicleid_draws=1, device=accelerator.device, progress=False)  # fmt: skip
+                metrics["reported"] = "flip" if config.flip_test else "plain"
                 history.append({"epoch": epoch + 1, "step": step, **metrics})
                 accelerator.print(
-                    f"epoch {epoch + 1}: mAP {metrics['plain']['mAP']:.4f}, rank-1 {metrics['plain']['rank1']:.4f}"
+                    f"epoch {epoch + 1}: mAP {metrics[metrics['reported']]['mAP']:.4f}, "
+                    f"rank-1 {metrics[metrics['reported']]['rank1']:.4f} ({metrics['reported']} features)"
                 )
         if step >= max_train_steps:
             break
@@ -330,7 +332,7 @@ def write_card(
         for name, key in (("mAP", "mAP"), ("rank-1", "rank1"), ("mINP", "mINP")):
             results.append(EvalResult(task_type="image-feature-extraction", task_name="vehicle re-identification",
                                       dataset_type="vehicle-reid", dataset_name=metrics["data"], metric_type=key,
-                                      metric_name=name, metric_value=round(metrics["plain"][key], 4)))  # fmt: skip
+                                      metric_name=name, metric_value=round(metrics[metrics["reported"]][key], 4)))  # fmt: skip
     card_data = ModelCardData(
         model_name=f"vehicle-diff re-ID {architecture}",
         base_model=None if config.backbone.startswith("tiny:") else config.backbone.removeprefix("hf-hub:"),
