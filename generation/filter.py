@@ -250,28 +250,46 @@ def summary_markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def tile_caption(row: dict) -> list[str]:
+    """What a contact-sheet tile says: which image, prompt color -> CLIP's color (its similarity), detection
+    confidence, and why it was rejected."""
+    similarity = (row.get("color_similarities") or {}).get(row.get("predicted_color"))
+    color = f"{row['color']} -> {row['predicted_color'] or '-'}" + (f" ({similarity:.2f})" if similarity is not None else "")
+    confidence = f"det {row['det_confidence']:.2f}" if row.get("det_confidence") is not None else "no vehicle box"
+    lines = [row["image_id"], color, confidence, row["reject_reason"] or "kept"]
+    if row.get("unreadable_error"):
+        lines.append(row["unreadable_error"])
+    return lines
+
+
 def write_contact_sheets(records_file: Path, config: FilterConfig, generated: Path, out_dir: Path) -> list[Path]:
-    """One sheet of kept crops and one per reject reason (crop where there is one, else the whole image)."""
+    """One sheet of kept crops and one per reject reason (crop where there is one, else the whole image), and
+    the color confusion plot."""
     import pyarrow.parquet as pq
 
     from vehicle_diff.contact_sheet import contact_sheet
+    from vehicle_diff.plots import color_confusion
 
-    columns = ["image_id", "file_name", "crop_file", "reject_reason", "predicted_color", "color", "det_confidence"]
+    columns = ["image_id", "file_name", "crop_file", "reject_reason", "predicted_color", "color", "det_confidence",
+               "color_similarities", "unreadable_error"]  # fmt: skip
     rows = pq.read_table(records_file, columns=columns).to_pylist()
     written = []
     for reason in ("kept", *REJECT_REASONS):
         chosen = [r for r in rows if (r["reject_reason"] or "kept") == reason][: config.contact_sheet_images]
         if not chosen:
             continue
-        tiles, labels = [], []
-        for row in chosen:
-            path = out_dir / row["crop_file"] if row["crop_file"] else generated / row["file_name"]
-            tiles.append(path)
-            labels.append(f"{row['color']}->{row['predicted_color'] or '-'} {row['det_confidence'] or ''}")
+        tiles = [out_dir / row["crop_file"] if row["crop_file"] else generated / row["file_name"] for row in chosen]
+        borders = ["#2e7d32" if reason == "kept" else "#c62828"] * len(chosen)
         sheet = out_dir / "contact_sheets" / f"{reason}.png"
+        total = sum((r["reject_reason"] or "kept") == reason for r in rows)
         with atomic_path(sheet) as tmp:
-            contact_sheet(tiles, labels, title=f"{reason}: {len(chosen)} shown").save(tmp, format="PNG")
+            contact_sheet(tiles, [tile_caption(row) for row in chosen], borders=borders, columns=6, cell=160,
+                          title=f"{reason}: {len(chosen)} of {total} images").save(tmp, format="PNG")  # fmt: skip
         written.append(sheet)
+    scored = [r for r in rows if r["predicted_color"] is not None]
+    if scored:
+        color_confusion([r["color"] for r in scored], [r["predicted_color"] for r in scored], config.colors,
+                        out_dir / "color_confusion.png", title="prompt color vs CLIP color (filter)")  # fmt: skip
     return written
 
 
@@ -405,6 +423,7 @@ def decide_and_report(config: FilterConfig, job: Job, num_batches: int, ids_of, 
         tmp.write_text(summary_markdown(summary))
     if (out_dir / "contact_sheets").is_dir():  # ours: a reason that no longer occurs must not keep its sheet
         shutil.rmtree(out_dir / "contact_sheets")
+    (out_dir / "color_confusion.png").unlink(missing_ok=True)
     write_contact_sheets(records_file, config, generated, out_dir)
     job.mark_done({"images": summary["images"], "kept": summary["kept"]})
     return summary

@@ -1,4 +1,5 @@
-"""What both trainers share: the output folder's job, checkpoints that are complete or invisible, resuming.
+"""What both trainers share: the output folder's job, checkpoints that are complete or invisible, resuming,
+and the training-curves plot.
 
 A checkpoint is `OUT/checkpoint-STEP` (diffusers' naming). It is written by accelerate's `save_state` into a
 staging folder, then `trainer_state.json` (the step, as JSON) and `manifest.json` (every file's sha256) are
@@ -145,3 +146,12 @@ def adapter_checkpoint_hooks(accelerator, models: list) -> None:
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
+
+
+def plot_training_curves(history: list[dict], out_file: Path, title: str) -> None:
+    """Loss and learning rate over the steps of this run (nothing when the run trained no step)."""
+    from vehicle_diff.plots import training_curves
+
+    if history:
+        training_curves([h["step"] for h in history], [h["loss"] for h in history],
+                        [h["learning_rate"] for h in history], out_file, title=title)  # fmt: skip

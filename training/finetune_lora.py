@@ -483,6 +483,9 @@ def finetune(config: FinetuneConfig) -> Path:
                  "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                  "peak_cuda_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None}  # fmt: skip
         (out_dir / "training_stats.json").write_text(json.dumps(stats, indent=2))
+        from training.checkpointing import plot_training_curves
+
+        plot_training_curves(history, out_dir / "training_curves.png", title=f"finetune: LoRA rank {config.rank}")
         validation = validate(config, out_dir, accelerator.device)
         write_card(config, out_dir, data, validation, steps=step, epochs=num_epochs, warmup=warmup,
                    target_modules=target_modules, num_tensors=sum(len(v) for v in layers.values()))  # fmt: skip
@@ -498,38 +501,36 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 def validate(config: FinetuneConfig, out_dir: Path, device) -> dict:
-    """Reload the saved LoRA into a fresh stock pipeline and render the validation prompts (fixed seeds)."""
+    """Render the validation prompts with the base model, then reload the saved LoRA into the same stock
+    pipeline and render them again (same seeds): side by side, each pair shows what the LoRA changed."""
     import numpy as np
 
     from generation.generate import load_pipeline, render
     from vehicle_diff.contact_sheet import contact_sheet
     from vehicle_diff.io import atomic_path
 
-    pipe = load_pipeline(
-        config.pretrained_model_name_or_path,
-        revision=config.revision,
-        mixed_precision=config.mixed_precision,
-        device=device,
-    )
-    pipe.load_lora_weights(str(out_dir), weight_name=LORA_FILE)
+    pipe = load_pipeline(config.pretrained_model_name_or_path, revision=config.revision,
+                         mixed_precision=config.mixed_precision, device=device)  # fmt: skip
     prompts = [p for p in config.validation_prompts for _ in range(config.validation_seeds)]
     seeds = [seed for _ in config.validation_prompts for seed in range(config.validation_seeds)]
-    size = config.resolution
-    images = render(pipe, prompts, seeds, num_inference_steps=config.validation_inference_steps, guidance_scale=8.0,
-                    height=size, width=size)  # fmt: skip
+    settings = {"num_inference_steps": config.validation_inference_steps, "guidance_scale": 8.0,
+                "height": config.resolution, "width": config.resolution}  # fmt: skip
+    base_images = render(pipe, prompts, seeds, **settings) if prompts else []
+    pipe.load_lora_weights(str(out_dir), weight_name=LORA_FILE)
+    images = render(pipe, prompts, seeds, **settings) if prompts else []
     degenerate = sum(
-        1
-        for image in images
-        if not np.isfinite(np.asarray(image, dtype=np.float32)).all() or np.asarray(image).max() == 0
+        1 for image in images if not np.isfinite(np.asarray(image, dtype=np.float32)).all() or np.asarray(image).max() == 0
     )
-    with atomic_path(out_dir / "validation.png") as tmp:
-        contact_sheet(images, [f"seed {s}" for s in seeds], columns=config.validation_seeds * 2,
-                      cell=min(size, 256)).save(tmp, format="PNG")  # fmt: skip
-    return {
-        "prompts": config.validation_prompts,
-        "seeds": list(range(config.validation_seeds)),
-        "black_or_nan": degenerate,
-    }
+    tiles, labels = [], []
+    for prompt, seed, base, tuned in zip(prompts, seeds, base_images, images, strict=True):
+        tiles += [base, tuned]
+        labels += [[f"base model, seed {seed}", prompt], [f"with the LoRA, seed {seed}", prompt]]
+    if tiles:
+        with atomic_path(out_dir / "validation.png") as tmp:
+            contact_sheet(tiles, labels, columns=min(len(tiles), 4), cell=min(config.resolution * 2, 256),
+                          title=f"{Path(config.pretrained_model_name_or_path).name}: base model | LoRA, same prompt and seed",
+                          borders=["#9e9e9e", "#1565c0"] * len(prompts)).save(tmp, format="PNG")  # fmt: skip
+    return {"prompts": config.validation_prompts, "seeds": list(range(config.validation_seeds)), "black_or_nan": degenerate}
 
 
 def write_card(config: FinetuneConfig, out_dir: Path, data, validation: dict, **facts) -> None:

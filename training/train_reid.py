@@ -307,6 +307,9 @@ def train_reid(config: TrainReIDConfig) -> Path:
                  "num_classes": num_classes, "real_images": sources.count("real"), "synthetic_images": sources.count("synthetic")}  # fmt: skip
         (out_dir / "training_stats.json").write_text(json.dumps(stats, indent=2))
         (out_dir / "metrics.json").write_text(json.dumps(history, indent=2))
+        from .checkpointing import plot_training_curves
+
+        plot_training_curves(curve, out_dir / "training_curves.png", title=f"train-reid: {architecture}, data {config.data_mode}")
         write_card(config, out_dir, history[-1] if history else None, stats, eval_data, architecture)
         job.mark_done({"steps": step})
         accelerator.print(
