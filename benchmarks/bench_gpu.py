@@ -11,21 +11,8 @@ import torch
 
 from benchmarks.common import row
 
-# stabilityai/stable-diffusion-xl-base-1.0, unet/config.json
-SDXL_UNET = {
-    "sample_size": 128,
-    "block_out_channels": (320, 640, 1280),
-    "layers_per_block": 2,
-    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    "transformer_layers_per_block": (1, 2, 10),
-    "attention_head_dim": (5, 10, 20),
-    "cross_attention_dim": 2048,
-    "use_linear_projection": True,
-    "addition_embed_type": "text_time",
-    "addition_time_embed_dim": 256,
-    "projection_class_embeddings_input_dim": 2816,
-}
+from vehicle_diff.models import SDXL_UNET
+
 POOLED_DIM = 1280  # text_encoder_2's projection
 BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}  # dense bf16, vendor data sheets
 

@@ -278,19 +278,21 @@ def dry_run(config: FinetuneConfig) -> Path:
 
 
 def count_lora_parameters(config: FinetuneConfig) -> int | None:
-    """LoRA parameters of the UNet, counted on the meta device from its config (None when the config is not
-    available offline)."""
+    """LoRA parameters of the UNet, counted on the meta device from its config (None when the config is neither
+    available offline nor SDXL base 1.0's, which the package knows)."""
     import torch
     from diffusers import UNet2DConditionModel
     from peft import LoraConfig, inject_adapter_in_model
 
-    from vehicle_diff.models import resolve_model
+    from vehicle_diff.models import SDXL_BASE, SDXL_UNET, resolve_model
 
     try:
         unet_config = UNet2DConditionModel.load_config(resolve_model(config.pretrained_model_name_or_path),
                                                        subfolder="unet", revision=config.revision)  # fmt: skip
     except (OSError, ValueError):
-        return None
+        if config.pretrained_model_name_or_path != SDXL_BASE:
+            return None
+        unet_config = SDXL_UNET  # not downloaded here: its published config
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(unet_config)
     inject_adapter_in_model(LoraConfig(r=config.rank, lora_alpha=config.lora_alpha,

@@ -14,6 +14,22 @@ from pathlib import Path
 from .errors import UserInputError
 
 TINY_PREFIX = "tiny:"
+SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
+# SDXL base 1.0's UNet (its published unet/config.json): full-size plans and meta-device checks need it offline.
+SDXL_UNET = {
+    "sample_size": 128,
+    "block_out_channels": (320, 640, 1280),
+    "layers_per_block": 2,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    "transformer_layers_per_block": (1, 2, 10),
+    "attention_head_dim": (5, 10, 20),
+    "cross_attention_dim": 2048,
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816,
+}
 
 
 def resolve_model(name_or_path: str) -> str:
