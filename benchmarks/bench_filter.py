@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.common import peak_rss_of_module, row, run_child
-from tests.conftest import fake_generation
+from vehicle_diff.testing import fake_generation
 
 
 def run():

@@ -10,7 +10,6 @@ import time
 import torch
 
 from benchmarks.common import row
-
 from vehicle_diff.models import SDXL_UNET
 
 POOLED_DIM = 1280  # text_encoder_2's projection

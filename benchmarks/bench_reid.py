@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import peak_rss_of_module, row
-from tests.test_metrics import reference_eval
+from vehicle_diff.testing import reference_eval
 
 QUERIES, GALLERY, DIM, IDS, CAMERAS = 1678, 11579, 2048, 200, 20
 
@@ -94,7 +94,7 @@ def rerank_rows():
 
 
 def training_rows():
-    import tests.conftest as fixtures
+    import vehicle_diff.testing as fixtures
     from training.reid_data import read_source
     from training.reid_model import ReIDModel, backbone_spec, reid_loss
     from training.train_reid import ReIDImages, main, train_transform

@@ -5,6 +5,8 @@ from contextlib import contextmanager
 
 import pytest
 
+from vehicle_diff.testing import fake_generation, write_images  # noqa: F401 (tests import them from here too)
+
 # No test may reach a model hub: these machines have none, and a test that needs one is a broken test.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["YOLO_OFFLINE"] = "1"
@@ -144,37 +146,6 @@ def tiny_captions(tiny_generated, tmp_path_factory):
             str(out),
         ]
     )
-
-
-def write_images(folder, names, seed=0, size=(48, 64)):
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(folder / name)
-
-
-def fake_generation(out_dir, count: int, seed: int = 0):
-    """`count` random 64 px images with generation records (10 per identity), written fast, for filter runs
-    that need many images."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    records = []
-    for index in range(count):
-        identity = f"red-2000-brand-model{index // 10}-sedan"
-        file_name = f"images/{identity}/{identity}-{index % 10:04d}.png"
-        (out_dir / file_name).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(out_dir / file_name, compress_level=1)
-        records.append({"image_id": f"{identity}-{index % 10:04d}", "identity": identity, "vehicle_id": index // 10, "color": "red",
-                        "file_name": file_name, "width": 64, "height": 64, "plan_index": index})  # fmt: skip
-    pq.write_table(pa.Table.from_pylist(records), out_dir / "records.parquet")
-    return out_dir
 
 
 @pytest.fixture(scope="session")

@@ -102,7 +102,7 @@ def test_rescore_only_applies_new_thresholds_without_models(filtered, damaged_ge
 
 
 def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path):
-    from tests.conftest import fake_generation
+    from vehicle_diff.testing import fake_generation
 
     generation = fake_generation(tmp_path / "generated", 300)  # enough work for the kill to land mid-run
 

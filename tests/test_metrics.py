@@ -6,28 +6,7 @@ import pytest
 import torch
 
 from training.metrics import evaluate_rank, k_reciprocal_rerank, order_keys, pairwise_distance, stable_smallest
-
-
-def reference_eval(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, kind="stable"):
-    """One query at a time, as re-ID toolkits write it (a stable sort keeps ties in gallery order; the benchmark
-    times it with NumPy's default, faster sort)."""
-    all_cmc, all_ap, all_inp = [], [], []
-    for q in range(distmat.shape[0]):
-        order = np.argsort(distmat[q], kind=kind)
-        remove = (g_pids[order] == q_pids[q]) & (g_camids[order] == q_camids[q])
-        matches = (g_pids[order] == q_pids[q])[~remove].astype(np.float64)
-        if not matches.any():
-            continue
-        cmc = matches.cumsum()
-        cmc[cmc > 1] = 1
-        padded = np.ones(max_rank)
-        padded[: min(max_rank, len(cmc))] = cmc[:max_rank]
-        all_cmc.append(padded)
-        positions = np.where(matches == 1)[0]
-        all_inp.append(matches.sum() / (positions.max() + 1))
-        precision = matches.cumsum() / (np.arange(len(matches)) + 1)
-        all_ap.append((precision * matches).sum() / matches.sum())
-    return np.mean(all_ap), np.mean(all_cmc, axis=0), np.mean(all_inp)
+from vehicle_diff.testing import reference_eval
 
 
 def compare(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=20, chunk_size=7):
