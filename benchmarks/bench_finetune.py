@@ -65,6 +65,16 @@ def bare_loop(captions: Path, steps: int) -> float:
     return steps / (time.perf_counter() - started)
 
 
+def sdxl_sizes() -> tuple[int, int]:
+    """Bytes of SDXL's rank-4 up-block LoRA file and of one checkpoint (the adapters plus Adam's two moments,
+    all fp32), from the parameter count on the meta device."""
+    from training.finetune_lora import FinetuneConfig, count_lora_parameters
+    from vehicle_diff.config import resolve_config
+
+    parameters = count_lora_parameters(resolve_config(FinetuneConfig, "finetune", "paper"))
+    return parameters * 4, parameters * 4 * 3
+
+
 def run():
     from generation.caption import main as caption
     from generation.generate import main as generate
@@ -89,9 +99,17 @@ def run():
         bare_loop(captions, 4)  # warm-up
         bare = bare_loop(captions, STEPS)
         out = finetune(["--preset", "tiny", "--train_data_dir", str(captions), "--max_train_steps", str(STEPS),
-                        "--checkpointing_steps", "1000", "--output_dir", f"{tmp}/lora"])  # fmt: skip
+                        "--checkpointing_steps", str(STEPS), "--output_dir", f"{tmp}/lora"])  # fmt: skip
         stats = json.loads((out / "training_stats.json").read_text())
+        checkpoint = sum(f.stat().st_size for f in (out / f"checkpoint-{STEPS}").rglob("*") if f.is_file())
+        lora = (out / "pytorch_lora_weights.safetensors").stat().st_size
+    sdxl_lora, sdxl_checkpoint = sdxl_sizes()
     return [
+        row("finetune checkpoint size / LoRA file size, tiny (measured)", f"{checkpoint / 1e3:,.0f} kB",
+            f"{lora / 1e3:,.0f} kB (LoRA file)", checkpoint / lora, "<= 5"),
+        row("finetune checkpoint size / LoRA file size, SDXL rank 4 up blocks (parameters counted on the meta device)",
+            f"{sdxl_checkpoint / 1e6:,.1f} MB", f"{sdxl_lora / 1e6:,.1f} MB (LoRA file)", sdxl_checkpoint / sdxl_lora,
+            "<= 5 (whole UNet: 10,270 MB)"),
         row(f"finetune, tiny, {STEPS} steps of batch 1 at 64px", f"{stats['images_per_second']:.1f} img/s",
             f"{bare:.1f} img/s (bare loop)", stats["images_per_second"] / bare, ">= 0.9"),
         row("finetune peak RSS (whole stage, tiny)", f"{stats['peak_rss_mib']:.0f} MiB", "-", 1.0, "reported"),
