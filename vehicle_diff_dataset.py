@@ -319,6 +319,10 @@ class ExportConfig:
     veri_id_offset: int = 1000
 
     def __post_init__(self):
+        if not self.colors:
+            raise UserInputError("--colors: give at least one color")
+        if self.seed < 0:
+            raise UserInputError(f"--seed must be >= 0 (got {self.seed})")
         if not 0 <= self.eval_fraction < 1:
             raise UserInputError(f"--eval_fraction must be in [0, 1) (got {self.eval_fraction})")
         if self.veri_id_offset < 0:

@@ -17,7 +17,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vehicle_diff.config import parse_config, save_config
+from vehicle_diff.config import check_ranges, parse_config, save_config
 from vehicle_diff.errors import UserInputError
 from vehicle_diff.io import atomic_path, list_images
 from vehicle_diff.jobs import Job, output_settings, write_plan
@@ -64,6 +64,7 @@ class CaptionConfig:
     dry_run: bool = field(default=False, metadata={"help": "print and write plan.json; load no model"})
 
     def __post_init__(self):
+        check_ranges(self, non_negative=("seed",))
         if (self.input_images is None) == (self.input_dataset is None):
             raise UserInputError("give exactly one of --input_images FOLDER or --input_dataset NAME")
         if self.num_images is None and not 0 < self.fraction <= 1:

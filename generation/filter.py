@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vehicle_diff.config import parse_config, save_config
+from vehicle_diff.config import check_ranges, parse_config, save_config
 from vehicle_diff.errors import UserInputError
 from vehicle_diff.io import atomic_path, sha256_file
 from vehicle_diff.jobs import (
@@ -84,6 +84,9 @@ class FilterConfig:
     dry_run: bool = field(default=False, metadata={"help": "print and write plan.json; load no model"})
 
     def __post_init__(self):
+        check_ranges(self, non_negative=("contact_sheet_images",))
+        if not self.colors:
+            raise UserInputError("--colors: give at least one color")
         for name in ("detection_floor", "detection_confidence", "identity_pair_threshold", "near_duplicate_threshold"):
             if not 0 <= getattr(self, name) <= 1:
                 raise UserInputError(f"--{name} must be in [0, 1] (got {getattr(self, name)})")

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vehicle_diff.config import parse_config, save_config
+from vehicle_diff.config import check_ranges, parse_config, save_config
 from vehicle_diff.errors import UserInputError
 from vehicle_diff.io import atomic_path, sha256_file
 from vehicle_diff.jobs import Job, check_output_path, duplicates, output_settings, write_plan
@@ -198,6 +198,7 @@ class GenerateConfig:
     dry_run: bool = field(default=False, metadata={"help": "print and write plan.json; load no model, render nothing"})
 
     def __post_init__(self):
+        check_ranges(self, non_negative=("seed",))
         for name in ("images_per_identity", "num_inference_steps", "batch_size", "height", "width"):
             if getattr(self, name) <= 0:
                 raise UserInputError(f"--{name} must be positive (got {getattr(self, name)})")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
-from vehicle_diff.config import parse_config, save_config
+from vehicle_diff.config import check_ranges, parse_config, save_config
 from vehicle_diff.errors import UserInputError
 from vehicle_diff.io import atomic_path, sha256_file
 from vehicle_diff.jobs import Job, output_settings
@@ -149,6 +149,7 @@ class PromptsConfig:
     overwrite: bool = field(default=False, metadata={"help": "replace this stage's earlier outputs in --output_dir"})
 
     def __post_init__(self):
+        check_ranges(self, non_negative=("seed",))
         if self.num_identities <= 0:
             raise UserInputError(f"--num_identities must be positive (got {self.num_identities})")
         if self.template_id not in TEMPLATES:

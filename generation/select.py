@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vehicle_diff.config import parse_config, save_config
+from vehicle_diff.config import check_ranges, parse_config, save_config
 from vehicle_diff.errors import UserInputError
 from vehicle_diff.io import atomic_path, list_images, sha256_file
 from vehicle_diff.jobs import Job
@@ -159,6 +159,7 @@ class SelectConfig:
     yield_tolerance: float = field(default=0.9, metadata={"help": "eligible: yield >= this x the best yield"})
 
     def __post_init__(self):
+        check_ranges(self, non_negative=("seed",))
         if self.num_prompts <= 0 or self.seeds_per_prompt <= 0:
             raise UserInputError("--num_prompts and --seeds_per_prompt must be positive")
         if not 0 <= self.yield_tolerance <= 1:

@@ -115,14 +115,20 @@ def test_run_killed_mid_generate_then_rerun_equals_an_uninterrupted_run(demo_run
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "vehicle_diff.cli", "run", "--preset", "tiny", "--num_target_images", "12",
                "--output_dir", str(out), "--no_verify_mirror"]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    from vehicle_diff import LAUNCH_THREAD_SETTINGS
+
+    # the environment this test process started with: libraries imported by earlier tests set thread variables
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_THREAD_SETTINGS}
+    env.update({k: v for k, v in LAUNCH_THREAD_SETTINGS.items() if v is not None})
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                               env=env)  # fmt: skip
     deadline = time.time() + 400
     while time.time() < deadline and len(list((out / "generated" / "records").glob("batch-*.jsonl"))) < 2:
         time.sleep(0.01)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert not (out / "generated" / "done.json").exists(), "the kill should land mid-generate"
-    finished = subprocess.run(command, capture_output=True, text=True)
+    finished = subprocess.run(command, capture_output=True, text=True, env=env)
     assert finished.returncode == 0, finished.stderr[-3000:]
     for name in ("generated/records.parquet", "filtered/records.parquet", "vehicle-diff/data/train-00000-of-00001.parquet"):
         assert (out / name).read_bytes() == (demo_run / name).read_bytes(), name

@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from vehicle_diff.config import parse_config, save_config
+from vehicle_diff.config import check_ranges, parse_config, save_config
 from vehicle_diff.errors import UserInputError
 
 UNET_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
@@ -216,6 +216,7 @@ class FinetuneConfig:
     dry_run: bool = field(default=False, metadata={"help": "print and write plan.json; load no model"})
 
     def __post_init__(self):
+        check_ranges(self, non_negative=("seed", "dataloader_num_workers"))
         if self.resolution <= 0 or self.resolution % 8:
             raise UserInputError(f"--resolution must be a positive multiple of 8 (got {self.resolution})")
         for name in ("rank", "lora_alpha", "train_batch_size", "gradient_accumulation_steps", "num_train_epochs",
@@ -495,6 +496,7 @@ def finetune(config: FinetuneConfig) -> Path:
         print(f"LoRA: {out_dir / LORA_FILE} ({step} steps)\nValidation grid: {out_dir / 'validation.png'}\n"
               f"Card: {out_dir / 'README.md'}")  # fmt: skip
     accelerator.end_training()
+    job.release()
     return out_dir
 
 

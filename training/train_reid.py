@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from vehicle_diff.config import parse_config, save_config
+from vehicle_diff.config import check_ranges, parse_config, save_config
 from vehicle_diff.errors import UserInputError
 
 from .reid_data import IdentityBatchSampler, load_image, read_source, relabel
@@ -108,6 +108,11 @@ class TrainReIDConfig:
     dry_run: bool = field(default=False, metadata={"help": "read the data lists only; print and write plan.json"})
 
     def __post_init__(self):
+        check_ranges(self, non_negative=("seed", "dataloader_num_workers"), positive=("checkpoints_total_limit",))
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise UserInputError(f"--mixed_precision {self.mixed_precision!r}: use no, fp16 or bf16")
+        if not 0 <= self.circle_m < 1:
+            raise UserInputError(f"--circle_m must be in [0, 1) (got {self.circle_m})")
         if self.data_mode not in ("R", "S", "D", "B"):
             raise UserInputError(f"--data_mode {self.data_mode!r}: use R, S, D or B")
         if self.data_mode in ("R", "D", "B") and not self.real_data:
@@ -316,6 +321,7 @@ def train_reid(config: TrainReIDConfig) -> Path:
             f"Re-ID model: {out_dir} (load it with ReIDModel.from_pretrained). Metrics: {out_dir / 'metrics.json'}"
         )
     accelerator.end_training()
+    job.release()
     return out_dir
 
 

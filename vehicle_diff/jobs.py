@@ -252,6 +252,11 @@ class Job:
             raise UserInputError(f"{self.out_dir} is in use by another `{self.stage}` run (it holds the folder's lock); "
                                  "wait for it to finish, or choose another --output_dir") from None  # fmt: skip
 
+    def release(self) -> None:
+        """Let go of a lock held with `open(hold=True)` (the end of the process lets go of it too)."""
+        if self._lock is not None:
+            self._lock.release(force=True)
+
     @contextmanager
     def locked(self):
         """The folder's lock (a file lock, so it also holds between hosts on a filesystem that supports it)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -191,10 +192,17 @@ def run_stage_isolated(stage: str, config, **kwargs) -> None:
     write. Bad input there is its one line, and `run` stops with the same exit status."""
     import multiprocessing
 
+    from . import LAUNCH_THREAD_SETTINGS
+
     module, _, function = STAGE_CLASSES[stage]
     process = multiprocessing.get_context("spawn").Process(target=_stage_entry, args=(stage, module, function, config, kwargs),
                                                            name=f"vehicle-diff {stage}")  # fmt: skip
-    process.start()
+    current = {name: os.environ.get(name) for name in LAUNCH_THREAD_SETTINGS}
+    try:  # the child inherits os.environ as it is at start()
+        set_environment(LAUNCH_THREAD_SETTINGS)
+        process.start()
+    finally:
+        set_environment(current)
     process.join()
     if process.exitcode:
         code = process.exitcode if process.exitcode > 0 else 130 if process.exitcode == -2 else 1
@@ -202,6 +210,15 @@ def run_stage_isolated(stage: str, config, **kwargs) -> None:
             print(f"vehicle-diff run: stage {stage} failed (exit status {process.exitcode}); see its messages above. "
                   "Re-run the same command to resume.", file=sys.stderr)  # fmt: skip
         raise SystemExit(code)
+
+
+def set_environment(values: dict) -> None:
+    """Set (or, for None, remove) environment variables."""
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def _stage_entry(stage: str, module: str, function: str, config, kwargs: dict) -> None:
@@ -214,9 +231,14 @@ def _stage_entry(stage: str, module: str, function: str, config, kwargs: dict) -
 def run_pipeline(config: RunConfig) -> Path:
     from .jobs import Job
 
-    out = Path(config.output_dir)
-    job = Job(out, "run", {"layout": 1}, owned=[]).open(hold=True)  # one run at a time in a folder
-    out = job.out_dir
+    job = Job(config.output_dir, "run", {"layout": 1}, owned=[]).open(hold=True)  # one run at a time in a folder
+    try:
+        return run_stages(config, job.out_dir)
+    finally:
+        job.release()
+
+
+def run_stages(config: RunConfig, out: Path) -> Path:
     if not config.target_images:
         if config.preset != "tiny":
             raise UserInputError(
@@ -292,13 +314,14 @@ def run_summary(out: Path, timings: dict, read_back: dict | None) -> str:
     metrics = json.loads((out / "evaluation" / "metrics.json").read_text())
     chosen = json.loads((out / "select" / "selected.json").read_text())
     plain = metrics["plain"]
+    rejected = ", ".join(f"{k} {v}" for k, v in filtered["per_reason"].items() if k != "kept" and v)
     lines = [
         "# vehicle-diff run",
         "",
         f"- identities: {library['num_identities']}; generated images: {filtered['images']}; kept: {filtered['kept']} "
-        f"({filtered['pass_rate']:.1%}); rejected per reason: " + ", ".join(f"{k} {v}" for k, v in filtered["per_reason"].items() if k != "kept" and v),
-        f"- selected candidate: {chosen['candidate']}",
-        f"- re-ID on the synthetic query/gallery ({metrics['data']}): mAP {plain['mAP']:.4f}, rank-1 {plain['rank1']:.4f}",
+        f"({filtered['pass_rate']:.1%})." + (f" Rejected: {rejected}." if rejected else " None rejected."),
+        f"- selected candidate: {chosen['candidate']}, template {chosen['template_id']}",
+        f"- re-ID on the synthetic query/gallery: mAP {plain['mAP']:.4f}, rank-1 {plain['rank1']:.4f}",
         "",
         "| artifact | path |",
         "|---|---|",
