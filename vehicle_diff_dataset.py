@@ -204,8 +204,9 @@ def export(dataset: datasets.DatasetDict, out_dir: str | Path, *, card_context: 
            max_shard_size: str | int = "500MB") -> Path:  # fmt: skip
     """Write Parquet shards `data/{split}-NNNNN-of-NNNNN.parquet` (cut by bytes; row groups as `datasets` writes
     them for images), a preview grid and the README card into `out_dir` (a staging folder: see `main`)."""
-    from huggingface_hub import DatasetCard, DatasetCardData
     from tqdm.auto import tqdm
+
+    from cards import dataset_info, render_dataset_card, save_context
 
     tmp = Path(out_dir)
     (tmp / "data").mkdir(parents=True, exist_ok=True)
@@ -218,20 +219,16 @@ def export(dataset: datasets.DatasetDict, out_dir: str | Path, *, card_context: 
                 shard.to_parquet(str(tmp / "data" / f"{split}-{index:05d}-of-{shards:05d}.parquet"))
                 progress.update(1)
     write_preview(dataset["train"], tmp / "preview.png")
-    card_data = DatasetCardData(
-        pretty_name="vehicle-diff: synthetic vehicle re-identification data",
-        license="openrail++",
-        task_categories=["image-classification", "image-feature-extraction"],
-        size_categories=[_size_category(sum(len(t) for t in dataset.values()))],
-        tags=["synthetic", "vehicle-re-identification", "re-identification", "stable-diffusion-xl", "vehicle-diff"],
-        configs=[{"config_name": "default", "data_files": [{"split": s, "path": f"data/{s}-*"} for s in dataset]}],
-    )
-    stats = dataset_statistics(dataset)
-    from importlib.resources import files
-
-    card = DatasetCard.from_template(card_data, template_path=str(files("cards") / "dataset_card.md"), stats=stats,
-                                     splits={s: len(t) for s, t in dataset.items()}, **(card_context or {}))  # fmt: skip
-    card.save(tmp / "README.md")
+    context = {
+        **(card_context or {}),
+        "splits": {split: len(table) for split, table in dataset.items()},
+        "size_category": _size_category(sum(len(t) for t in dataset.values())),
+        "stats": dataset_statistics(dataset),
+        "colors": dataset["train"].features["color"].names,
+        "dataset_info": dataset_info(dataset, tmp / "data"),  # what push_to_hub would write
+    }
+    save_context(tmp, context)  # `publish` renders the card again from it, with the repo id and version
+    render_dataset_card(context).save(tmp / "README.md")
     return tmp
 
 
@@ -396,18 +393,56 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 def card_context(filtered: Path) -> dict:
-    """What the card reports about the run: generation settings, filter thresholds and pass rates, versions."""
+    """What the card may state about the run, read from the settings each stage saved beside its outputs: the
+    base model and LoRA that generated the images, the filter's detector, thresholds and whether the color check
+    decided anything, the catalog. Models are named by Hub id or `tiny:` id; a local path only by its last part."""
     import subprocess
 
+    import pyarrow.parquet as pq
     import yaml
 
+    from cards import model_ref
     from vehicle_diff import __version__
 
-    def read_yaml(path):
-        return yaml.safe_load(path.read_text()).get("config", {}) if path.exists() else {}
+    def read_config(folder: Path) -> dict:
+        path = Path(folder) / "config.yaml"
+        return (yaml.safe_load(path.read_text()) or {}).get("config", {}) if path.is_file() else {}
 
-    summary = json.loads((filtered / "summary.json").read_text()) if (filtered / "summary.json").exists() else {}
-    generation_dir = Path(read_yaml(filtered / "config.yaml").get("generated", ""))
+    def read_json(path: Path) -> dict:
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    filtered = Path(filtered)
+    filter_config, summary = read_config(filtered), read_json(filtered / "summary.json")
+    generation_config = read_config(Path(filter_config.get("generated") or filtered / "missing"))
+    prompts_dir = Path(generation_config.get("prompts") or filtered / "missing")
+    prompts_config, prompts_summary = read_config(prompts_dir), read_json(prompts_dir / "summary.json")
+    columns = ("base_model", "base_model_revision", "lora_sha256", "scheduler")
+    records = pq.read_table(filtered / "records.parquet", columns=list(columns)).to_pylist()[:1] if (
+        filtered / "records.parquet").is_file() else []  # fmt: skip
+    first = records[0] if records else {}
+    catalog = prompts_config.get("catalog")
+    generation = {}
+    if generation_config:
+        lora = generation_config.get("lora_weights")
+        generation = {
+            "base_model": model_ref(generation_config.get("pretrained_model_name_or_path")),
+            "base_model_revision": first.get("base_model_revision") or generation_config.get("revision"),
+            "lora": {"file": Path(lora).name, "sha256": first.get("lora_sha256") or ""} if lora else None,
+            "scheduler": first.get("scheduler") or "the base model's scheduler",
+            "template_id": prompts_config.get("template_id"),
+            **{key: generation_config.get(key) for key in ("num_inference_steps", "guidance_scale", "width", "height",
+                                                           "images_per_identity", "seed", "mixed_precision")},
+        }  # fmt: skip
+    filter_facts = {}
+    if filter_config:
+        filter_facts = {
+            "detector": model_ref(filter_config.get("detector")),
+            "clip_model": model_ref(filter_config.get("clip_model")),
+            **{key: filter_config.get(key) for key in ("detector_imgsz", "detection_confidence", "min_box_side",
+                                                       "reference_side", "color_check", "color_prompt",
+                                                       "near_duplicate_threshold")},
+            **{key: summary.get(key) for key in ("images", "kept", "pass_rate", "per_reason")},
+        }  # fmt: skip
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
@@ -415,9 +450,11 @@ def card_context(filtered: Path) -> dict:
     except OSError:
         commit = ""
     return {
-        "generation": read_yaml(generation_dir / "config.yaml"),
-        "filter": summary,
-        "version": __version__,
+        "generation": generation,
+        "filter": filter_facts,
+        "catalog": f"a user catalog ({Path(catalog).name})" if catalog else prompts_summary.get("catalog", "a catalog"),
+        "preset": filter_config.get("preset") or generation_config.get("preset") or "unknown",
+        "vehicle_diff_version": __version__,
         "commit": commit or "unknown",
     }
 

@@ -1,5 +1,7 @@
-"""A small in-process server speaking the part of the Hub's HTTP API that publishing uses: create a repo, list
-refs and files, pre-upload, commit (regular files, base64), tag, and resolve files. State lives in memory."""
+"""A small in-process server speaking the part of the Hub's HTTP API that publishing and reading use: whoami,
+create a repo, list refs and files (tree, paths-info), repo info, pre-upload, commit (regular files, base64), tag,
+and resolve files, with HTTP Range requests answered as the Hub's CDN does (206 + Content-Range). State lives in
+memory; `requests` and `range_requests` record what clients asked."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import json
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 REPO = r"(?P<type>models|datasets|spaces)/(?P<repo>[^/]+/[^/]+)"
 
@@ -18,6 +20,7 @@ class FakeHub:
     def __init__(self):
         self.repos: dict[tuple[str, str], dict] = {}  # (type, id) -> {"commits": {oid: files}, "branches", "tags"}
         self.requests: list[str] = []
+        self.range_requests: list[tuple[str, str, int]] = []  # (path, Range header, status)
         self.lock = threading.Lock()
 
     def repo(self, kind: str, repo_id: str) -> dict:
@@ -27,6 +30,42 @@ class FakeHub:
         repo = self.repo(kind, repo_id)
         oid = repo["tags"].get(revision) or repo["branches"].get(revision) or revision
         return oid, repo["commits"][oid]
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None | bool:
+    """`Range: bytes=a-b` / `a-` / `-n` as (first, last) inclusive; None without a header; False if unsatisfiable."""
+    if not header:
+        return None
+    match = re.fullmatch(r"bytes=(\d*)-(\d*)", header.strip())
+    if not match or match[1] == match[2] == "":
+        return False
+    if match[1] == "":  # the last n bytes
+        first, last = max(0, size - int(match[2])), size - 1
+    else:
+        first, last = int(match[1]), min(int(match[2]) if match[2] else size - 1, size - 1)
+    return (first, last) if first <= last and first < size else False
+
+
+def entry(path: str, data: bytes | None) -> dict:
+    if data is None:
+        return {"type": "directory", "path": path, "oid": hashlib.sha1(path.encode()).hexdigest(), "size": 0}
+    return {"type": "file", "path": path, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
+
+
+def listing(files: dict[str, bytes], folder: str, recursive: bool) -> list[dict]:
+    """The tree under `folder`: its files and sub-folders (all levels if `recursive`), as the Hub lists them."""
+    prefix = folder.strip("/") + "/" if folder.strip("/") else ""
+    out, folders = [], set()
+    for path, data in sorted(files.items()):
+        if not path.startswith(prefix):
+            continue
+        parts = path[len(prefix) :].split("/")
+        for depth in range(1, len(parts)):
+            if recursive or depth == 1:
+                folders.add(prefix + "/".join(parts[:depth]))
+        if recursive or len(parts) == 1:
+            out.append(entry(path, data))
+    return [entry(f, None) for f in sorted(folders)] + out
 
 
 def make_handler(hub: FakeHub):
@@ -48,11 +87,12 @@ def make_handler(hub: FakeHub):
             return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
         def route(self, method: str):
-            path = unquote(urlparse(self.path).path)
+            url = urlparse(self.path)
+            path = unquote(url.path)
             hub.requests.append(f"{method} {path}")
             with hub.lock:
                 try:
-                    return self.dispatch(method, path)
+                    return self.dispatch(method, path, parse_qs(url.query))
                 except KeyError:
                     return self.reply(
                         404,
@@ -60,7 +100,12 @@ def make_handler(hub: FakeHub):
                         {"Content-Type": "application/json", "X-Error-Code": "RepoNotFound"},
                     )
 
-        def dispatch(self, method: str, path: str):
+        def dispatch(self, method: str, path: str, query: dict):
+            if path == "/api/whoami-v2":
+                if not (self.headers.get("Authorization") or "").startswith("Bearer "):
+                    return self.reply(401, {"error": "Invalid credentials in Authorization header"})
+                return self.reply(200, {"type": "user", "name": "test", "orgs": [],
+                                        "auth": {"type": "access_token", "accessToken": {"role": "write"}}})  # fmt: skip
             if method == "POST" and path == "/api/repos/create":
                 payload = json.loads(self.body())
                 kind = payload.get("type") or "model"
@@ -86,18 +131,27 @@ def make_handler(hub: FakeHub):
                     200,
                     {"branches": refs("heads", repo["branches"]), "tags": refs("tags", repo["tags"]), "converts": []},
                 )
+            if match := re.fullmatch(rf"/api/{REPO}(?:/revision/(?P<rev>[^/]+))?", path):
+                oid, files = hub.files(match["type"], match["repo"], match["rev"] or "main")
+                return self.reply(200, {"id": match["repo"], "sha": oid, "private": False, "disabled": False,
+                                        "siblings": [{"rfilename": name} for name in sorted(files)]})  # fmt: skip
             if match := re.fullmatch(rf"/api/{REPO}/preupload/(?P<rev>[^/]+)", path):
                 files = json.loads(self.body())["files"]
                 return self.reply(
                     200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]}
                 )
-            if match := re.fullmatch(rf"/api/{REPO}/(?:tree|paths-info)/(?P<rev>[^/]+)(?:/(?P<sub>.*))?", path):
-                oid, files = hub.files(match["type"], match["repo"], match["rev"])
-                entries = [
-                    {"type": "file", "path": p, "size": len(d), "oid": hashlib.sha1(d).hexdigest()}
-                    for p, d in sorted(files.items())
+            if match := re.fullmatch(rf"/api/{REPO}/tree/(?P<rev>[^/]+)(?:/(?P<sub>.*))?", path):
+                _, files = hub.files(match["type"], match["repo"], match["rev"])
+                recursive = query.get("recursive", ["false"])[0].lower() in ("1", "true")
+                return self.reply(200, listing(files, match["sub"] or "", recursive))
+            if method == "POST" and (match := re.fullmatch(rf"/api/{REPO}/paths-info/(?P<rev>[^/]+)", path)):
+                _, files = hub.files(match["type"], match["repo"], match["rev"])
+                asked = parse_qs(self.body().decode()).get("paths", [])
+                folders = {"/".join(p.split("/")[:i]) for p in files for i in range(1, p.count("/") + 1)}
+                found = [
+                    entry(p, files[p]) if p in files else entry(p, None) for p in asked if p in files or p in folders
                 ]
-                return self.reply(200, entries)
+                return self.reply(200, found)
             if match := re.fullmatch(rf"/api/{REPO}/commit/(?P<rev>[^/]+)", path):
                 repo = hub.repo(match["type"], match["repo"])
                 files = dict(repo["commits"][repo["branches"][match["rev"]]])
@@ -129,21 +183,34 @@ def make_handler(hub: FakeHub):
             if match := re.fullmatch(
                 r"/(?:(?P<type>datasets|spaces)/)?(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)", path
             ):
-                oid, files = hub.files(match["type"] or "models", match["repo"], match["rev"])
-                if match["file"] not in files:
-                    return self.reply(
-                        404,
-                        {"error": "entry not found"},
-                        {"Content-Type": "application/json", "X-Error-Code": "EntryNotFound"},
-                    )
-                data = files[match["file"]]
-                headers = {
-                    "X-Repo-Commit": oid,
-                    "ETag": f'"{hashlib.sha1(data).hexdigest()}"',
-                    "Content-Type": "application/octet-stream",
-                }
-                return self.reply(200, data, headers, head_only=method == "HEAD")
+                return self.resolve(method, path, *hub.files(match["type"] or "models", match["repo"], match["rev"]),
+                                    match["file"])  # fmt: skip
             return self.reply(404, {"error": f"no route for {method} {path}"})
+
+        def resolve(self, method: str, path: str, oid: str, files: dict[str, bytes], name: str):
+            if name not in files:
+                return self.reply(
+                    404,
+                    {"error": "entry not found"},
+                    {"Content-Type": "application/json", "X-Error-Code": "EntryNotFound"},
+                )
+            data = files[name]
+            headers = {
+                "X-Repo-Commit": oid,
+                "ETag": f'"{hashlib.sha1(data).hexdigest()}"',
+                "Content-Type": "application/octet-stream",
+                "Accept-Ranges": "bytes",
+            }
+            wanted = byte_range(self.headers.get("Range"), len(data))
+            if wanted is None:
+                return self.reply(200, data, headers, head_only=method == "HEAD")
+            if wanted is False:
+                hub.range_requests.append((path, self.headers["Range"], 416))
+                return self.reply(416, b"", {**headers, "Content-Range": f"bytes */{len(data)}"})
+            first, last = wanted
+            hub.range_requests.append((path, self.headers["Range"], 206))
+            headers["Content-Range"] = f"bytes {first}-{last}/{len(data)}"
+            return self.reply(206, data[first : last + 1], headers, head_only=method == "HEAD")
 
         def do_GET(self):
             self.route("GET")

@@ -67,3 +67,36 @@ def test_last_stride_one_doubles_the_resnet_resolution(tiny_zoo):
     strided = ReIDModel(architecture=architecture, backbone_args=args, last_stride_1=False).feature_maps(images)[1]
     kept = ReIDModel(architecture=architecture, backbone_args=args, last_stride_1=True).feature_maps(images)[1]
     assert kept.shape[-1] == 2 * strided.shape[-1]
+
+
+@pytest.mark.parametrize("name, size", [("timm-resnet", [64, 48]), ("timm-swinv2", [64, 64])])
+def test_saved_model_is_a_timm_checkpoint_of_the_trained_backbone(tiny_zoo, name, size, tmp_path):
+    import json
+
+    import timm
+
+    architecture, args = backbone_spec(f"tiny:{name}")
+    model = ReIDModel(architecture=architecture, backbone_args=args, num_classes=5, image_size=size)
+    model.load_backbone(f"tiny:{name}")
+    with torch.no_grad():  # weights unlike the zoo's, as after training
+        for parameter in model.backbone.parameters():
+            parameter.add_(0.01)
+    model.eval().save_pretrained(tmp_path / "model")
+    files = sorted(p.name for p in (tmp_path / "model").iterdir())
+    assert files == ["README.md", "config.json", "model.safetensors", "reid_heads.safetensors"]  # no pickle
+
+    backbone = timm.create_model(f"local-dir:{tmp_path / 'model'}", pretrained=True)
+    trained = model.backbone.state_dict()
+    assert backbone.state_dict().keys() == trained.keys()
+    assert all(torch.equal(value, trained[key]) for key, value in backbone.state_dict().items())
+    data = timm.data.resolve_data_config(model=backbone)
+    assert data["input_size"] == (3, *size)
+    assert tuple(data["mean"]) == (0.485, 0.456, 0.406) and tuple(data["std"]) == (0.229, 0.224, 0.225)
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["architecture"] == architecture and config["reid"]["num_classes"] == 5
+    assert "license" not in config["pretrained_cfg"]  # not the ImageNet tag's metadata
+
+    again = ReIDModel.from_pretrained(tmp_path / "model")
+    images = torch.randn(2, 3, *size)
+    torch.testing.assert_close(again.extract(images), model.extract(images))
+    assert again.head.classifier.out_features == 5  # the re-ID config, not timm's num_classes (0)

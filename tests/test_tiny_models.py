@@ -86,11 +86,98 @@ def test_zoo_is_deterministic_and_reused(tiny_zoo, tmp_path):
 def test_unknown_tiny_name_and_paper_models_offline_give_clear_errors(tiny_zoo):
     with pytest.raises(UserInputError, match="unknown tiny model 'tiny:nope'"):
         models.resolve_model("tiny:nope")
-    with pytest.raises(UserInputError, match=r"(?s)'stabilityai/stable-diffusion-xl-base-1.0'.*HF_HUB_OFFLINE"):
-        models.load_sdxl_pipeline("stabilityai/stable-diffusion-xl-base-1.0")
-    with pytest.raises(UserInputError, match=r"'Salesforce/blip2-opt-2.7b' \(--caption_model\)"):
-        models.load_blip2("Salesforce/blip2-opt-2.7b")
-    with pytest.raises(UserInputError, match=r"'hf-hub:timm/vit_large_patch14_clip_224.openai'"):
-        models.load_open_clip("hf-hub:timm/vit_large_patch14_clip_224.openai")
-    with pytest.raises(UserInputError, match=r"'resnet50.tv_in1k' \(--backbone\)"):
-        models.create_timm("resnet50.tv_in1k")
+    cases = [
+        (models.load_sdxl_pipeline, "stabilityai/stable-diffusion-xl-base-1.0",
+         ["HF_HUB_OFFLINE", "hf download stabilityai/stable-diffusion-xl-base-1.0 --include 'model_index.json'",
+          "--include '*/diffusion_pytorch_model.safetensors'", "--pretrained_model_name_or_path"]),
+        (models.load_blip2, "Salesforce/blip2-opt-2.7b",
+         ["'Salesforce/blip2-opt-2.7b' (--caption_model)", "hf download Salesforce/blip2-opt-2.7b --include '*.json'"]),
+        (models.load_open_clip, "hf-hub:timm/vit_large_patch14_clip_224.openai",
+         ["hf download timm/vit_large_patch14_clip_224.openai --include 'open_clip_config.json' --include "
+          "'open_clip_model.safetensors'", "hf-hub:timm/vit_large_patch14_clip_224.openai"]),
+        (models.create_timm, "resnet50.tv_in1k",
+         ["'resnet50.tv_in1k' (--backbone)", "hf download timm/resnet50.tv_in1k --include 'config.json' --include "
+          "'model.safetensors'", "hf-hub:timm/resnet50.tv_in1k"]),
+        (models.load_yolo, "yolov5x6u.pt",
+         ["https://github.com/ultralytics/assets/releases/download/", "/yolov5x6u.pt", "weights_dir", "--detector"]),
+    ]  # fmt: skip
+    for loader, model_id, expected in cases:
+        with pytest.raises(UserInputError) as caught:
+            loader(model_id)
+        message = str(caught.value)
+        assert "\n" not in message, message  # one line
+        for part in expected:
+            assert part in message, (part, message)
+    with pytest.raises(UserInputError, match="no such file"):
+        models.load_yolo("/nonexistent/detector.pt")
+    with pytest.raises(UserInputError, match="no such file or folder"):
+        models.create_timm("./nonexistent-backbone")
+
+
+class Planted:
+    """Unpickling this runs `action(*args)`: what a hostile checkpoint does."""
+
+    def __init__(self, action, *args):
+        self.action, self.args = action, args
+
+    def __reduce__(self):
+        return self.action, self.args
+
+
+@pytest.mark.parametrize("how", ["call", "bound-method"])
+def test_yolo_loads_in_safe_mode_and_a_crafted_pickle_runs_no_code(tiny_zoo, tmp_path, how):
+    import os
+    import pathlib
+
+    marker = tmp_path / "code-ran"
+    # a module-level callable (os.mkdir), or a bound method reached through builtins.getattr (Path.touch)
+    payload = Planted(os.mkdir, str(marker)) if how == "call" else Planted(pathlib.Path(marker).touch)
+    crafted = tmp_path / "detector.pt"
+    torch.save({"model": payload, "train_args": {}}, crafted)
+    torch.load(crafted, weights_only=False)  # the file is live: an unrestricted load runs its code
+    assert marker.exists()
+    marker.rmdir() if marker.is_dir() else marker.unlink()
+
+    with pytest.raises(UserInputError, match="refused to load"):
+        models.load_yolo(str(crafted))
+    assert not marker.exists()
+    from ultralytics.nn import tasks
+
+    assert tasks.SAFE_LOAD and os.environ["ULTRALYTICS_SAFE_LOAD"] == "1"
+    detector = models.load_yolo("tiny:yolo.pt")  # the zoo's detector passes the allow-list
+    assert detector.names[2] == "car"
+
+
+def test_resolved_revision_hashes_local_models_and_reads_the_hub_cache(tiny_zoo, tmp_path, monkeypatch):
+    import shutil
+
+    from huggingface_hub import constants
+
+    first = models.resolved_revision("tiny:timm-resnet")
+    assert first.startswith("sha256:") and len(first) == len("sha256:") + 64
+    assert models.resolved_revision("tiny:timm-resnet") == first
+    copy = tmp_path / "resnet"
+    shutil.copytree(tiny_zoo / "timm-resnet", copy)
+    assert models.resolved_revision(str(copy)) == first  # content, not location
+    assert models.resolved_revision(f"local-dir:{copy}") == first
+    (copy / "config.json").write_text((copy / "config.json").read_text().replace("resnet50", "resnet50 "))
+    assert models.resolved_revision(str(copy)) != first
+    assert models.resolved_revision("tiny:yolo.pt") == "sha256:" + models.content_hash(tiny_zoo / "yolo.pt")
+
+    # the documented cache layout: models--ORG--NAME/refs/REVISION holds the commit, snapshots/COMMIT the files
+    cache = tmp_path / "hub-cache"
+    commit, tagged = "a" * 40, "b" * 40
+    repo = cache / "models--timm--resnet50.tv_in1k"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "refs" / "v2").write_text(tagged)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    assert models.resolved_revision("resnet50.tv_in1k") == commit  # timm name -> timm/resnet50.tv_in1k
+    assert models.resolved_revision("hf-hub:timm/resnet50.tv_in1k") == commit
+    assert models.resolved_revision("timm/resnet50.tv_in1k", "v2") == tagged
+    assert models.resolved_revision("timm/resnet50.tv_in1k", commit) == commit
+    with pytest.raises(UserInputError, match=r"stabilityai/stable-diffusion-xl-base-1.0@main is not in the HF cache"):
+        models.resolved_revision("stabilityai/stable-diffusion-xl-base-1.0")  # offline in tests
+    with pytest.raises(UserInputError, match="no such file or folder"):
+        models.resolved_revision("./no/such/model")

@@ -538,30 +538,47 @@ def validate(config: FinetuneConfig, out_dir: Path, device) -> dict:
 
 
 def write_card(config: FinetuneConfig, out_dir: Path, data, validation: dict, **facts) -> None:
-    from importlib.resources import files
+    """README.md, and the facts it states as card_context.json, from which `publish` renders the card again with
+    the repo id it publishes to. No path of this machine goes into either the card or its metadata."""
+    import yaml
 
-    from huggingface_hub import ModelCard, ModelCardData
+    from cards import is_hub_id, model_ref, render_lora_card, save_context
+    from training.lora_files import KOHYA_LORA_FILE
+    from vehicle_diff import __version__
 
-    captions = Path(config.train_data_dir) / "captions.json"
-    caption_info = json.loads(captions.read_text()) if captions.exists() else {}
-    card_data = ModelCardData(
-        base_model=config.pretrained_model_name_or_path,
-        license="openrail++",  # SDXL base 1.0's license
-        library_name="diffusers",
-        pipeline_tag="text-to-image",
-        tags=["stable-diffusion-xl", "lora", "diffusers", "text-to-image", "vehicle-re-identification", "vehicle-diff"],
-    )
-    card = ModelCard.from_template(
-        card_data,
-        template_path=str(files("cards") / "lora_card.md"),
-        config=asdict(config),
-        caption_info=caption_info,
-        num_images=len(data),
-        validation=validation,
-        lora_file=LORA_FILE,
+    def read(path: Path, loader):
+        return loader(path.read_text()) if path.is_file() else {}
+
+    captions = Path(config.train_data_dir)
+    caption_info = read(captions / "captions.json", json.loads)
+    caption_config = (read(captions / "config.yaml", yaml.safe_load) or {}).get("config", {})
+    source = caption_config.get("input_dataset") or caption_info.get("source")
+    widget = validation.get("images") or (
+        [{"prompt": validation["prompts"][0], "file": "validation.png"}] if validation.get("prompts") else []
+    )  # fmt: skip
+    local = {"output_dir", "train_data_dir", "preset", "pretrained_model_name_or_path", "resume_from_checkpoint",
+             "pretrained_vae_model_name_or_path"}  # fmt: skip
+    context = {
+        "base_model": model_ref(config.pretrained_model_name_or_path),
+        "base_revision": config.revision,
+        "vae": model_ref(vae) if (vae := config.pretrained_vae_model_name_or_path) else None,
+        "config": {key: value for key, value in asdict(config).items() if key not in local},
+        "caption_model": model_ref(caption_info.get("caption_model")),
+        "caption_source": model_ref(source),
+        "datasets": [source] if caption_config.get("input_dataset") and is_hub_id(source) else [],
+        "instance_prompt": (caption_config.get("prompt_prefix") or "").strip() or None,
+        "num_images": len(data),
+        "total_images": caption_info.get("total_images"),
+        "validation": validation,
+        "widget": widget,
+        "example_prompt": (config.validation_prompts or ["a red 2012 Toyota Camry sedan driving down the road."])[0],
+        "lora_file": LORA_FILE,
+        "kohya_file": KOHYA_LORA_FILE if (out_dir / KOHYA_LORA_FILE).exists() else None,
+        "vehicle_diff_version": __version__,
         **facts,
-    )
-    card.save(out_dir / "README.md")
+    }
+    save_context(out_dir, context)
+    render_lora_card(context).save(out_dir / "README.md")
 
 
 if __name__ == "__main__":

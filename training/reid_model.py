@@ -1,9 +1,16 @@
 """The re-ID network (paper §III-D): a timm backbone, a BatchNorm-neck embedding head, and an auxiliary head on
 an intermediate stage (GoogLeNet-style) trained with the same losses; plus circle loss.
 
-`ReIDModel.from_pretrained(repo_or_folder)` rebuilds it in one call (huggingface_hub's PyTorchModelHubMixin:
-`config.json` + `model.safetensors`); the backbone is described by its timm architecture and arguments, so no
-backbone download is needed to load a trained model.
+A saved model is a folder (or Hub repo) that two libraries load in one call:
+
+- `timm.create_model("hf-hub:ORG/REPO", pretrained=True)` / `("local-dir:DIR", pretrained=True)`: the trained
+  backbone alone, in timm's own format (`config.json` with `architecture`, `model_args` and `pretrained_cfg`
+  holding the re-ID preprocessing, `model.safetensors` with timm's parameter names). timm builds its standard
+  architecture: a ResNet trained with last stride 1 comes back with stride 2 (same weights, coarser map).
+- `ReIDModel.from_pretrained(repo_or_folder)`: the whole re-ID model, from the same two files plus
+  `reid_heads.safetensors` (neck, classifier, auxiliary head) and the `reid` section of `config.json`.
+
+Everything is safetensors; nothing is unpickled.
 """
 
 from __future__ import annotations
@@ -13,8 +20,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from huggingface_hub import PyTorchModelHubMixin
+from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
 from torch import nn
+
+TIMM_CONFIG, BACKBONE_WEIGHTS, HEADS_WEIGHTS = "config.json", "model.safetensors", "reid_heads.safetensors"
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # the re-ID transforms' normalisation
 
 
 def backbone_spec(model_id: str) -> tuple[str, dict]:
@@ -45,24 +55,24 @@ class BNNeckHead(nn.Module):
 
 
 class ReIDModel(
-    nn.Module, PyTorchModelHubMixin, library_name="vehicle-diff", tags=["vehicle-re-identification", "vehicle-diff"]
+    nn.Module, PyTorchModelHubMixin, library_name="timm", tags=["vehicle-re-identification", "vehicle-diff"]
 ):
     def __init__(self, architecture: str = "resnet50", backbone_args: dict | None = None, num_classes: int = 576,
                  last_stride_1: bool = True, aux_head: bool = True, image_size: list[int] | None = None):  # fmt: skip
         super().__init__()
         import timm
 
+        self.architecture, self.backbone_args = architecture, dict(backbone_args or {})
         self.image_size = list(image_size or [256, 256])
-        self.backbone = timm.create_model(
-            architecture, pretrained=False, features_only=True, out_indices=(-2, -1), **(backbone_args or {})
-        )
+        # the whole timm model without its classifier: its parameters keep timm's names, so the saved backbone is
+        # an ordinary timm checkpoint; the two last stages come from `forward_intermediates`
+        self.backbone = timm.create_model(architecture, pretrained=False, **{**self.backbone_args, "num_classes": 0})
         self._setup(last_stride_1)
-        channels = self.backbone.feature_info.channels()
+        channels = [info["num_chs"] for info in self.backbone.feature_info[-2:]]
         self.head = BNNeckHead(channels[-1], num_classes)
         self.aux_head = BNNeckHead(channels[-2], num_classes) if aux_head else None
 
     def _setup(self, last_stride_1: bool) -> None:
-        self.channels_last_output = str(getattr(self.backbone, "output_fmt", "NCHW")).endswith("NHWC")
         if last_stride_1 and hasattr(self.backbone, "layer4"):  # ResNets: keep 2x the spatial resolution at the end
             block = self.backbone.layer4[0]
             (block.conv2 if hasattr(block, "conv3") else block.conv1).stride = (1, 1)  # bottleneck / basic block
@@ -74,12 +84,15 @@ class ReIDModel(
         """Start from the weights of a timm id or folder (the paper: ImageNet-trained backbones)."""
         from vehicle_diff.models import create_timm
 
-        pretrained = create_timm(model_id, pretrained=True, features_only=True, out_indices=(-2, -1))
+        pretrained = create_timm(model_id, pretrained=True, num_classes=0)
         self.backbone.load_state_dict(pretrained.state_dict())
 
     def feature_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
-        maps = self.backbone(images)
-        return [m.permute(0, 3, 1, 2) for m in maps] if self.channels_last_output else maps
+        """The last two stages' outputs (NCHW), as timm's `features_only` would give them."""
+        stages = len(self.backbone.feature_info)
+        return self.backbone.forward_intermediates(
+            images, indices=[stages - 2, stages - 1], intermediates_only=True, output_fmt="NCHW"
+        )
 
     def forward(self, images: torch.Tensor) -> dict:
         intermediate, final = self.feature_maps(images)
@@ -96,6 +109,63 @@ class ReIDModel(
         if flip:
             features = features + self.head(self.feature_maps(images.flip(3))[1])[1]
         return F.normalize(features, dim=1)
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """timm's own export of the backbone (config.json + model.safetensors) with the re-ID preprocessing as its
+        `pretrained_cfg`, the re-ID init arguments as `config.json["reid"]`, and the heads beside it."""
+        import timm
+        from safetensors.torch import save_file
+
+        save_directory = Path(save_directory)
+        data_config = {"input_size": (3, *self.image_size), "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
+                       "interpolation": "bilinear", "crop_pct": 1.0}  # fmt: skip
+        try:
+            timm.models.save_for_hf(self.backbone, save_directory, model_args=self.backbone_args,
+                                    data_config=data_config, safe_serialization=True)  # fmt: skip
+        except ValueError:  # a fixed-size architecture (SwinV2) keeps its own input size
+            data_config.pop("input_size")
+            timm.models.save_for_hf(self.backbone, save_directory, model_args=self.backbone_args,
+                                    data_config=data_config, safe_serialization=True)  # fmt: skip
+        config = json.loads((save_directory / TIMM_CONFIG).read_text())
+        # the pretrained_cfg timm copied from the architecture's default tag describes ImageNet weights, not these
+        for key in ("license", "origin_url", "paper_ids", "hf_hub_id"):
+            config["pretrained_cfg"].pop(key, None)
+        config["pretrained_cfg"]["tag"] = "vehicle_diff_reid"
+        config["reid"] = dict(self._hub_mixin_config)
+        (save_directory / TIMM_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        heads = {f"head.{k}": v for k, v in self.head.state_dict().items()}
+        if self.aux_head is not None:
+            heads |= {f"aux_head.{k}": v for k, v in self.aux_head.state_dict().items()}
+        save_file({k: v.contiguous() for k, v in heads.items()}, save_directory / HEADS_WEIGHTS)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir, force_download: bool,
+                         local_files_only: bool, token, config: dict | None = None, map_location: str = "cpu",
+                         strict: bool = True, **model_kwargs):  # fmt: skip
+        """Build from `config.json["reid"]`, then load the backbone and heads files (safetensors only)."""
+        from safetensors.torch import load_file
+
+        if not config or "reid" not in config:
+            raise ValueError(f"{model_id}: config.json has no `reid` section; not a vehicle-diff re-ID model")
+        # the mixin also passes config.json's top-level keys that match __init__ (timm's `num_classes` is the
+        # backbone's, 0): only what the caller gave explicitly overrides the saved re-ID arguments
+        overrides = {key: value for key, value in model_kwargs.items() if key not in config}
+        model = cls(**{**config["reid"], **overrides})
+
+        def fetch(name: str) -> str:
+            if Path(model_id).is_dir():
+                return str(Path(model_id) / name)
+            return hf_hub_download(model_id, name, revision=revision, cache_dir=cache_dir, force_download=force_download,
+                                   token=token, local_files_only=local_files_only)  # fmt: skip
+
+        model.backbone.load_state_dict(load_file(fetch(BACKBONE_WEIGHTS), device=map_location), strict=strict)
+        heads = load_file(fetch(HEADS_WEIGHTS), device=map_location)
+        model.head.load_state_dict({k.removeprefix("head."): v for k, v in heads.items() if k.startswith("head.")},
+                                   strict=strict)  # fmt: skip
+        if model.aux_head is not None:
+            model.aux_head.load_state_dict({k.removeprefix("aux_head."): v for k, v in heads.items()
+                                            if k.startswith("aux_head.")}, strict=strict)  # fmt: skip
+        return model.eval()
 
 
 def circle_loss(embeddings: torch.Tensor, labels: torch.Tensor, m: float = 0.25, gamma: float = 128.0) -> torch.Tensor:

@@ -332,27 +332,56 @@ def main(argv: list[str] | None = None) -> Path:
 def write_card(
     config: TrainReIDConfig, out_dir: Path, metrics: dict | None, stats: dict, eval_data: str, architecture: str
 ) -> None:
-    from importlib.resources import files
+    """README.md, and the facts it states as card_context.json, from which `publish` renders the card again with
+    the repo ids it publishes the model and its training data to. No path of this machine goes into the card."""
+    from cards import REAL_DATASETS, load_context, model_ref, render_reid_card, save_context
+    from vehicle_diff import __version__
+    from vehicle_diff.models import timm_hub_id
 
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+    def dataset(spec: str | None, **extra) -> dict | None:
+        """A vehicle-diff dataset given by folder or Hub id; a folder's card context names the model that made it."""
+        if not spec:
+            return None
+        folder = Path(spec)
+        generation = ((load_context(folder) or {}).get("generation") or {}) if folder.is_dir() else {}
+        return {**model_ref(spec), "revision": None, "base_model": generation.get("base_model"),
+                "path": str(folder.resolve()) if folder.exists() else None, **extra}  # fmt: skip
 
-    results = []
-    if metrics:
-        for name, key in (("mAP", "mAP"), ("rank-1", "rank1"), ("mINP", "mINP")):
-            results.append(EvalResult(task_type="image-feature-extraction", task_name="vehicle re-identification",
-                                      dataset_type="vehicle-reid", dataset_name=metrics["data"], metric_type=key,
-                                      metric_name=name, metric_value=round(metrics[metrics["reported"]][key], 4)))  # fmt: skip
-    card_data = ModelCardData(
-        model_name=f"vehicle-diff re-ID {architecture}",
-        base_model=None if config.backbone.startswith("tiny:") else config.backbone.removeprefix("hf-hub:"),
-        library_name="vehicle-diff",
-        license="apache-2.0",
-        tags=["vehicle-re-identification", "vehicle-diff", "timm"],
-        eval_results=results or None,
-    )
-    card = ModelCard.from_template(card_data, template_path=str(files("cards") / "reid_card.md"), config=asdict(config),
-                                   metrics=metrics, stats=stats, eval_data=eval_data, architecture=architecture)  # fmt: skip
-    card.save(out_dir / "README.md")
+    def real(spec: str) -> dict:
+        kind = spec.partition(":")[0]
+        return {"kind": kind, "title": REAL_DATASETS[kind][0]} if kind in REAL_DATASETS else {
+            "kind": "other", "title": model_ref(spec)["name"]}  # fmt: skip
+
+    synthetic = dataset(config.synthetic_data) if config.data_mode != "R" else None
+    if eval_data == config.synthetic_data:
+        evaluation = dataset(eval_data, title="held-out synthetic identities (query vs gallery)", split="query",
+                             is_synthetic=True)  # fmt: skip
+    elif eval_data.partition(":")[0] in REAL_DATASETS:
+        name = REAL_DATASETS[eval_data.partition(":")[0]][0]
+        evaluation = {"name": name, "hub": False, "title": f"{name} test (query vs gallery)", "split": "query",
+                      "is_synthetic": False}  # fmt: skip
+    else:
+        evaluation = dataset(eval_data, title=f"{model_ref(eval_data)['name']} (query vs gallery)", split="query",
+                             is_synthetic=False)  # fmt: skip
+    backbone = model_ref(config.backbone)
+    starts_from_hub = config.pretrained_backbone and not backbone["tiny"] and not backbone["local"]
+    settings = {key: value for key, value in asdict(config).items()
+                if key not in ("output_dir", "real_data", "synthetic_data", "eval_data", "preset", "backbone", "resume_from_checkpoint")}  # fmt: skip
+    context = {
+        "architecture": architecture,
+        "config": settings,
+        "backbone": backbone,
+        "base_model_hub_id": timm_hub_id(config.backbone) if starts_from_hub else None,
+        "real_data": [real(config.real_data)] if config.real_data and config.data_mode != "S" else [],
+        "synthetic_data": synthetic,
+        "eval_data": evaluation,
+        # the variant training evaluated (no flip unless --flip_test), under the name the card reads
+        "metrics": {"plain": metrics[metrics.get("reported", "plain")]} if metrics else None,
+        "stats": stats,
+        "vehicle_diff_version": __version__,
+    }
+    save_context(out_dir, context)
+    render_reid_card(context).save(out_dir / "README.md")
 
 
 if __name__ == "__main__":

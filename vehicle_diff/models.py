@@ -1,13 +1,18 @@
 """Load every model by id-or-path with its library's own loader, the same way for `paper` and `tiny` ids.
 
 A `tiny:NAME` id names a model of the offline zoo (`vehicle_diff.tiny_models`), built on first use. Any other
-id goes to the library unchanged; when it cannot be had offline, the error names the model and how to supply
-it instead of a traceback from deep inside a library.
+id goes to the library unchanged; when it cannot be had offline, the error is one line that names the model and
+the download that provides it (only the files the loader reads), instead of a traceback from deep inside a library.
+
+`resolved_revision` says exactly which weights an id meant: the Hub commit, or a content hash for local files.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -31,6 +36,15 @@ SDXL_UNET = {
     "projection_class_embeddings_input_dim": 2816,
 }
 
+COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
+
+# The files each loader reads from a Hub repo: what `hf download --include` must fetch, and nothing else.
+DIFFUSERS_PIPELINE_FILES = ["model_index.json", "*/config.json", "scheduler/scheduler_config.json", "tokenizer*/*",
+                            "*/model.safetensors", "*/diffusion_pytorch_model.safetensors"]  # fmt: skip
+TRANSFORMERS_FILES = ["*.json", "*.safetensors", "*.txt"]
+TIMM_FILES = ["config.json", "model.safetensors"]
+OPEN_CLIP_FILES = ["open_clip_config.json", "open_clip_model.safetensors"]
+
 
 def resolve_model(name_or_path: str) -> str:
     """`tiny:NAME` -> the path of that zoo model; anything else unchanged."""
@@ -44,21 +58,55 @@ def resolve_model(name_or_path: str) -> str:
     return name_or_path
 
 
+def looks_like_path(name: str) -> bool:
+    """A filesystem path rather than a Hub id (`org/name`, `hf-hub:org/name`) or a library's model name."""
+    if name.startswith("local-dir:"):
+        return True
+    name = name.removeprefix("hf-hub:")
+    return name.startswith((".", "/", "~")) or os.sep in name and not re.fullmatch(r"[\w.-]+/[\w.-]+(@[\w./-]+)?", name)
+
+
+def hub_download_command(repo_id: str, files: list[str]) -> str:
+    return f"hf download {repo_id} " + " ".join(f"--include '{pattern}'" for pattern in files)
+
+
+def hub_hint(repo_id: str, files: list[str], flag: str) -> str:
+    return (f"where the Hub is reachable run `{hub_download_command(repo_id, files)}`, copy that HF_HOME cache "
+            f"here and set HF_HUB_OFFLINE=1, or pass a local folder with {flag} (--preset tiny needs no download)")  # fmt: skip
+
+
+def timm_hub_id(model_id: str) -> str | None:
+    """The Hub repo of a timm name (`resnet50.tv_in1k` -> `timm/resnet50.tv_in1k`) or of an `hf-hub:` id."""
+    if model_id.startswith("hf-hub:"):
+        return model_id.removeprefix("hf-hub:").split("@")[0]
+    import timm
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(model_id)
+    except RuntimeError:  # an architecture with no such pretrained tag
+        return None
+    return cfg.hf_hub_id if cfg is not None else None
+
+
+def _first_line(error: BaseException, limit: int = 160) -> str:
+    line = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {line[:limit]}{'...' if len(line) > limit else ''}"
+
+
 @contextmanager
-def clear_load_errors(model_id: str, flag: str):
-    """Turn a failed hub look-up into a message that names the model, the flag, and the ways to supply it."""
+def clear_load_errors(model_id: str, flag: str, hint: str):
+    """A failed hub look-up becomes one line: the model, the flag, the cause, and `hint` (how to provide it)."""
     try:
         yield
     except (OSError, ValueError, RuntimeError) as error:
         if Path(model_id).exists():
             raise  # a local file that is broken: the library's own message says more than ours would
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "false", "False", "")
+        if looks_like_path(model_id):
+            raise UserInputError(f"{flag} {model_id}: no such file or folder") from error
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "false", "")
+        where = "offline (HF_HUB_OFFLINE=1)" if offline else "here (no network?)"
         raise UserInputError(
-            f"could not load model {model_id!r} ({flag}): {type(error).__name__}: {str(error).splitlines()[0]}\n"
-            f"  This machine {'is set offline (HF_HUB_OFFLINE=1)' if offline else 'may not reach the model hub'}. "
-            f"Either pass a local folder or file with {flag}, or download the model where the hub is reachable "
-            f"(`hf download {model_id.removeprefix('hf-hub:')}`), copy that HF_HOME cache here and set "
-            "HF_HUB_OFFLINE=1. For a run without any real model use --preset tiny."
+            f"cannot load model {model_id!r} ({flag}) {where} [{_first_line(error)}]; {hint}"
         ) from error
 
 
@@ -67,7 +115,7 @@ def load_sdxl_pipeline(
 ):
     from diffusers import StableDiffusionXLPipeline
 
-    with clear_load_errors(model_id, flag):
+    with clear_load_errors(model_id, flag, hub_hint(model_id, DIFFUSERS_PIPELINE_FILES, flag)):
         return StableDiffusionXLPipeline.from_pretrained(
             resolve_model(model_id), revision=revision, dtype=torch_dtype, use_safetensors=True
         )
@@ -78,20 +126,63 @@ def load_blip2(model_id: str, revision: str | None = None, torch_dtype=None, fla
     from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
     path = resolve_model(model_id)
-    with clear_load_errors(model_id, flag):
+    with clear_load_errors(model_id, flag, hub_hint(model_id, TRANSFORMERS_FILES, flag)):
         processor = Blip2Processor.from_pretrained(path, revision=revision)
         model = Blip2ForConditionalGeneration.from_pretrained(path, revision=revision, dtype=torch_dtype)
     return model, processor
 
 
+def ultralytics_release_url(name: str) -> tuple[str, Path]:
+    """Where ultralytics downloads an official `.pt` from (its GitHub release assets), and where it looks for one."""
+    from ultralytics.utils import SETTINGS
+    from ultralytics.utils.checks import check_yolov5u_filename
+    from ultralytics.utils.downloads import GITHUB_ASSETS_REPO, attempt_download_asset
+
+    release = inspect.signature(attempt_download_asset).parameters["release"].default
+    name = check_yolov5u_filename(name, verbose=False)  # yolov5x6.pt -> yolov5x6u.pt, as ultralytics does
+    return f"https://github.com/{GITHUB_ASSETS_REPO}/releases/download/{release}/{name}", Path(
+        SETTINGS["weights_dir"]
+    ) / name
+
+
+def ultralytics_safe_load() -> None:
+    """Turn on ultralytics' restricted loading (`torch.load(weights_only=True)` against its allow-list of model
+    classes) for this process and its children: a `.pt` is a pickle, and a pickle can run code. ultralytics reads
+    `ULTRALYTICS_SAFE_LOAD` when it is first imported; if that happened earlier, its module flag is set too."""
+    os.environ["ULTRALYTICS_SAFE_LOAD"] = "1"
+    from ultralytics.nn import tasks
+
+    if not tasks._SafeLoad.SUPPORTED:
+        raise UserInputError("loading a YOLO .pt safely needs torch >= 2.6 (weights_only checkpoints); upgrade torch")
+    tasks.SAFE_LOAD = True
+
+
 def load_yolo(model_id: str, flag="--detector"):
-    """An ultralytics detector from a `.pt` path (ultralytics fetches its own release names, e.g. `yolov5x6u.pt`)."""
+    """An ultralytics detector from a `.pt` path or an official release name (e.g. `yolov5x6u.pt`), loaded in
+    ultralytics' safe mode: a checkpoint that references anything but known model classes is refused unopened."""
     os.environ.setdefault("YOLO_OFFLINE", "1")
+    ultralytics_safe_load()
     from ultralytics import YOLO
 
     path = resolve_model(model_id)
-    with clear_load_errors(model_id, flag):
-        return YOLO(path, task="detect")
+    if Path(path).suffix != ".pt":
+        raise UserInputError(f"{flag} {model_id}: give an ultralytics .pt checkpoint (a path or a release name)")
+    if looks_like_path(path) and not Path(path).exists():
+        raise UserInputError(f"{flag} {model_id}: no such file")
+    if not Path(path).exists():
+        url, weights_dir_file = ultralytics_release_url(Path(path).name)
+        hint = (f"download {url} (ultralytics' GitHub release assets) and put it at {weights_dir_file} "
+                f"(ultralytics' weights_dir), or pass the .pt file's path with {flag}")  # fmt: skip
+    else:
+        hint = f"pass an existing ultralytics .pt file with {flag}"
+    with clear_load_errors(model_id, flag, hint):
+        try:
+            return YOLO(path, task="detect")
+        except TypeError as error:  # ultralytics' refusal of a checkpoint outside its allow-list
+            raise UserInputError(
+                f"{flag} {model_id}: refused to load, the file references code outside ultralytics' model classes "
+                f"(safe loading); use an official ultralytics checkpoint or one saved with model.save() [{_first_line(error)}]"
+            ) from error
 
 
 def load_open_clip(model_id: str, flag="--clip_model"):
@@ -102,7 +193,9 @@ def load_open_clip(model_id: str, flag="--clip_model"):
     name = resolve_model(model_id)
     if Path(name).is_dir():
         name = "local-dir:" + name
-    with clear_load_errors(model_id, flag):
+    repo_id = model_id.removeprefix("hf-hub:")
+    hint = hub_hint(repo_id, OPEN_CLIP_FILES, flag) + f" (open_clip's id for that repo is hf-hub:{repo_id})"
+    with clear_load_errors(model_id, flag, hint):
         model, _, preprocess = open_clip.create_model_and_transforms(name)
         tokenizer = open_clip.get_tokenizer(name)
     return model.eval(), preprocess, tokenizer
@@ -115,31 +208,76 @@ def create_timm(model_id: str, pretrained: bool = True, flag="--backbone", **kwa
     name = resolve_model(model_id)
     if Path(name).is_dir():
         name = "local-dir:" + name
-    with clear_load_errors(model_id, flag):
+    repo_id = None if Path(name.removeprefix("local-dir:")).exists() else timm_hub_id(model_id)
+    hint = hub_hint(repo_id, TIMM_FILES, flag) + f" (timm also takes it as hf-hub:{repo_id})" if repo_id else (
+        f"pass a timm model folder (config.json + model.safetensors) with {flag}")  # fmt: skip
+    with clear_load_errors(model_id, flag, hint):
         return timm.create_model(name, pretrained=pretrained, **kwargs)
 
 
+def content_hash(path: Path) -> str:
+    """sha256 over a file, or over a folder's files (relative name and content, sorted); hidden entries
+    (`.git`, `.cache` of `hf download --local-dir`) are not part of the model."""
+    from tqdm.auto import tqdm
+
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(
+        p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    )  # fmt: skip
+    digest = hashlib.sha256()
+    with tqdm(total=sum(f.stat().st_size for f in files), unit="B", unit_scale=True, desc=f"hashing {path.name}",
+              disable=None, leave=False) as bar:  # fmt: skip
+        for file in files:
+            file_digest = hashlib.sha256()
+            with open(file, "rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    file_digest.update(chunk)
+                    bar.update(len(chunk))
+            name = "" if file == path else file.relative_to(path).as_posix()
+            digest.update(f"{name}\0{file_digest.hexdigest()}\n".encode())
+    return digest.hexdigest()
+
+
+def cached_commit(repo_id: str, revision: str | None, repo_type: str = "model") -> str | None:
+    """The commit a revision points to in the local HF cache (`refs/` of the documented cache layout)."""
+    from huggingface_hub import constants
+
+    folder = Path(constants.HF_HUB_CACHE) / f"{repo_type}s--{repo_id.replace('/', '--')}"
+    if revision and COMMIT_SHA.fullmatch(revision):
+        return revision if (folder / "snapshots" / revision).is_dir() else None
+    ref = folder / "refs" / (revision or "main")
+    return ref.read_text().strip() if ref.is_file() else None
+
+
 def resolved_revision(model_id: str, revision: str | None = None) -> str:
-    """What exactly was loaded: the commit sha from the Hub cache for a hub id, a content hash for a local
-    folder, file or tiny model (so records and cards pin the weights, not a moving name)."""
-    from .io import sha256_file
-
+    """Exactly which weights `model_id` (at `revision`) meant, to record beside the outputs: the commit sha of a
+    Hub repo (from the local HF cache; from the Hub when online and not cached), or `sha256:HEX` of the content
+    of a local folder or file and of a `tiny:` model (which has no commit)."""
     path = Path(resolve_model(model_id).removeprefix("local-dir:"))
-    if path.is_file():
-        return "sha256:" + sha256_file(path)
-    if path.is_dir():
-        from .jobs import folder_digest
+    if model_id.startswith(TINY_PREFIX) or path.exists():
+        return "sha256:" + content_hash(path)
+    if looks_like_path(model_id):
+        raise UserInputError(f"{model_id}: no such file or folder")
+    if model_id.endswith(".pt"):  # an ultralytics release name, found where ultralytics keeps downloads
+        url, local = ultralytics_release_url(model_id)
+        if local.exists():
+            return "sha256:" + content_hash(local)
+        raise UserInputError(f"{model_id}: not on this machine; download {url} to {local}")
+    repo_id = model_id.removeprefix("hf-hub:").split("@")[0] if "/" in model_id else timm_hub_id(model_id)
+    if repo_id is None:
+        raise UserInputError(f"{model_id!r} is neither a local path nor a Hub id; its revision cannot be resolved")
+    revision = revision or (model_id.split("@", 1)[1] if "@" in model_id else None)
+    commit = cached_commit(repo_id, revision)
+    if commit:
+        return commit
+    from huggingface_hub import HfApi, constants
 
-        return "sha256:" + folder_digest(path)
-    name = model_id.removeprefix("hf-hub:")
-    try:
-        from huggingface_hub import scan_cache_dir
-
-        for repo in scan_cache_dir().repos:
-            if repo.repo_id == name:
-                for cached in repo.revisions:
-                    if revision in (None, cached.commit_hash) or revision in cached.refs:
-                        return cached.commit_hash
-    except Exception:  # no cache yet, or an unreadable one: fall back to what was asked for
-        pass
-    return revision or "main"
+    if not constants.HF_HUB_OFFLINE:
+        try:
+            return HfApi().model_info(repo_id, revision=revision).sha
+        except Exception as error:  # noqa: BLE001 - any failure of the look-up means the same to the user
+            raise UserInputError(f"cannot resolve {repo_id}@{revision or 'main'}: {_first_line(error)}") from error
+    raise UserInputError(
+        f"{repo_id}@{revision or 'main'} is not in the HF cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE=1; "
+        f"`{hub_download_command(repo_id, ['*.json'])}` where the Hub is reachable records its commit"
+    )
