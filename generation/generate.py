@@ -264,6 +264,9 @@ def generate(config: GenerateConfig) -> Path:
         "num_inference_steps", "guidance_scale", "height", "width", "negative_prompt")}  # fmt: skip
     if lora:
         render_settings["lora_scale"] = config.lora_scale
+    from cards import model_ref
+
+    base_model_name = model_ref(config.pretrained_model_name_or_path)["name"]  # a local folder: its name, no path
     pipe, progress, suffix = None, None, "." + config.image_format
     # processes start at different batches so that they rarely wait on each other's claims
     order = list(range(num_batches))
@@ -286,7 +289,7 @@ def generate(config: GenerateConfig) -> Path:
                 **request,
                 "file_name": file_name,
                 "image_sha256": image_sha256,
-                "base_model": config.pretrained_model_name_or_path,
+                "base_model": base_model_name,
                 "base_model_revision": components["base_model_revision"],
                 "lora_sha256": components["lora_sha256"] or "",
                 "lora_scale": config.lora_scale if lora else 0.0,

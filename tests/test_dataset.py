@@ -23,7 +23,7 @@ def test_export_loads_with_load_dataset_and_keeps_class_labels(tiny_dataset, tin
     assert not set(loaded["train"]["identity"]) & set(loaded["query"]["identity"])  # held-out identities
     assert len(loaded["query"]) == len(set(loaded["query"]["identity"]))  # one query image per identity
     card = (tiny_dataset / "README.md").read_text()
-    assert "task_categories" in card and "synthetic" in card and "openrail++" in card and "Apache-2.0" in card
+    assert "task_categories" in card and "synthetic" in card and "license: apache-2.0" in card
     assert (tiny_dataset / "preview.png").is_file()
 
 

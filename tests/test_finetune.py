@@ -74,8 +74,10 @@ def test_finetune_writes_an_up_blocks_lora_that_stock_diffusers_loads(tiny_capti
     assert pipe.get_list_adapters()["unet"]
     card = (out / "README.md").read_text()
     assert (
-        "base_model: tiny:sdxl" in card and "rank 4" in card and "tiny:blip2" in card and "6 unlabeled images" in card
+        "template:sd-lora" in card and "rank 4" in card and "tiny:blip2" in card and "6 unlabeled images" in card
     )
+    header = card.split("---")[1]
+    assert "base_model" not in header  # a local random model: nothing on the Hub to link
     assert (out / "validation.png").is_file()
     assert "black or non-finite images: 0" in card
 

@@ -329,7 +329,7 @@ def finetune(config: FinetuneConfig) -> Path:
     data = read_training_set(config)
     job = open_training_output(config.output_dir, "finetune", job_components(config), overwrite=config.overwrite,
                                accelerator=accelerator, owned=[LORA_FILE, "pytorch_lora_weights_kohya.safetensors",
-                               "README.md", "validation.png", "training_stats.json", "training_curves.png", "config.yaml",
+                               "README.md", "card_context.json", "validation*.png", "training_stats.json", "training_curves.png", "config.yaml",
                                "plan.json"])  # fmt: skip
     out_dir = job.out_dir
     set_seed(config.seed)
@@ -488,6 +488,9 @@ def finetune(config: FinetuneConfig) -> Path:
         (out_dir / "training_stats.json").write_text(json.dumps(stats, indent=2))
         from training.checkpointing import plot_training_curves
 
+        from training.lora_files import KOHYA_LORA_FILE, save_kohya_lora
+
+        save_kohya_lora(out_dir / LORA_FILE, out_dir / KOHYA_LORA_FILE)  # for ComfyUI / AUTOMATIC1111
         plot_training_curves(history, out_dir / "training_curves.png", title=f"finetune: LoRA rank {config.rank}")
         validation = validate(config, out_dir, accelerator.device)
         write_card(config, out_dir, data, validation, steps=step, epochs=num_epochs, warmup=warmup,

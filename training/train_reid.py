@@ -235,7 +235,7 @@ def train_reid(config: TrainReIDConfig) -> Path:
     job = open_training_output(config.output_dir, "train-reid", job_components(config), overwrite=config.overwrite,
                                accelerator=accelerator, owned=["model.safetensors", "config.json", "README.md",
                                "metrics.json", "training_stats.json", "training_curves.png", "config.yaml", "plan.json",
-                               "timm-backbone"])  # fmt: skip
+                               "reid_heads.safetensors", "card_context.json"])  # fmt: skip
     out_dir = job.out_dir
     set_seed(config.seed)
     num_classes = len({s.pid for s in samples})
