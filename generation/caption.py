@@ -158,7 +158,7 @@ def caption(config: CaptionConfig) -> Path:
     from PIL import UnidentifiedImageError
     from tqdm.auto import tqdm
 
-    from vehicle_diff.models import load_blip2
+    from vehicle_diff.models import load_blip2, torch_dtype
 
     source = ImageSource(config)
     selected = select_subset(len(source), fraction=config.fraction, num_images=config.num_images, seed=config.seed)
@@ -180,7 +180,7 @@ def caption(config: CaptionConfig) -> Path:
     def indices_of(batch_index: int) -> list[int]:
         return selected[batch_index * config.batch_size : (batch_index + 1) * config.batch_size]
 
-    dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[config.mixed_precision]
+    dtype = torch_dtype(config.mixed_precision)
     model = progress = None
     order = list(range(num_batches))
     for batch_index in job.batches(num_batches, indices_of, id_key="index", order=order[state.process_index :: state.num_processes] + order):

@@ -346,6 +346,8 @@ def filter_images(config: FilterConfig) -> Path:
     from accelerate import PartialState
     from tqdm.auto import tqdm
 
+    from vehicle_diff.models import torch_dtype
+
     table = read_generation_records(config.generated)
     unknown = sorted(set(table.column("color").to_pylist()) - set(config.colors))
     if unknown:
@@ -374,7 +376,7 @@ def filter_images(config: FilterConfig) -> Path:
         order = list(range(num_batches))
         for batch_index in job.batches(num_batches, ids_of, order=order[state.process_index :: state.num_processes] + order):
             if models is None:
-                dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[config.mixed_precision]
+                dtype = torch_dtype(config.mixed_precision)
                 detector = VehicleDetector(config.detector, imgsz=config.detector_imgsz, device=state.device,
                                            floor=config.detection_floor)  # fmt: skip
                 clip = ClipScorer(config.clip_model, device=state.device, dtype=dtype)

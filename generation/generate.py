@@ -13,10 +13,8 @@ one folder) claim the unfinished batches; a batch is finished when its record sh
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,12 +22,12 @@ from vehicle_diff.config import check_ranges, parse_config, save_config
 from vehicle_diff.errors import UserInputError
 from vehicle_diff.io import atomic_path, sha256_file
 from vehicle_diff.jobs import Job, check_output_path, duplicates, output_settings, write_plan
+from vehicle_diff.models import PRECISIONS
 
 from .prompts import TEMPLATES, build_prompt
 
 LIBRARY_COLUMNS = ("vehicle_id", "identity", "color", "year", "brand", "model", "body_style", "template_id", "prompt")
 IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
-DTYPES = {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}
 ATTRIBUTES = ("color", "year", "brand", "model", "body_style")
 SAFE_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # rough bytes per pixel of a 1024 px photo-like image, for the dry run's disk estimate
@@ -122,11 +120,9 @@ def lora_file(path: str) -> Path:
 
 def load_pipeline(model_id: str, *, revision: str | None, mixed_precision: str, device):
     """The base SDXL pipeline on `device` in the requested dtype, without progress bars."""
-    import torch
+    from vehicle_diff.models import load_sdxl_pipeline, torch_dtype
 
-    from vehicle_diff.models import load_sdxl_pipeline
-
-    pipe = load_sdxl_pipeline(model_id, revision=revision, torch_dtype=getattr(torch, DTYPES[mixed_precision]))
+    pipe = load_sdxl_pipeline(model_id, revision=revision, torch_dtype=torch_dtype(mixed_precision))
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
@@ -207,8 +203,8 @@ class GenerateConfig:
                 raise UserInputError(
                     f"--{name} must be a multiple of 8 (got {getattr(self, name)}): the VAE works on 8x8 patches"
                 )
-        if self.mixed_precision not in DTYPES:
-            raise UserInputError(f"--mixed_precision {self.mixed_precision!r}: use one of {list(DTYPES)}")
+        if self.mixed_precision not in PRECISIONS:
+            raise UserInputError(f"--mixed_precision {self.mixed_precision!r}: use one of {list(PRECISIONS)}")
         if self.image_format not in IMAGE_FORMATS:
             raise UserInputError(f"--image_format {self.image_format!r}: use one of {list(IMAGE_FORMATS)}")
         if not 1 <= self.image_quality <= 100:

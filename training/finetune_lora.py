@@ -318,7 +318,7 @@ def finetune(config: FinetuneConfig) -> Path:
     from tqdm.auto import tqdm
 
     from training.checkpointing import adapter_checkpoint_hooks, open_training_output, resume, save_checkpoint
-    from vehicle_diff.models import load_sdxl_pipeline
+    from vehicle_diff.models import load_sdxl_pipeline, torch_dtype
 
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
@@ -345,7 +345,7 @@ def finetune(config: FinetuneConfig) -> Path:
     noise_scheduler = DDPMScheduler.from_config(base.scheduler.config)
     if config.prediction_type:
         noise_scheduler.register_to_config(prediction_type=config.prediction_type)
-    weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[config.mixed_precision]
+    weight_dtype = torch_dtype(config.mixed_precision)
     for model in (unet, vae, *text_encoders):
         model.requires_grad_(False)
     unet.to(accelerator.device, dtype=weight_dtype)

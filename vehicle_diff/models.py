@@ -19,6 +19,15 @@ from pathlib import Path
 from .errors import UserInputError
 
 TINY_PREFIX = "tiny:"
+PRECISIONS = ("no", "fp16", "bf16")  # accelerate's --mixed_precision names
+
+
+def torch_dtype(mixed_precision: str):
+    """The torch dtype of accelerate's `--mixed_precision` name (`no` = float32)."""
+    import torch
+
+    return {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed_precision]
+
 SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
 # SDXL base 1.0's UNet (its published unet/config.json): full-size plans and meta-device checks need it offline.
 SDXL_UNET = {
