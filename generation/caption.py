@@ -144,7 +144,7 @@ def job_for(config: CaptionConfig, source: ImageSource | None = None, selected: 
         "settings": output_settings(config, ignore=("input_images", "input_dataset")),
         "images": len(source),
         "selected_images": source.digest(selected),
-        "caption_model_revision": resolved_revision(config.caption_model),
+        "caption_model_revision": resolved_revision(config.caption_model, flag="--caption_model"),
     }
     return Job(config.output_dir, "caption", components, overwrite=config.overwrite, shards=".shards",
                inputs=[config.input_images], owned=["train", "skipped.jsonl", "captions.json", "selection.json",

@@ -305,8 +305,8 @@ def job_for(config: FilterConfig, table=None) -> Job:
     components = {
         "settings": {name: getattr(config, name) for name in SCORING_SETTINGS},
         "generated_images": input_digest(table, Path(config.generated)),
-        "detector_revision": resolved_revision(config.detector),
-        "clip_revision": resolved_revision(config.clip_model),
+        "detector_revision": resolved_revision(config.detector, flag="--detector"),
+        "clip_revision": resolved_revision(config.clip_model, flag="--clip_model"),
     }
     return Job(config.output_dir, "filter", components, overwrite=config.overwrite, inputs=[config.generated],
                shards="scores", result_settings=output_settings(config, ignore=("generated", "rescore_only")),

@@ -223,7 +223,7 @@ def job_components(config: GenerateConfig, lora: Path | None) -> dict:
         "settings": output_settings(config, ignore=("prompts", "lora_weights")),
         "prompt_library_sha256": sha256_file(prompt_library_file(config.prompts)),
         "lora_sha256": sha256_file(lora) if lora else None,
-        "base_model_revision": resolved_revision(config.pretrained_model_name_or_path, config.revision),
+        "base_model_revision": resolved_revision(config.pretrained_model_name_or_path, config.revision, "--pretrained_model_name_or_path"),
     }
 
 

@@ -139,7 +139,7 @@ def test_run_killed_mid_generate_then_rerun_equals_an_uninterrupted_run(demo_run
 
 
 def test_run_after_a_settings_change_refuses_then_redoes_what_changed(demo_run, capfd):
-    change = ["--preset", "tiny", "--output_dir", str(demo_run), "--no_verify_mirror",
+    change = ["--preset", "tiny", "--output_dir", str(demo_run), "--no_verify_mirror", "--version", "v1.1",
               "--override", "generate.images_per_identity=2"]  # fmt: skip
     with pytest.raises(SystemExit) as refused:
         main(change)

@@ -248,7 +248,7 @@ def job_components(config: FinetuneConfig) -> dict:
     return {
         "settings": output_settings(config, ignore=("train_data_dir", "checkpointing_steps", "checkpoints_total_limit")),
         "training_data": folder_digest(Path(config.train_data_dir)),
-        "base_model_revision": resolved_revision(config.pretrained_model_name_or_path, config.revision),
+        "base_model_revision": resolved_revision(config.pretrained_model_name_or_path, config.revision, "--pretrained_model_name_or_path"),
     }
 
 

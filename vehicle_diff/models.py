@@ -258,7 +258,18 @@ def cached_commit(repo_id: str, revision: str | None, repo_type: str = "model") 
     return ref.read_text().strip() if ref.is_file() else None
 
 
-def resolved_revision(model_id: str, revision: str | None = None) -> str:
+def resolved_revision(model_id: str, revision: str | None = None, flag: str | None = None) -> str:
+    """Exactly which weights `model_id` (at `revision`) meant, to record beside the outputs (see
+    `_resolved_revision`); with `flag`, an error names the flag it came from."""
+    try:
+        return _resolved_revision(model_id, revision)
+    except UserInputError as error:
+        if flag is None:
+            raise
+        raise UserInputError(f"{flag} {model_id!r}: {error}; or pass a local folder or file with {flag}") from None
+
+
+def _resolved_revision(model_id: str, revision: str | None = None) -> str:
     """Exactly which weights `model_id` (at `revision`) meant, to record beside the outputs: the commit sha of a
     Hub repo (from the local HF cache; from the Hub when online and not cached), or `sha256:HEX` of the content
     of a local folder or file and of a `tiny:` model (which has no commit)."""
