@@ -27,29 +27,31 @@ def features_for(colors: list[str]) -> datasets.Features:
     """The schema (declared once; `colors` sets the color label names, VeRi-776's by default). Column names
     are the records' names (design §4)."""
     color = datasets.ClassLabel(names=list(colors))
-    return datasets.Features({
-        "image": datasets.Image(),
-        "image_id": datasets.Value("string"),
-        "vehicle_id": datasets.Value("int32"),  # contiguous over the identities of this dataset
-        "identity": datasets.Value("string"),
-        "camera": datasets.Value("int32"),
-        "color": color,
-        "body_style": datasets.ClassLabel(names=list(BODY_STYLES)),
-        "brand": datasets.Value("string"),
-        "model": datasets.Value("string"),
-        "year": datasets.Value("int32"),
-        "prompt": datasets.Value("string"),
-        "template_id": datasets.Value("string"),
-        "seed": datasets.Value("int64"),
-        "det_box": datasets.Sequence(datasets.Value("float32"), length=4),
-        "det_class": datasets.Value("int32"),
-        "det_confidence": datasets.Value("float32"),
-        "color_similarities": datasets.Sequence(datasets.Value("float32")),  # in the order of `color`'s names
-        "predicted_color": color,
-        "base_model": datasets.Value("string"),
-        "base_model_revision": datasets.Value("string"),
-        "lora_sha256": datasets.Value("string"),
-    })  # fmt: skip
+    return datasets.Features(
+        {
+            "image": datasets.Image(),
+            "image_id": datasets.Value("string"),
+            "vehicle_id": datasets.Value("int32"),  # contiguous over the identities of this dataset
+            "identity": datasets.Value("string"),
+            "camera": datasets.Value("int32"),
+            "color": color,
+            "body_style": datasets.ClassLabel(names=list(BODY_STYLES)),
+            "brand": datasets.Value("string"),
+            "model": datasets.Value("string"),
+            "year": datasets.Value("int32"),
+            "prompt": datasets.Value("string"),
+            "template_id": datasets.Value("string"),
+            "seed": datasets.Value("int64"),
+            "det_box": datasets.Sequence(datasets.Value("float32"), length=4),
+            "det_class": datasets.Value("int32"),
+            "det_confidence": datasets.Value("float32"),
+            "color_similarities": datasets.Sequence(datasets.Value("float32")),  # in the order of `color`'s names
+            "predicted_color": color,
+            "base_model": datasets.Value("string"),
+            "base_model_revision": datasets.Value("string"),
+            "lora_sha256": datasets.Value("string"),
+        }
+    )
 
 
 FEATURES = features_for(VERI776_COLORS)
@@ -139,8 +141,15 @@ def read_kept_records(filtered: Path) -> list[dict]:
     return kept
 
 
-def build(filtered: str | Path, *, colors: list[str] | None = None, eval_fraction: float = 0.0, seed: int = 0,
-          skip_unreadable: bool = False, cache_dir: str | None = None) -> tuple[datasets.DatasetDict, list[str]]:  # fmt: skip
+def build(
+    filtered: str | Path,
+    *,
+    colors: list[str] | None = None,
+    eval_fraction: float = 0.0,
+    seed: int = 0,
+    skip_unreadable: bool = False,
+    cache_dir: str | None = None,
+) -> tuple[datasets.DatasetDict, list[str]]:
     """The dataset of the filter's kept crops: `train`, and `query` / `gallery` over a held-out share of the
     identities (one query image each) when `eval_fraction` > 0. Rows stream through `Dataset.from_generator`
     (written to the datasets cache), so memory does not grow with the image count. Returns the problems skipped."""
@@ -164,13 +173,23 @@ def build(filtered: str | Path, *, colors: list[str] | None = None, eval_fractio
         splits["query"] = [r for r in records if first.get(r["identity"]) == r["image_id"]]
         splits["gallery"] = [r for r in records if r["identity"] in held_out and first[r["identity"]] != r["image_id"]]
     features = features_for(colors)
-    dataset = datasets.DatasetDict({
-        name: datasets.Dataset.from_generator(  # tuples: datasets would try to shard list arguments
-            _rows, features=features, cache_dir=cache_dir,
-            gen_kwargs={"records": tuple(rows), "crops_root": filtered, "colors": tuple(colors), "vehicle_ids": vehicle_ids},
-        )
-        for name, rows in splits.items() if rows
-    })  # fmt: skip
+    dataset = datasets.DatasetDict(
+        {
+            name: datasets.Dataset.from_generator(  # tuples: datasets would try to shard list arguments
+                _rows,
+                features=features,
+                cache_dir=cache_dir,
+                gen_kwargs={
+                    "records": tuple(rows),
+                    "crops_root": filtered,
+                    "colors": tuple(colors),
+                    "vehicle_ids": vehicle_ids,
+                },
+            )
+            for name, rows in splits.items()
+            if rows
+        }
+    )
     return dataset, problems
 
 
@@ -200,8 +219,13 @@ def parse_size(size: str | int) -> int:
     raise UserInputError(f"--max_shard_size {size!r}: use a size like 500MB or 2GB")
 
 
-def export(dataset: datasets.DatasetDict, out_dir: str | Path, *, card_context: dict | None = None,
-           max_shard_size: str | int = "500MB") -> Path:  # fmt: skip
+def export(
+    dataset: datasets.DatasetDict,
+    out_dir: str | Path,
+    *,
+    card_context: dict | None = None,
+    max_shard_size: str | int = "500MB",
+) -> Path:
     """Write Parquet shards `data/{split}-NNNNN-of-NNNNN.parquet` (cut by bytes; row groups as `datasets` writes
     them for images), a preview grid and the README card into `out_dir` (a staging folder: see `main`)."""
     from tqdm.auto import tqdm
@@ -243,8 +267,11 @@ def dataset_statistics(dataset: datasets.DatasetDict) -> dict:
     stats["brand"] = dict(Counter(train["brand"]).most_common(15))
     per_identity = Counter(train["vehicle_id"])
     stats["identities"] = {split: len(set(table["vehicle_id"])) for split, table in dataset.items()}
-    stats["images_per_identity"] = {"min": min(per_identity.values()), "max": max(per_identity.values()),
-                                    "mean": round(len(train) / len(per_identity), 2)}  # fmt: skip
+    stats["images_per_identity"] = {
+        "min": min(per_identity.values()),
+        "max": max(per_identity.values()),
+        "mean": round(len(train) / len(per_identity), 2),
+    }
     return stats
 
 
@@ -342,7 +369,13 @@ def export_dataset(config: ExportConfig) -> Path:
     """Build the dataset in a staging folder beside the output and swap it in whole: the output folder is an
     earlier export of this package or new; anything else is refused before any work."""
     from vehicle_diff.config import save_config
-    from vehicle_diff.jobs import check_output_path, done_fingerprint, is_complete, refuse_foreign_folder, replace_folder
+    from vehicle_diff.jobs import (
+        check_output_path,
+        done_fingerprint,
+        is_complete,
+        refuse_foreign_folder,
+        replace_folder,
+    )
 
     filtered = Path(config.filtered)
     out = check_output_path(config.output_dir, inputs=[filtered])
@@ -362,25 +395,34 @@ def export_dataset(config: ExportConfig) -> Path:
 
     def build_into(staging: Path) -> dict:
         cache = staging / ".build-cache"
-        dataset, problems = build(filtered, colors=config.colors, eval_fraction=config.eval_fraction, seed=config.seed,
-                                  skip_unreadable=config.skip_unreadable, cache_dir=str(cache))  # fmt: skip
+        dataset, problems = build(
+            filtered,
+            colors=config.colors,
+            eval_fraction=config.eval_fraction,
+            seed=config.seed,
+            skip_unreadable=config.skip_unreadable,
+            cache_dir=str(cache),
+        )
         export(dataset, staging, card_context=card_context(filtered), max_shard_size=config.max_shard_size)
         save_config(config, staging / "export_config.yaml", stage="export")
         if problems:
             (staging / "skipped.txt").write_text("\n".join(problems) + "\n")
         if config.veri_dir:
-            replace_folder(config.veri_dir, "export-veri", components,
-                           lambda veri_staging: export_veri(dataset, veri_staging, id_offset=config.veri_id_offset) and None,
-                           inputs=[filtered], flag="--veri_dir")  # fmt: skip
+
+            def build_veri(veri_staging: Path) -> None:
+                export_veri(dataset, veri_staging, id_offset=config.veri_id_offset)
+
+            replace_folder(config.veri_dir, "export-veri", components, build_veri, inputs=[filtered], flag="--veri_dir")
         result.update(splits={split: len(table) for split, table in dataset.items()}, skipped=len(problems))
-        del dataset
-        shutil.rmtree(cache, ignore_errors=True)
+        shutil.rmtree(cache, ignore_errors=True)  # the staging's Arrow cache; the open memory maps stay valid
         return result
 
     replace_folder(out, "export", components, build_into, inputs=[filtered])
     splits = ", ".join(f"{split} {count}" for split, count in result["splits"].items())
-    print(f"Dataset: {out} ({splits}). Load it with datasets.load_dataset({str(out)!r})."
-          + (f" Skipped {result['skipped']} unreadable crops, listed in skipped.txt." if result["skipped"] else ""))  # fmt: skip
+    print(
+        f"Dataset: {out} ({splits}). Load it with datasets.load_dataset({str(out)!r})."
+        + (f" Skipped {result['skipped']} unreadable crops, listed in skipped.txt." if result["skipped"] else "")
+    )
     if config.veri_dir:
         print(f"VeRi-style copy: {Path(config.veri_dir).resolve()}")
     return out
@@ -417,8 +459,11 @@ def card_context(filtered: Path) -> dict:
     prompts_dir = Path(generation_config.get("prompts") or filtered / "missing")
     prompts_config, prompts_summary = read_config(prompts_dir), read_json(prompts_dir / "summary.json")
     columns = ("base_model", "base_model_revision", "lora_sha256", "scheduler")
-    records = pq.read_table(filtered / "records.parquet", columns=list(columns)).to_pylist()[:1] if (
-        filtered / "records.parquet").is_file() else []  # fmt: skip
+    records = (
+        pq.read_table(filtered / "records.parquet", columns=list(columns)).to_pylist()[:1]
+        if (filtered / "records.parquet").is_file()
+        else []
+    )
     first = records[0] if records else {}
     catalog = prompts_config.get("catalog")
     generation = {}
@@ -430,19 +475,38 @@ def card_context(filtered: Path) -> dict:
             "lora": {"file": Path(lora).name, "sha256": first.get("lora_sha256") or ""} if lora else None,
             "scheduler": first.get("scheduler") or "the base model's scheduler",
             "template_id": prompts_config.get("template_id"),
-            **{key: generation_config.get(key) for key in ("num_inference_steps", "guidance_scale", "width", "height",
-                                                           "images_per_identity", "seed", "mixed_precision")},
-        }  # fmt: skip
+            **{
+                key: generation_config.get(key)
+                for key in (
+                    "num_inference_steps",
+                    "guidance_scale",
+                    "width",
+                    "height",
+                    "images_per_identity",
+                    "seed",
+                    "mixed_precision",
+                )
+            },
+        }
     filter_facts = {}
     if filter_config:
         filter_facts = {
             "detector": model_ref(filter_config.get("detector")),
             "clip_model": model_ref(filter_config.get("clip_model")),
-            **{key: filter_config.get(key) for key in ("detector_imgsz", "detection_confidence", "min_box_side",
-                                                       "reference_side", "color_check", "color_prompt",
-                                                       "near_duplicate_threshold")},
+            **{
+                key: filter_config.get(key)
+                for key in (
+                    "detector_imgsz",
+                    "detection_confidence",
+                    "min_box_side",
+                    "reference_side",
+                    "color_check",
+                    "color_prompt",
+                    "near_duplicate_threshold",
+                )
+            },
             **{key: summary.get(key) for key in ("images", "kept", "pass_rate", "per_reason")},
-        }  # fmt: skip
+        }
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent

@@ -25,13 +25,31 @@ def fake_filter_output(root: Path, count: int, per_identity: int = 20) -> Path:
         image = Image.new("RGB", (256, 256), tuple(int(v) for v in rng.integers(0, 255, 3)))
         ImageDraw.Draw(image).rectangle([40, 100, 220, 200], fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
         image.save(root / crop_file)
-        records.append({
-            "image_id": f"{identity}-{sample:04d}", "identity": identity, "vehicle_id": index // per_identity, "kept": True,
-            "crop_file": crop_file, "color": "red", "body_style": "sedan", "brand": "Brand", "model": "Model", "year": 2000,
-            "prompt": "a red car", "template_id": "paper", "seed": index, "det_box": [0.0, 0.0, 256.0, 256.0], "det_class": 2,
-            "det_confidence": 0.9, "color_similarities": {"red": 0.3}, "predicted_color": "red", "base_model": "m",
-            "base_model_revision": None, "lora_sha256": None,
-        })  # fmt: skip
+        records.append(
+            {
+                "image_id": f"{identity}-{sample:04d}",
+                "identity": identity,
+                "vehicle_id": index // per_identity,
+                "kept": True,
+                "crop_file": crop_file,
+                "color": "red",
+                "body_style": "sedan",
+                "brand": "Brand",
+                "model": "Model",
+                "year": 2000,
+                "prompt": "a red car",
+                "template_id": "paper",
+                "seed": index,
+                "det_box": [0.0, 0.0, 256.0, 256.0],
+                "det_class": 2,
+                "det_confidence": 0.9,
+                "color_similarities": {"red": 0.3},
+                "predicted_color": "red",
+                "base_model": "m",
+                "base_model_revision": None,
+                "lora_sha256": None,
+            }
+        )
     pq.write_table(pa.Table.from_pylist(records), root / "records.parquet")
     return root
 
@@ -55,8 +73,15 @@ def run():
             pa.table({"image": [p.read_bytes() for p in crops], "name": [p.name for p in crops]}), f"{tmp}/raw.parquet"
         )
         raw_s = time.perf_counter() - started
-        rows.append(row("export 20,000 crops of 256 px (build + Parquet + card)", f"{20_000 / export_s:.0f} img/s",
-                        f"{20_000 / raw_s:.0f} img/s (bytes -> one Parquet with pyarrow)", raw_s / export_s, "reported"))  # fmt: skip
+        rows.append(
+            row(
+                "export 20,000 crops of 256 px (build + Parquet + card)",
+                f"{20_000 / export_s:.0f} img/s",
+                f"{20_000 / raw_s:.0f} img/s (bytes -> one Parquet with pyarrow)",
+                raw_s / export_s,
+                "reported",
+            )
+        )
         args = ["--preset", "tiny", "--eval_fraction", "0"]
         small_rss = peak_rss_of_module(
             "vehicle_diff_dataset", [*args, "--filtered", str(small), "--output_dir", f"{tmp}/rss2k"]

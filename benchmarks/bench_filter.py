@@ -16,14 +16,32 @@ def run():
         args = ["-m", "generation.filter", "--preset", "tiny", "--generated", str(small)]
         batched_s = run_child([*args, "--batch_size", "32", "--output_dir", f"{tmp}/f32"])
         single_s = run_child([*args, "--batch_size", "1", "--output_dir", f"{tmp}/f1"])
-        rows.append(row("filter, tiny, 1,000 images: batch 32 vs batch 1 (whole command)", f"{1000 / batched_s:.0f} img/s",
-                        f"{1000 / single_s:.0f} img/s (batch 1)", single_s / batched_s, "> 1 (speed-up)"))  # fmt: skip
-        small_rss = peak_rss_of_module("generation.filter", ["--preset", "tiny", "--generated", str(small), "--batch_size", "32",
-                                                              "--output_dir", f"{tmp}/rss1k"])  # fmt: skip
+        rows.append(
+            row(
+                "filter, tiny, 1,000 images: batch 32 vs batch 1 (whole command)",
+                f"{1000 / batched_s:.0f} img/s",
+                f"{1000 / single_s:.0f} img/s (batch 1)",
+                single_s / batched_s,
+                "> 1 (speed-up)",
+            )
+        )
+        small_rss = peak_rss_of_module(
+            "generation.filter",
+            ["--preset", "tiny", "--generated", str(small), "--batch_size", "32", "--output_dir", f"{tmp}/rss1k"],
+        )
         large = fake_generation(Path(tmp) / "gen10k", 10_000)
-        large_rss = peak_rss_of_module("generation.filter", ["--preset", "tiny", "--generated", str(large), "--batch_size", "32",
-                                                              "--output_dir", f"{tmp}/f10k"])  # fmt: skip
+        large_rss = peak_rss_of_module(
+            "generation.filter",
+            ["--preset", "tiny", "--generated", str(large), "--batch_size", "32", "--output_dir", f"{tmp}/f10k"],
+        )
         kept = json.loads((Path(tmp) / "f10k" / "summary.json").read_text())["images"]
-        rows.append(row(f"filter peak RSS, {kept:,} images vs 1,000", f"{large_rss:.0f} MiB", f"{small_rss:.0f} MiB (1,000 images)",
-                        large_rss / small_rss, "~1 (bounded)"))  # fmt: skip
+        rows.append(
+            row(
+                f"filter peak RSS, {kept:,} images vs 1,000",
+                f"{large_rss:.0f} MiB",
+                f"{small_rss:.0f} MiB (1,000 images)",
+                large_rss / small_rss,
+                "~1 (bounded)",
+            )
+        )
     return rows

@@ -98,19 +98,45 @@ def run():
         )
         bare_loop(captions, 4)  # warm-up
         bare = bare_loop(captions, STEPS)
-        out = finetune(["--preset", "tiny", "--train_data_dir", str(captions), "--max_train_steps", str(STEPS),
-                        "--checkpointing_steps", str(STEPS), "--output_dir", f"{tmp}/lora"])  # fmt: skip
+        out = finetune(
+            [
+                "--preset",
+                "tiny",
+                "--train_data_dir",
+                str(captions),
+                "--max_train_steps",
+                str(STEPS),
+                "--checkpointing_steps",
+                str(STEPS),
+                "--output_dir",
+                f"{tmp}/lora",
+            ]
+        )
         stats = json.loads((out / "training_stats.json").read_text())
         checkpoint = sum(f.stat().st_size for f in (out / f"checkpoint-{STEPS}").rglob("*") if f.is_file())
         lora = (out / "pytorch_lora_weights.safetensors").stat().st_size
     sdxl_lora, sdxl_checkpoint = sdxl_sizes()
     return [
-        row("finetune checkpoint size / LoRA file size, tiny (measured)", f"{checkpoint / 1e3:,.0f} kB",
-            f"{lora / 1e3:,.0f} kB (LoRA file)", checkpoint / lora, "<= 5"),
-        row("finetune checkpoint size / LoRA file size, SDXL rank 4 up blocks (parameters counted on the meta device)",
-            f"{sdxl_checkpoint / 1e6:,.1f} MB", f"{sdxl_lora / 1e6:,.1f} MB (LoRA file)", sdxl_checkpoint / sdxl_lora,
-            "<= 5 (whole UNet: 10,270 MB)"),
-        row(f"finetune, tiny, {STEPS} steps of batch 1 at 64px", f"{stats['images_per_second']:.1f} img/s",
-            f"{bare:.1f} img/s (bare loop)", stats["images_per_second"] / bare, ">= 0.9"),
+        row(
+            "finetune checkpoint size / LoRA file size, tiny (measured)",
+            f"{checkpoint / 1e3:,.0f} kB",
+            f"{lora / 1e3:,.0f} kB (LoRA file)",
+            checkpoint / lora,
+            "<= 5",
+        ),
+        row(
+            "finetune checkpoint size / LoRA file size, SDXL rank 4 up blocks (parameters counted on the meta device)",
+            f"{sdxl_checkpoint / 1e6:,.1f} MB",
+            f"{sdxl_lora / 1e6:,.1f} MB (LoRA file)",
+            sdxl_checkpoint / sdxl_lora,
+            "<= 5 (whole UNet: 10,270 MB)",
+        ),
+        row(
+            f"finetune, tiny, {STEPS} steps of batch 1 at 64px",
+            f"{stats['images_per_second']:.1f} img/s",
+            f"{bare:.1f} img/s (bare loop)",
+            stats["images_per_second"] / bare,
+            ">= 0.9",
+        ),
         row("finetune peak RSS (whole stage, tiny)", f"{stats['peak_rss_mib']:.0f} MiB", "-", 1.0, "reported"),
-    ]  # fmt: skip
+    ]

@@ -27,8 +27,15 @@ def run():
             library = read_prompt_library(str(prompts))
             for batch in range(-(-total // config.batch_size)):
                 requests = batch_requests(library, PER_IDENTITY, batch, config.batch_size, config.seed, [])
-                render(pipe, [r["prompt"] for r in requests], [r["seed"] for r in requests], num_inference_steps=config.num_inference_steps,
-                       guidance_scale=config.guidance_scale, height=config.height, width=config.width)  # fmt: skip
+                render(
+                    pipe,
+                    [r["prompt"] for r in requests],
+                    [r["seed"] for r in requests],
+                    num_inference_steps=config.num_inference_steps,
+                    guidance_scale=config.guidance_scale,
+                    height=config.height,
+                    width=config.width,
+                )
 
         stage_args = ["--preset", "tiny", "--prompts", str(prompts), "--images_per_identity", str(PER_IDENTITY)]
 
@@ -45,8 +52,15 @@ def run():
             stage_run(index)
             stage_s.append(time.perf_counter() - started)
         bare, stage = total / min(bare_s), total / min(stage_s)
-        rows.append(row(f"generate, tiny, {total} images 64px (load + render + write)", f"{stage:.1f} img/s",
-                        f"{bare:.1f} img/s (bare pipe calls)", stage / bare, ">= 0.9"))  # fmt: skip
+        rows.append(
+            row(
+                f"generate, tiny, {total} images 64px (load + render + write)",
+                f"{stage:.1f} img/s",
+                f"{bare:.1f} img/s (bare pipe calls)",
+                stage / bare,
+                ">= 0.9",
+            )
+        )
 
         args = ["-m", "generation.generate", *stage_args]
         one_s = run_child([*args, "--output_dir", f"{tmp}/one"])
@@ -62,6 +76,13 @@ def run():
                 f"{tmp}/two",
             ]
         )
-        rows.append(row(f"generate, 2 CPU processes vs 1 ({total} images, whole command)", f"{two_s:.1f} s",
-                        f"{one_s:.1f} s (1 process)", one_s / two_s, "speed-up, reported"))  # fmt: skip
+        rows.append(
+            row(
+                f"generate, 2 CPU processes vs 1 ({total} images, whole command)",
+                f"{two_s:.1f} s",
+                f"{one_s:.1f} s (1 process)",
+                one_s / two_s,
+                "speed-up, reported",
+            )
+        )
     return rows

@@ -20,8 +20,12 @@ def unet_inputs(config: dict, batch: int, resolution: int, device, dtype):
     pooled = config["projection_class_embeddings_input_dim"] - 6 * config["addition_time_embed_dim"]
     latents = torch.randn(batch, 4, resolution // 8, resolution // 8, device=device, dtype=dtype)
     text = torch.randn(batch, 77, config["cross_attention_dim"], device=device, dtype=dtype)
-    conditioning = {"text_embeds": torch.randn(batch, pooled, device=device, dtype=dtype),
-                    "time_ids": torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]] * batch, device=device, dtype=dtype)}  # fmt: skip
+    conditioning = {
+        "text_embeds": torch.randn(batch, pooled, device=device, dtype=dtype),
+        "time_ids": torch.tensor(
+            [[resolution, resolution, 0, 0, resolution, resolution]] * batch, device=device, dtype=dtype
+        ),
+    }
     return latents, text, conditioning
 
 
@@ -144,13 +148,27 @@ def run():
                 dtype=torch.bfloat16,
                 gradient_checkpointing=checkpointing,
             )
-            rows.append(row(f"[GPU {name}] SDXL UNet LoRA step, 1024^2, bf16, batch {batch}, checkpointing {checkpointing}",
-                            f"{result['s_per_step']:.3f} s/step", f"{result['peak_gib']:.1f} GiB peak", 1.0, "reported"))  # fmt: skip
+            rows.append(
+                row(
+                    f"[GPU {name}] SDXL UNet LoRA step, 1024^2, bf16, batch {batch}, checkpointing {checkpointing}",
+                    f"{result['s_per_step']:.3f} s/step",
+                    f"{result['peak_gib']:.1f} GiB peak",
+                    1.0,
+                    "reported",
+                )
+            )
     for batch in (1, 4, 8):
         result = cfg_sampling(SDXL_UNET, batch=batch, resolution=1024, device="cuda", dtype=torch.bfloat16)
         ratio = result["achieved_tflops"] / peak if peak else float("nan")
-        rows.append(row(f"[GPU {name}] SDXL UNet 50 steps CFG 8, 1024^2, bf16, batch {batch}", f"{result['images_per_s']:.3f} img/s",
-                        f"{result['achieved_tflops']:.0f} TFLOP/s of {peak} peak", ratio, "reported"))  # fmt: skip
+        rows.append(
+            row(
+                f"[GPU {name}] SDXL UNet 50 steps CFG 8, 1024^2, bf16, batch {batch}",
+                f"{result['images_per_s']:.3f} img/s",
+                f"{result['achieved_tflops']:.0f} TFLOP/s of {peak} peak",
+                ratio,
+                "reported",
+            )
+        )
     for batch in (16, 32):
         result = filter_models(batch=batch, device="cuda")
         rows.append(

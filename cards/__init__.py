@@ -20,16 +20,22 @@ SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
 # Base models whose license the generated images and LoRAs inherit: Hub id -> (card license id, name, link)
 BASE_MODEL_LICENSES = {
     SDXL_BASE: ("openrail++", "CreativeML Open RAIL++-M", f"https://huggingface.co/{SDXL_BASE}/blob/main/LICENSE.md"),
-    "stabilityai/stable-diffusion-xl-base-0.9": ("other", "SDXL 0.9 research license",
-                                                 "https://huggingface.co/stabilityai/stable-diffusion-xl-base-0.9"),
-}  # fmt: skip
+    "stabilityai/stable-diffusion-xl-base-0.9": (
+        "other",
+        "SDXL 0.9 research license",
+        "https://huggingface.co/stabilityai/stable-diffusion-xl-base-0.9",
+    ),
+}
 # Real re-ID datasets (the `--real_data` kinds): name, terms, where the terms are
 REAL_DATASETS = {
     "veri776": ("VeRi-776", "research use only, no redistribution", "https://vehiclereid.github.io/VeRi/"),
-    "cityflow": ("CityFlowV2", "AI City Challenge data license: non-commercial research only",
-                 "https://www.aicitychallenge.org/"),
+    "cityflow": (
+        "CityFlowV2",
+        "AI City Challenge data license: non-commercial research only",
+        "https://www.aicitychallenge.org/",
+    ),
     "vehicleid": ("VehicleID", "research use only", "https://www.pkuml.org/resources/pku-vehicleid.html"),
-}  # fmt: skip
+}
 CITATION = """@article{jin2024vehiclediff,
   title  = {Coarse-to-Fine Cross-modality Generation for Enhancing Vehicle Re-Identification with High-Fidelity Synthetic Data},
   author = {Jin, Leyang and Ji, Wei and Chua, Tat-Seng and Zheng, Zhedong},
@@ -90,8 +96,13 @@ def dataset_info(dataset, data_dir: Path) -> dict:
         splits.add(SplitInfo(name=name, num_bytes=table.data.nbytes, num_examples=len(table)))
     parquet = sum(path.stat().st_size for path in Path(data_dir).glob("*.parquet"))
     arrow = sum(split.num_bytes for split in splits.values())
-    info = DatasetInfo(features=next(iter(dataset.values())).features, splits=splits, download_size=parquet,
-                       dataset_size=arrow, size_in_bytes=parquet + arrow)  # fmt: skip
+    info = DatasetInfo(
+        features=next(iter(dataset.values())).features,
+        splits=splits,
+        download_size=parquet,
+        dataset_size=arrow,
+        size_in_bytes=parquet + arrow,
+    )
     card_data = DatasetCardData()
     DatasetInfosDict({"default": info}).to_dataset_card_data(card_data)
     return card_data["dataset_info"]
@@ -107,8 +118,15 @@ def base_model_license(base: dict) -> dict:
         return {"license": "apache-2.0"}  # random weights made by this package: its own license
     if base["hub"] and base["name"] in BASE_MODEL_LICENSES:
         license_id, name, link = BASE_MODEL_LICENSES[base["name"]]
-        return {"license": license_id} if license_id != "other" else {"license": "other", "license_name": re.sub(
-            r"[^a-z0-9]+", "-", name.lower()).strip("-"), "license_link": link}  # fmt: skip
+        return (
+            {"license": license_id}
+            if license_id != "other"
+            else {
+                "license": "other",
+                "license_name": re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-"),
+                "license_link": link,
+            }
+        )
     link = f"https://huggingface.co/{base['name']}" if base["hub"] else None
     return {"license": "other", "license_name": "base-model-license", **({"license_link": link} if link else {})}
 
@@ -132,14 +150,21 @@ def render_dataset_card(context: dict, *, repo_id: str | None = None, revision: 
         task_categories=["image-classification", "image-feature-extraction"],
         tags=["synthetic", "vehicle-re-identification", "re-identification", "vehicle-diff"]
         + (["stable-diffusion-xl"] if base["hub"] and "xl" in base["name"] else []),
-        configs=[{"config_name": "default", "data_files": [{"split": s, "path": f"data/{s}-*"} for s in context["splits"]]}],
+        configs=[
+            {"config_name": "default", "data_files": [{"split": s, "path": f"data/{s}-*"} for s in context["splits"]]}
+        ],
         dataset_info=context.get("dataset_info"),
-    )  # fmt: skip
+    )
     return DatasetCard.from_template(
-        card_data, template_path=_template("dataset_card.md"), repo_id=repo_id, revision=revision,
-        base=base, base_license=BASE_MODEL_LICENSES.get(base["name"]) if base["hub"] else None, citation=CITATION,
+        card_data,
+        template_path=_template("dataset_card.md"),
+        repo_id=repo_id,
+        revision=revision,
+        base=base,
+        base_license=BASE_MODEL_LICENSES.get(base["name"]) if base["hub"] else None,
+        citation=CITATION,
         **context,
-    )  # fmt: skip
+    )
 
 
 def render_lora_card(context: dict, *, repo_id: str | None = None, revision: str | None = None):
@@ -156,15 +181,37 @@ def render_lora_card(context: dict, *, repo_id: str | None = None, revision: str
         instance_prompt=context.get("instance_prompt") or None,
         widget=widget or None,
         datasets=context.get("datasets") or None,
-        tags=["text-to-image", "diffusers-training", "diffusers", "lora", "template:sd-lora", "stable-diffusion-xl",
-              "stable-diffusion-xl-diffusers", "vehicle-re-identification", "vehicle-diff"],
-    )  # fmt: skip
+        tags=[
+            "text-to-image",
+            "diffusers-training",
+            "diffusers",
+            "lora",
+            "template:sd-lora",
+            "stable-diffusion-xl",
+            "stable-diffusion-xl-diffusers",
+            "vehicle-re-identification",
+            "vehicle-diff",
+        ],
+    )
     known = BASE_MODEL_LICENSES.get(base["name"]) if base["hub"] else None
-    license_note = (f"Derived from {base['name']}, released under the [{known[1]}]({known[2]}) license: its use-based "
-                    "restrictions apply to these weights and to what they generate.") if known else None  # fmt: skip
-    return ModelCard.from_template(card_data, template_path=_template("lora_card.md"), repo_id=repo_id,
-                                   revision=revision, base=base, license_note=license_note, citation=CITATION,
-                                   **context)  # fmt: skip
+    license_note = (
+        (
+            f"Derived from {base['name']}, released under the [{known[1]}]({known[2]}) license: its use-based "
+            "restrictions apply to these weights and to what they generate."
+        )
+        if known
+        else None
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_path=_template("lora_card.md"),
+        repo_id=repo_id,
+        revision=revision,
+        base=base,
+        license_note=license_note,
+        citation=CITATION,
+        **context,
+    )
 
 
 def reid_license(real: list[dict], synthetic: dict | None) -> dict:
@@ -183,8 +230,14 @@ def reid_license(real: list[dict], synthetic: dict | None) -> dict:
     return {"license": "apache-2.0"}
 
 
-def render_reid_card(context: dict, *, repo_id: str | None = None, revision: str | None = None,
-                     dataset_repo: str | None = None, dataset_revision: str | None = None):  # fmt: skip
+def render_reid_card(
+    context: dict,
+    *,
+    repo_id: str | None = None,
+    revision: str | None = None,
+    dataset_repo: str | None = None,
+    dataset_revision: str | None = None,
+):
     """The re-ID card: `base_model` the timm Hub id of the starting weights, the training data's license, and a
     model-index whose dataset is named by Hub id, split and revision. `dataset_repo` / `dataset_revision` name the
     synthetic dataset when it is published alongside (otherwise the id the model was trained from, if a Hub id)."""
@@ -199,12 +252,19 @@ def render_reid_card(context: dict, *, repo_id: str | None = None, revision: str
     metrics, results = context.get("metrics"), []
     if metrics:
         for name, key in (("mAP", "mAP"), ("rank-1", "rank1"), ("rank-5", "rank5"), ("mINP", "mINP")):
-            results.append(EvalResult(
-                task_type="image-feature-extraction", task_name="vehicle re-identification",
-                dataset_type=evaluation.get("name") or "unknown", dataset_name=evaluation.get("title") or "evaluation data",
-                dataset_split=evaluation.get("split"), dataset_revision=evaluation.get("revision") if evaluation.get("hub") else None,
-                metric_type=key, metric_name=name, metric_value=round(metrics["plain"][key], 4),
-            ))  # fmt: skip
+            results.append(
+                EvalResult(
+                    task_type="image-feature-extraction",
+                    task_name="vehicle re-identification",
+                    dataset_type=evaluation.get("name") or "unknown",
+                    dataset_name=evaluation.get("title") or "evaluation data",
+                    dataset_split=evaluation.get("split"),
+                    dataset_revision=evaluation.get("revision") if evaluation.get("hub") else None,
+                    metric_type=key,
+                    metric_name=name,
+                    metric_value=round(metrics["plain"][key], 4),
+                )
+            )
     datasets = [d["name"] for d in (synthetic,) if d and d.get("hub")]
     card_data = ModelCardData(
         model_name=f"vehicle-diff re-ID {context['architecture']}",
@@ -217,10 +277,16 @@ def render_reid_card(context: dict, *, repo_id: str | None = None, revision: str
         eval_results=results or None,
     )
     return ModelCard.from_template(
-        card_data, template_path=_template("reid_card.md"), repo_id=repo_id, revision=revision, citation=CITATION,
-        synthetic=synthetic, evaluation=evaluation, real_datasets=REAL_DATASETS,
+        card_data,
+        template_path=_template("reid_card.md"),
+        repo_id=repo_id,
+        revision=revision,
+        citation=CITATION,
+        synthetic=synthetic,
+        evaluation=evaluation,
+        real_datasets=REAL_DATASETS,
         **{k: v for k, v in context.items() if k not in ("synthetic_data", "eval_data")},
-    )  # fmt: skip
+    )
 
 
 RENDERERS = {"dataset": render_dataset_card, "lora": render_lora_card, "reid": render_reid_card}

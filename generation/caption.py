@@ -22,6 +22,7 @@ from vehicle_diff.errors import UserInputError
 from vehicle_diff.io import atomic_path, list_images
 from vehicle_diff.jobs import Job, output_settings, write_plan
 
+
 def select_subset(count: int, *, fraction: float | None, num_images: int | None, seed: int) -> list[int]:
     """Indices of the images to caption: a seeded sample of `num_images`, or of round(fraction x count) (the
     paper's 1%: 378 of VeRi-776's 37,778 training images, 527 of CityFlowV2's 52,717)."""
@@ -93,8 +94,10 @@ class ImageSource:
             except (FileNotFoundError, ValueError, datasets.exceptions.DatasetNotFoundError) as error:
                 raise UserInputError(f"--input_dataset {config.input_dataset}: cannot be loaded ({error})") from error
             if config.image_column not in self.dataset.column_names:
-                raise UserInputError(f"--input_dataset {config.input_dataset}: no column {config.image_column!r} "
-                                     f"(columns: {self.dataset.column_names}); set --image_column")  # fmt: skip
+                raise UserInputError(
+                    f"--input_dataset {config.input_dataset}: no column {config.image_column!r} "
+                    f"(columns: {self.dataset.column_names}); set --image_column"
+                )
             self.dataset = self.dataset.cast_column(config.image_column, datasets.Image(decode=False))
             self.fingerprint = self.dataset._fingerprint  # datasets' own content fingerprint
             self.names = [f"{config.split}/{i:07d}" for i in range(len(self.dataset))]
@@ -146,9 +149,15 @@ def job_for(config: CaptionConfig, source: ImageSource | None = None, selected: 
         "selected_images": source.digest(selected),
         "caption_model_revision": resolved_revision(config.caption_model, flag="--caption_model"),
     }
-    return Job(config.output_dir, "caption", components, overwrite=config.overwrite, shards=".shards",
-               inputs=[config.input_images], owned=["train", "skipped.jsonl", "captions.json", "selection.json",
-                                                   "config.yaml", "plan.json"])  # fmt: skip
+    return Job(
+        config.output_dir,
+        "caption",
+        components,
+        overwrite=config.overwrite,
+        shards=".shards",
+        inputs=[config.input_images],
+        owned=["train", "skipped.jsonl", "captions.json", "selection.json", "config.yaml", "plan.json"],
+    )
 
 
 def caption(config: CaptionConfig) -> Path:
@@ -165,16 +174,33 @@ def caption(config: CaptionConfig) -> Path:
     num_batches = math.ceil(len(selected) / config.batch_size)
     if config.dry_run:
         sizes = [source.files[i].stat().st_size for i in selected] if source.dataset is None else []
-        return write_plan(config.output_dir, {"stage": "caption", "images": len(source), "selected": len(selected),
-                                              "batches": num_batches, "caption_model": config.caption_model,
-                                              "estimated_disk_gb": round(sum(sizes) / 1e9, 3) if sizes else None})  # fmt: skip
+        return write_plan(
+            config.output_dir,
+            {
+                "stage": "caption",
+                "images": len(source),
+                "selected": len(selected),
+                "batches": num_batches,
+                "caption_model": config.caption_model,
+                "estimated_disk_gb": round(sum(sizes) / 1e9, 3) if sizes else None,
+            },
+        )
     state = PartialState(cpu=not torch.cuda.is_available())
     job = job_for(config, source, selected).open()
     out_dir = job.out_dir
     if state.is_main_process:
         with atomic_path(out_dir / "selection.json") as tmp:
-            tmp.write_text(json.dumps({"source": Path(config.input_images or config.input_dataset).name, "total": len(source),
-                                       "seed": config.seed, "selected": [source.names[i] for i in selected]}, indent=1))  # fmt: skip
+            tmp.write_text(
+                json.dumps(
+                    {
+                        "source": Path(config.input_images or config.input_dataset).name,
+                        "total": len(source),
+                        "seed": config.seed,
+                        "selected": [source.names[i] for i in selected],
+                    },
+                    indent=1,
+                )
+            )
         save_config(config, out_dir / "config.yaml", stage="caption")
 
     def indices_of(batch_index: int) -> list[int]:
@@ -183,12 +209,18 @@ def caption(config: CaptionConfig) -> Path:
     dtype = torch_dtype(config.mixed_precision)
     model = progress = None
     order = list(range(num_batches))
-    for batch_index in job.batches(num_batches, indices_of, id_key="index", order=order[state.process_index :: state.num_processes] + order):
+    for batch_index in job.batches(
+        num_batches, indices_of, id_key="index", order=order[state.process_index :: state.num_processes] + order
+    ):
         if model is None:
             model, processor = load_blip2(config.caption_model, torch_dtype=dtype)
             model.to(state.device).eval()
-            progress = tqdm(total=len(selected), desc=f"caption [process {state.process_index}]", unit="img",
-                            position=state.process_index)  # fmt: skip
+            progress = tqdm(
+                total=len(selected),
+                desc=f"caption [process {state.process_index}]",
+                unit="img",
+                position=state.process_index,
+            )
         records, images = [], []
         for index in indices_of(batch_index):
             record = {"index": index, "source": source.names[index]}
@@ -223,17 +255,42 @@ def caption(config: CaptionConfig) -> Path:
             captioned = [r for r in records if "text" in r]
             skipped = [r for r in records if "error" in r]
             with atomic_path(out_dir / "train" / "metadata.jsonl") as tmp:
-                tmp.write_text("".join(json.dumps({"file_name": r["file_name"], "text": r["text"], "source": r["source"],
-                                                   "caption_model": config.caption_model}) + "\n" for r in captioned))  # fmt: skip
+                tmp.write_text(
+                    "".join(
+                        json.dumps(
+                            {
+                                "file_name": r["file_name"],
+                                "text": r["text"],
+                                "source": r["source"],
+                                "caption_model": config.caption_model,
+                            }
+                        )
+                        + "\n"
+                        for r in captioned
+                    )
+                )
             with atomic_path(out_dir / "skipped.jsonl") as tmp:
-                tmp.write_text("".join(json.dumps({"source": r["source"], "error": r["error"]}) + "\n" for r in skipped))
+                tmp.write_text(
+                    "".join(json.dumps({"source": r["source"], "error": r["error"]}) + "\n" for r in skipped)
+                )
             with atomic_path(out_dir / "captions.json") as tmp:
-                tmp.write_text(json.dumps({"caption_model": config.caption_model, "captioned": len(captioned),
-                                           "skipped": len(skipped), "total_images": len(source),
-                                           "prompt_prefix": config.prompt_prefix}, indent=2))  # fmt: skip
+                tmp.write_text(
+                    json.dumps(
+                        {
+                            "caption_model": config.caption_model,
+                            "captioned": len(captioned),
+                            "skipped": len(skipped),
+                            "total_images": len(source),
+                            "prompt_prefix": config.prompt_prefix,
+                        },
+                        indent=2,
+                    )
+                )
             job.mark_done({"captioned": len(captioned), "skipped": len(skipped)})
-        print(f"Captioned {len(captioned)} of {len(source)} images with {config.caption_model} ({len(skipped)} "
-              f"unreadable, listed in skipped.jsonl).\nImagefolder: {out_dir / 'train'} (metadata.jsonl)")  # fmt: skip
+        print(
+            f"Captioned {len(captioned)} of {len(source)} images with {config.caption_model} ({len(skipped)} "
+            f"unreadable, listed in skipped.jsonl).\nImagefolder: {out_dir / 'train'} (metadata.jsonl)"
+        )
         if captioned:
             print(f"  e.g. {captioned[0]['file_name']}: {captioned[0]['text']!r}")
     state.wait_for_everyone()

@@ -48,8 +48,19 @@ from .scoring import (
     score_images,
 )
 
-SCORING_SETTINGS = ("detector", "detector_imgsz", "detection_floor", "detection_confidence", "crop_margin",
-                    "crop_square", "clip_model", "colors", "color_prompt", "batch_size", "mixed_precision")  # fmt: skip
+SCORING_SETTINGS = (
+    "detector",
+    "detector_imgsz",
+    "detection_floor",
+    "detection_confidence",
+    "crop_margin",
+    "crop_square",
+    "clip_model",
+    "colors",
+    "color_prompt",
+    "batch_size",
+    "mixed_precision",
+)
 
 
 @dataclass
@@ -105,8 +116,13 @@ class FilterConfig:
 
     @property
     def thresholds(self) -> Thresholds:
-        return Thresholds(self.detection_confidence, self.min_box_side, self.reference_side, self.color_check,
-                          self.near_duplicate_threshold)  # fmt: skip
+        return Thresholds(
+            self.detection_confidence,
+            self.min_box_side,
+            self.reference_side,
+            self.color_check,
+            self.near_duplicate_threshold,
+        )
 
 
 def read_generation_records(generated: str):
@@ -147,15 +163,22 @@ def input_digest(table, generated: Path) -> str:
     return digest.hexdigest()
 
 
-def score_batch(records: list[dict], config: FilterConfig, generated: Path, out_dir: Path, detector, clip,
-                color_texts: np.ndarray) -> tuple[list[dict], np.ndarray]:  # fmt: skip
+def score_batch(
+    records: list[dict], config: FilterConfig, generated: Path, out_dir: Path, detector, clip, color_texts: np.ndarray
+) -> tuple[list[dict], np.ndarray]:
     """Run the models on one batch and save the crops: the records with their scores, and the embeddings."""
     loaded = [load_image(generated / record["file_name"]) for record in records]
     scores, crops, embeddings = score_images(
-        [image for image, _ in loaded], [record["color"] for record in records], detector, clip, color_texts,
-        colors=config.colors, detection_confidence=config.detection_confidence, crop_margin=config.crop_margin,
+        [image for image, _ in loaded],
+        [record["color"] for record in records],
+        detector,
+        clip,
+        color_texts,
+        colors=config.colors,
+        detection_confidence=config.detection_confidence,
+        crop_margin=config.crop_margin,
         crop_square=config.crop_square,
-    )  # fmt: skip
+    )
     scored = []
     for record, (_, error), score, crop in zip(records, loaded, scores, crops, strict=True):
         row = {**record, **score, "unreadable_error": error, "crop_file": None, "crop_sha256": None}
@@ -216,8 +239,11 @@ def summarize(records_file: Path, config: FilterConfig, identity_embeddings: dic
     identities = sorted(set(columns["identity"]))
     too_few = [i for i in identities if kept_per_identity[i] < config.min_images_per_identity]
     with_kept = sorted(identity_embeddings)
-    pairs = close_identity_pairs(with_kept, np.stack([identity_embeddings[i] for i in with_kept]) if with_kept else np.zeros((0, 1)),
-                                 config.identity_pair_threshold)  # fmt: skip
+    pairs = close_identity_pairs(
+        with_kept,
+        np.stack([identity_embeddings[i] for i in with_kept]) if with_kept else np.zeros((0, 1)),
+        config.identity_pair_threshold,
+    )
     counts = list(kept_per_identity.values()) or [0]
     return {
         "images": table.num_rows,
@@ -236,20 +262,35 @@ def summarize(records_file: Path, config: FilterConfig, identity_embeddings: dic
 
 
 def summary_markdown(summary: dict) -> str:
-    lines = ["# Filter summary", "", f"{summary['kept']} of {summary['images']} images kept ({summary['pass_rate']:.1%}).", "",
-             "| reason | images |", "|---|---|"]  # fmt: skip
+    lines = [
+        "# Filter summary",
+        "",
+        f"{summary['kept']} of {summary['images']} images kept ({summary['pass_rate']:.1%}).",
+        "",
+        "| reason | images |",
+        "|---|---|",
+    ]
     lines += [f"| {reason} | {count} |" for reason, count in summary["per_reason"].items()]
-    lines += ["", f"Identities: {summary['identities']}, with at least {summary['min_images_per_identity']} kept images: "
-              f"{summary['identities_with_enough_images']}. Kept per identity: {summary['kept_per_identity']}.", "",
-              "## Color confusion (prompt color -> CLIP prediction)", ""]  # fmt: skip
+    lines += [
+        "",
+        f"Identities: {summary['identities']}, with at least {summary['min_images_per_identity']} kept images: "
+        f"{summary['identities_with_enough_images']}. Kept per identity: {summary['kept_per_identity']}.",
+        "",
+        "## Color confusion (prompt color -> CLIP prediction)",
+        "",
+    ]
     colors = sorted({p for row in summary["color_confusion"].values() for p in row} | set(summary["color_confusion"]))
     lines += ["| prompt \\ predicted | " + " | ".join(colors) + " |", "|---" * (len(colors) + 1) + "|"]
     lines += [
         f"| {c} | " + " | ".join(str(row.get(p, 0)) for p in colors) + " |"
         for c, row in summary["color_confusion"].items()
     ]
-    lines += ["", f"Close identity pairs (mean-embedding cosine > {summary['thresholds']['identity_pair_threshold']}): "
-              f"{len(summary['close_identity_pairs'])}", ""]  # fmt: skip
+    lines += [
+        "",
+        f"Close identity pairs (mean-embedding cosine > {summary['thresholds']['identity_pair_threshold']}): "
+        f"{len(summary['close_identity_pairs'])}",
+        "",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -257,7 +298,9 @@ def tile_caption(row: dict) -> list[str]:
     """What a contact-sheet tile says: which image, prompt color -> CLIP's color (its similarity), detection
     confidence, and why it was rejected."""
     similarity = (row.get("color_similarities") or {}).get(row.get("predicted_color"))
-    color = f"{row['color']} -> {row['predicted_color'] or '-'}" + (f" ({similarity:.2f})" if similarity is not None else "")
+    color = f"{row['color']} -> {row['predicted_color'] or '-'}" + (
+        f" ({similarity:.2f})" if similarity is not None else ""
+    )
     confidence = f"det {row['det_confidence']:.2f}" if row.get("det_confidence") is not None else "no vehicle box"
     lines = [row["image_id"], color, confidence, row["reject_reason"] or "kept"]
     if row.get("unreadable_error"):
@@ -273,8 +316,17 @@ def write_contact_sheets(records_file: Path, config: FilterConfig, generated: Pa
     from vehicle_diff.contact_sheet import contact_sheet
     from vehicle_diff.plots import color_confusion
 
-    columns = ["image_id", "file_name", "crop_file", "reject_reason", "predicted_color", "color", "det_confidence",
-               "color_similarities", "unreadable_error"]  # fmt: skip
+    columns = [
+        "image_id",
+        "file_name",
+        "crop_file",
+        "reject_reason",
+        "predicted_color",
+        "color",
+        "det_confidence",
+        "color_similarities",
+        "unreadable_error",
+    ]
     rows = pq.read_table(records_file, columns=columns).to_pylist()
     written = []
     for reason in ("kept", *REJECT_REASONS):
@@ -286,13 +338,24 @@ def write_contact_sheets(records_file: Path, config: FilterConfig, generated: Pa
         sheet = out_dir / "contact_sheets" / f"{reason}.png"
         total = sum((r["reject_reason"] or "kept") == reason for r in rows)
         with atomic_path(sheet) as tmp:
-            contact_sheet(tiles, [tile_caption(row) for row in chosen], borders=borders, columns=6, cell=160,
-                          title=f"{reason}: {len(chosen)} of {total} images").save(tmp, format="PNG")  # fmt: skip
+            contact_sheet(
+                tiles,
+                [tile_caption(row) for row in chosen],
+                borders=borders,
+                columns=6,
+                cell=160,
+                title=f"{reason}: {len(chosen)} of {total} images",
+            ).save(tmp, format="PNG")
         written.append(sheet)
     scored = [r for r in rows if r["predicted_color"] is not None]
     if scored:
-        color_confusion([r["color"] for r in scored], [r["predicted_color"] for r in scored], config.colors,
-                        out_dir / "color_confusion.png", title="prompt color vs CLIP color (filter)")  # fmt: skip
+        color_confusion(
+            [r["color"] for r in scored],
+            [r["predicted_color"] for r in scored],
+            config.colors,
+            out_dir / "color_confusion.png",
+            title="prompt color vs CLIP color (filter)",
+        )
     return written
 
 
@@ -308,10 +371,25 @@ def job_for(config: FilterConfig, table=None) -> Job:
         "detector_revision": resolved_revision(config.detector, flag="--detector"),
         "clip_revision": resolved_revision(config.clip_model, flag="--clip_model"),
     }
-    return Job(config.output_dir, "filter", components, overwrite=config.overwrite, inputs=[config.generated],
-               shards="scores", result_settings=output_settings(config, ignore=("generated", "rescore_only")),
-               owned=["crops", "records.parquet", "summary.json", "summary.md", "contact_sheets",
-                      "color_confusion.png", "config.yaml", "plan.json"])  # fmt: skip
+    return Job(
+        config.output_dir,
+        "filter",
+        components,
+        overwrite=config.overwrite,
+        inputs=[config.generated],
+        shards="scores",
+        result_settings=output_settings(config, ignore=("generated", "rescore_only")),
+        owned=[
+            "crops",
+            "records.parquet",
+            "summary.json",
+            "summary.md",
+            "contact_sheets",
+            "color_confusion.png",
+            "config.yaml",
+            "plan.json",
+        ],
+    )
 
 
 def check_rescore(job: Job, config: FilterConfig, num_batches: int, ids_of) -> None:
@@ -323,8 +401,10 @@ def check_rescore(job: Job, config: FilterConfig, num_batches: int, ids_of) -> N
     old, new = stored["components"], job.components
     scoring = old["settings"]["detection_confidence"]
     if config.detection_confidence < scoring:
-        raise UserInputError(f"--rescore_only can raise --detection_confidence, not lower it below the scoring "
-                             f"threshold {scoring}; re-run without --rescore_only")  # fmt: skip
+        raise UserInputError(
+            f"--rescore_only can raise --detection_confidence, not lower it below the scoring "
+            f"threshold {scoring}; re-run without --rescore_only"
+        )
 
     def comparable(components):
         settings = {k: v for k, v in components["settings"].items() if k != "detection_confidence"}
@@ -332,12 +412,16 @@ def check_rescore(job: Job, config: FilterConfig, num_batches: int, ids_of) -> N
 
     if comparable(old) != comparable(new):
         changes = "; ".join(changed_parts(comparable(old), comparable(new))[:4])
-        raise UserInputError(f"--rescore_only: the scores in {job.out_dir} were made from other images or scoring "
-                             f"settings ({changes}); re-run without --rescore_only (and with --overwrite)")  # fmt: skip
+        raise UserInputError(
+            f"--rescore_only: the scores in {job.out_dir} were made from other images or scoring "
+            f"settings ({changes}); re-run without --rescore_only (and with --overwrite)"
+        )
     missing = num_batches - len(job.valid_batches(num_batches, ids_of))
     if missing:
-        raise UserInputError(f"--rescore_only: {missing} batch(es) of scores in {job.out_dir} are unfinished; run "
-                             "the filter without --rescore_only to finish them")  # fmt: skip
+        raise UserInputError(
+            f"--rescore_only: {missing} batch(es) of scores in {job.out_dir} are unfinished; run "
+            "the filter without --rescore_only to finish them"
+        )
 
 
 def filter_images(config: FilterConfig) -> Path:
@@ -356,11 +440,20 @@ def filter_images(config: FilterConfig) -> Path:
         )
     num_batches = math.ceil(table.num_rows / config.batch_size)
     if config.dry_run:
-        return write_plan(config.output_dir, {"stage": "filter", "images": table.num_rows, "batches": num_batches,
-                                              "batch_size": config.batch_size, "detector": config.detector,
-                                              "detector_imgsz": config.detector_imgsz, "clip_model": config.clip_model,
-                                              "estimated_disk_gb": round(table.num_rows * 0.35e6 / 1e9, 2),
-                                              "disk_estimate_basis": "one PNG crop of ~0.35 MB per image"})  # fmt: skip
+        return write_plan(
+            config.output_dir,
+            {
+                "stage": "filter",
+                "images": table.num_rows,
+                "batches": num_batches,
+                "batch_size": config.batch_size,
+                "detector": config.detector,
+                "detector_imgsz": config.detector_imgsz,
+                "clip_model": config.clip_model,
+                "estimated_disk_gb": round(table.num_rows * 0.35e6 / 1e9, 2),
+                "disk_estimate_basis": "one PNG crop of ~0.35 MB per image",
+            },
+        )
     state = PartialState(cpu=not torch.cuda.is_available())
     generated, job = Path(config.generated), job_for(config, table)
     out_dir, scores_dir = job.out_dir, job.shards_dir
@@ -374,16 +467,23 @@ def filter_images(config: FilterConfig) -> Path:
         job.open()
         models, progress = None, None
         order = list(range(num_batches))
-        for batch_index in job.batches(num_batches, ids_of, order=order[state.process_index :: state.num_processes] + order):
+        for batch_index in job.batches(
+            num_batches, ids_of, order=order[state.process_index :: state.num_processes] + order
+        ):
             if models is None:
                 dtype = torch_dtype(config.mixed_precision)
-                detector = VehicleDetector(config.detector, imgsz=config.detector_imgsz, device=state.device,
-                                           floor=config.detection_floor)  # fmt: skip
+                detector = VehicleDetector(
+                    config.detector, imgsz=config.detector_imgsz, device=state.device, floor=config.detection_floor
+                )
                 clip = ClipScorer(config.clip_model, device=state.device, dtype=dtype)
                 color_texts = clip.encode_texts([config.color_prompt.format(color=c) for c in config.colors])
                 models = (detector, clip, color_texts)
-                progress = tqdm(total=table.num_rows, desc=f"filter [process {state.process_index}]", unit="img",
-                                position=state.process_index)  # fmt: skip
+                progress = tqdm(
+                    total=table.num_rows,
+                    desc=f"filter [process {state.process_index}]",
+                    unit="img",
+                    position=state.process_index,
+                )
             records = table.slice(batch_index * config.batch_size, config.batch_size).to_pylist()
             scored, embeddings = score_batch(records, config, generated, out_dir, *models)
             embeddings_file = scores_dir / f"batch-{batch_index:07d}.npy"
@@ -399,11 +499,20 @@ def filter_images(config: FilterConfig) -> Path:
     if state.is_main_process:
         with job.locked():
             summary = decide_and_report(config, job, num_batches, ids_of, generated)
-        print(f"Kept {summary['kept']} of {summary['images']} images ({summary['pass_rate']:.1%})." + (
-            " Rejected: " + ", ".join(f"{r} {n}" for r, n in summary["per_reason"].items() if n and r != "kept") + "."
-            if summary["kept"] < summary["images"] else ""))  # fmt: skip
-        print(f"Records: {out_dir / 'records.parquet'}\nSummary: {out_dir / 'summary.md'}\n"
-              f"Contact sheets: {out_dir / 'contact_sheets'}")  # fmt: skip
+        print(
+            f"Kept {summary['kept']} of {summary['images']} images ({summary['pass_rate']:.1%})."
+            + (
+                " Rejected: "
+                + ", ".join(f"{r} {n}" for r, n in summary["per_reason"].items() if n and r != "kept")
+                + "."
+                if summary["kept"] < summary["images"]
+                else ""
+            )
+        )
+        print(
+            f"Records: {out_dir / 'records.parquet'}\nSummary: {out_dir / 'summary.md'}\n"
+            f"Contact sheets: {out_dir / 'contact_sheets'}"
+        )
     state.wait_for_everyone()
     return out_dir
 
@@ -415,8 +524,9 @@ def decide_and_report(config: FilterConfig, job: Job, num_batches: int, ids_of, 
     records_file = out_dir / "records.parquet"
     for _ in job.records(num_batches, ids_of):  # every shard whole and in the plan, before deciding
         pass
-    write_parquet(lambda: (record for record, _ in decided_records(job.shards_dir, num_batches, config.thresholds)),
-                  records_file)  # fmt: skip
+    write_parquet(
+        lambda: (record for record, _ in decided_records(job.shards_dir, num_batches, config.thresholds)), records_file
+    )
     identity_sums: dict[str, np.ndarray] = {}
     for record, embedding in decided_records(job.shards_dir, num_batches, config.thresholds):
         if record["kept"]:

@@ -51,8 +51,15 @@ def image_prompt(prompt: str, view_phrase: str) -> str:
     return f"{prompt.rstrip('. ')}, {view_phrase}." if view_phrase else prompt
 
 
-def batch_requests(library: dict[str, list], images_per_identity: int, batch_index: int, batch_size: int,
-                   seed: int, view_phrases: list[str], template_id: str | None = None) -> list[dict]:  # fmt: skip
+def batch_requests(
+    library: dict[str, list],
+    images_per_identity: int,
+    batch_index: int,
+    batch_size: int,
+    seed: int,
+    view_phrases: list[str],
+    template_id: str | None = None,
+) -> list[dict]:
     """The images of one batch of the plan: attributes, prompt, seed. Pure, so any batch can be rebuilt.
     With `template_id`, prompts are rendered again from the library's attributes with that template."""
     total = len(library["identity"]) * images_per_identity
@@ -65,15 +72,17 @@ def batch_requests(library: dict[str, list], images_per_identity: int, batch_ind
             attributes["prompt"] = build_prompt(TEMPLATES[template_id], **{k: attributes[k] for k in ATTRIBUTES})
         image_id = f"{attributes['identity']}-{sample:04d}"
         view_phrase = view_phrase_for(image_id, view_phrases)
-        requests.append({
-            **attributes,
-            "image_id": image_id,
-            "plan_index": plan_index,
-            "batch_index": batch_index,
-            "view_phrase": view_phrase,
-            "prompt": image_prompt(attributes["prompt"], view_phrase),
-            "seed": image_seed(seed, image_id),
-        })  # fmt: skip
+        requests.append(
+            {
+                **attributes,
+                "image_id": image_id,
+                "plan_index": plan_index,
+                "batch_index": batch_index,
+                "view_phrase": view_phrase,
+                "prompt": image_prompt(attributes["prompt"], view_phrase),
+                "seed": image_seed(seed, image_id),
+            }
+        )
     return requests
 
 
@@ -99,12 +108,16 @@ def read_prompt_library(path: str) -> dict[str, list]:
     library = table.select(list(LIBRARY_COLUMNS)).to_pydict()
     repeated = duplicates(library["identity"])
     if repeated:
-        raise UserInputError(f"--prompts {file}: identity key(s) {repeated[:3]} appear more than once; every "
-                             "identity needs its own key (rebuild the library with `vehicle-diff prompts`)")  # fmt: skip
+        raise UserInputError(
+            f"--prompts {file}: identity key(s) {repeated[:3]} appear more than once; every "
+            "identity needs its own key (rebuild the library with `vehicle-diff prompts`)"
+        )
     unsafe = [key for key in library["identity"] if not isinstance(key, str) or not SAFE_KEY.fullmatch(key)]
     if unsafe:
-        raise UserInputError(f"--prompts {file}: identity key {unsafe[0]!r} is not a safe file name (letters, digits, "
-                             "'.', '_', '-'; at most 128 characters); rebuild the library with `vehicle-diff prompts`")  # fmt: skip
+        raise UserInputError(
+            f"--prompts {file}: identity key {unsafe[0]!r} is not a safe file name (letters, digits, "
+            "'.', '_', '-'; at most 128 characters); rebuild the library with `vehicle-diff prompts`"
+        )
     return library
 
 
@@ -140,8 +153,18 @@ def attach_lora(pipe, lora: Path, base_model: str) -> None:
         raise UserInputError(f"--lora_weights {lora}: no layer of {base_model} matched its keys")
 
 
-def render(pipe, prompts: list[str], seeds: list[int], *, num_inference_steps: int, guidance_scale: float,
-           height: int, width: int, negative_prompt: str | None = None, lora_scale: float | None = None) -> list:  # fmt: skip
+def render(
+    pipe,
+    prompts: list[str],
+    seeds: list[int],
+    *,
+    num_inference_steps: int,
+    guidance_scale: float,
+    height: int,
+    width: int,
+    negative_prompt: str | None = None,
+    lora_scale: float | None = None,
+) -> list:
     """One batched pipeline call; each image has its own generator, so its noise depends on its seed only."""
     import torch
 
@@ -223,14 +246,22 @@ def job_components(config: GenerateConfig, lora: Path | None) -> dict:
         "settings": output_settings(config, ignore=("prompts", "lora_weights")),
         "prompt_library_sha256": sha256_file(prompt_library_file(config.prompts)),
         "lora_sha256": sha256_file(lora) if lora else None,
-        "base_model_revision": resolved_revision(config.pretrained_model_name_or_path, config.revision, "--pretrained_model_name_or_path"),
+        "base_model_revision": resolved_revision(
+            config.pretrained_model_name_or_path, config.revision, "--pretrained_model_name_or_path"
+        ),
     }
 
 
 def job_for(config: GenerateConfig) -> Job:
     lora = lora_file(config.lora_weights) if config.lora_weights else None
-    return Job(config.output_dir, "generate", job_components(config, lora), overwrite=config.overwrite,
-               inputs=[config.prompts, config.lora_weights], owned=["images", "records.parquet", "config.yaml", "plan.json"])  # fmt: skip
+    return Job(
+        config.output_dir,
+        "generate",
+        job_components(config, lora),
+        overwrite=config.overwrite,
+        inputs=[config.prompts, config.lora_weights],
+        owned=["images", "records.parquet", "config.yaml", "plan.json"],
+    )
 
 
 def generate(config: GenerateConfig) -> Path:
@@ -253,11 +284,20 @@ def generate(config: GenerateConfig) -> Path:
         save_config(config, out_dir / "config.yaml", stage="generate")
 
     def requests_of(batch_index: int) -> list[dict]:
-        return batch_requests(library, config.images_per_identity, batch_index, config.batch_size, config.seed,
-                              config.view_phrases, config.template_id)  # fmt: skip
+        return batch_requests(
+            library,
+            config.images_per_identity,
+            batch_index,
+            config.batch_size,
+            config.seed,
+            config.view_phrases,
+            config.template_id,
+        )
 
-    render_settings = {name: getattr(config, name) for name in (
-        "num_inference_steps", "guidance_scale", "height", "width", "negative_prompt")}  # fmt: skip
+    render_settings = {
+        name: getattr(config, name)
+        for name in ("num_inference_steps", "guidance_scale", "height", "width", "negative_prompt")
+    }
     if lora:
         render_settings["lora_scale"] = config.lora_scale
     from cards import model_ref
@@ -271,8 +311,13 @@ def generate(config: GenerateConfig) -> Path:
         if pipe is None:
             pipe = pipeline_for(config, lora, state.device)
             scheduler = type(pipe.scheduler).__name__
-            progress = tqdm(total=num_images, desc=f"generate [process {state.process_index}]", unit="img",
-                            position=state.process_index, dynamic_ncols=True)  # fmt: skip
+            progress = tqdm(
+                total=num_images,
+                desc=f"generate [process {state.process_index}]",
+                unit="img",
+                position=state.process_index,
+                dynamic_ncols=True,
+            )
         requests = requests_of(batch_index)
         images = render(pipe, [r["prompt"] for r in requests], [r["seed"] for r in requests], **render_settings)
         records = []
@@ -281,22 +326,24 @@ def generate(config: GenerateConfig) -> Path:
             with atomic_path(out_dir / file_name) as tmp:
                 image.save(tmp, format=IMAGE_FORMATS[config.image_format], quality=config.image_quality)
                 image_sha256 = sha256_file(tmp)
-            records.append({
-                **request,
-                "file_name": file_name,
-                "image_sha256": image_sha256,
-                "base_model": base_model_name,
-                "base_model_revision": components["base_model_revision"],
-                "lora_sha256": components["lora_sha256"] or "",
-                "lora_scale": config.lora_scale if lora else 0.0,
-                "scheduler": scheduler,
-                "num_inference_steps": config.num_inference_steps,
-                "guidance_scale": config.guidance_scale,
-                "negative_prompt": config.negative_prompt or "",
-                "height": config.height,
-                "width": config.width,
-                "mixed_precision": config.mixed_precision,
-            })  # fmt: skip
+            records.append(
+                {
+                    **request,
+                    "file_name": file_name,
+                    "image_sha256": image_sha256,
+                    "base_model": base_model_name,
+                    "base_model_revision": components["base_model_revision"],
+                    "lora_sha256": components["lora_sha256"] or "",
+                    "lora_scale": config.lora_scale if lora else 0.0,
+                    "scheduler": scheduler,
+                    "num_inference_steps": config.num_inference_steps,
+                    "guidance_scale": config.guidance_scale,
+                    "negative_prompt": config.negative_prompt or "",
+                    "height": config.height,
+                    "width": config.width,
+                    "mixed_precision": config.mixed_precision,
+                }
+            )
         job.write_shard(batch_index, records)
         progress.update(len(requests))
     if progress is not None:
@@ -306,7 +353,9 @@ def generate(config: GenerateConfig) -> Path:
     if state.is_main_process:
         with job.locked():
             if not job.complete:
-                count = job.merge(num_batches, out_dir / "records.parquet", lambda b: [r["image_id"] for r in requests_of(b)])
+                count = job.merge(
+                    num_batches, out_dir / "records.parquet", lambda b: [r["image_id"] for r in requests_of(b)]
+                )
                 job.mark_done({"images": count, "identities": len(library["identity"])})
         print(f"Generated {num_images} images of {len(library['identity'])} identities into {out_dir / 'images'}.")
         print(f"Records: {out_dir / 'records.parquet'}")
@@ -319,8 +368,12 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 def pipeline_for(config: GenerateConfig, lora: Path | None, device):
-    pipe = load_pipeline(config.pretrained_model_name_or_path, revision=config.revision,
-                         mixed_precision=config.mixed_precision, device=device)  # fmt: skip
+    pipe = load_pipeline(
+        config.pretrained_model_name_or_path,
+        revision=config.revision,
+        mixed_precision=config.mixed_precision,
+        device=device,
+    )
     if lora is not None:
         attach_lora(pipe, lora, config.pretrained_model_name_or_path)
     return pipe

@@ -106,8 +106,13 @@ def library_rows(identities: list[tuple[Prototype, str]], template_id: str) -> d
     template = TEMPLATES[template_id]
     columns = defaultdict(list)
     for vehicle_id, (prototype, color) in enumerate(identities):
-        attributes = dict(color=color, year=prototype.year, brand=prototype.brand, model=prototype.model,
-                          body_style=prototype.body_style)  # fmt: skip
+        attributes = dict(
+            color=color,
+            year=prototype.year,
+            brand=prototype.brand,
+            model=prototype.model,
+            body_style=prototype.body_style,
+        )
         columns["vehicle_id"].append(vehicle_id)
         columns["identity"].append(identity_key(color, prototype))
         for name, value in attributes.items():
@@ -164,10 +169,19 @@ def job_for(config: PromptsConfig) -> Job:
     from importlib.metadata import version
 
     catalog = sha256_file(config.catalog) if config.catalog and Path(config.catalog).is_file() else None
-    components = {"settings": output_settings(config, ignore=("catalog",)), "catalog_sha256": catalog,
-                  "faker_vehicle": None if config.catalog else version("faker-vehicle")}  # fmt: skip
-    return Job(config.output_dir, "prompts", components, overwrite=config.overwrite, inputs=[config.catalog],
-               owned=["prompts.parquet", "summary.json", "config.yaml"])  # fmt: skip
+    components = {
+        "settings": output_settings(config, ignore=("catalog",)),
+        "catalog_sha256": catalog,
+        "faker_vehicle": None if config.catalog else version("faker-vehicle"),
+    }
+    return Job(
+        config.output_dir,
+        "prompts",
+        components,
+        overwrite=config.overwrite,
+        inputs=[config.catalog],
+        owned=["prompts.parquet", "summary.json", "config.yaml"],
+    )
 
 
 def build_library(config: PromptsConfig) -> Path:

@@ -19,8 +19,14 @@ CAR, TRUCK = 2, 7  # COCO class ids
 REJECT_REASONS = ("unreadable", "no_vehicle", "low_confidence", "too_small", "wrong_color", "near_duplicate")
 
 
-def choose_box(boxes: list[list[float]], confidences: list[float], classes: list[int], *, min_confidence: float,
-               vehicle_classes=(CAR, TRUCK)) -> int | None:  # fmt: skip
+def choose_box(
+    boxes: list[list[float]],
+    confidences: list[float],
+    classes: list[int],
+    *,
+    min_confidence: float,
+    vehicle_classes=(CAR, TRUCK),
+) -> int | None:
     """Index of the most prominent vehicle box (see module doc), or None when there is no vehicle box."""
     vehicles = [i for i, cls in enumerate(classes) if int(cls) in vehicle_classes]
     if not vehicles:
@@ -64,8 +70,12 @@ def decide(record: dict, thresholds: Thresholds) -> str | None:
         return "no_vehicle"
     if record["det_confidence"] < thresholds.detection_confidence:
         return "low_confidence"
-    limit = min_side_threshold(record["width"], record["height"], min_box_side=thresholds.min_box_side,
-                               reference_side=thresholds.reference_side)  # fmt: skip
+    limit = min_side_threshold(
+        record["width"],
+        record["height"],
+        min_box_side=thresholds.min_box_side,
+        reference_side=thresholds.reference_side,
+    )
     x1, y1, x2, y2 = record["det_box"]
     if min(x2 - x1, y2 - y1) <= limit:
         return "too_small"
@@ -112,8 +122,9 @@ def close_identity_pairs(
     return sorted(pairs, key=lambda pair: -pair[2])
 
 
-def crop_box(box: list[float], image_width: int, image_height: int, *, margin: float = 0.0,
-             square: bool = False) -> tuple[int, int, int, int]:  # fmt: skip
+def crop_box(
+    box: list[float], image_width: int, image_height: int, *, margin: float = 0.0, square: bool = False
+) -> tuple[int, int, int, int]:
     """Integer crop rectangle: the box grown by `margin` (a fraction of its size), optionally made square
     around its center, clipped to the image."""
     x1, y1, x2, y2 = box
@@ -129,9 +140,18 @@ def crop_box(box: list[float], image_width: int, image_height: int, *, margin: f
     return left, top, max(right, left + 1), max(bottom, top + 1)
 
 
-def score_images(images: list, expected_colors: list[str], detector, clip, color_texts: np.ndarray, *,
-                 colors: list[str], detection_confidence: float, crop_margin: float = 0.0,
-                 crop_square: bool = False) -> tuple[list[dict], list, np.ndarray]:  # fmt: skip
+def score_images(
+    images: list,
+    expected_colors: list[str],
+    detector,
+    clip,
+    color_texts: np.ndarray,
+    *,
+    colors: list[str],
+    detection_confidence: float,
+    crop_margin: float = 0.0,
+    crop_square: bool = False,
+) -> tuple[list[dict], list, np.ndarray]:
     """Detect, crop and CLIP-score a batch, the one way the filter and the candidate selection share.
 
     `images` may hold None for an unreadable file. Returns, per image, its scores (detection box, class,
@@ -141,20 +161,33 @@ def score_images(images: list, expected_colors: list[str], detector, clip, color
     detections = dict(zip(readable, detector([images[i] for i in readable]), strict=True))
     scores, crops = [], []
     for index, image in enumerate(images):
-        row = {"det_box": None, "det_class": None, "det_confidence": None, "det_num_vehicles": 0, "crop_width": None,
-               "crop_height": None, "color_similarities": None, "predicted_color": None}  # fmt: skip
+        row = {
+            "det_box": None,
+            "det_class": None,
+            "det_confidence": None,
+            "det_num_vehicles": 0,
+            "crop_width": None,
+            "crop_height": None,
+            "color_similarities": None,
+            "predicted_color": None,
+        }
         crop = None
         if image is not None:
             found = detections[index]
             row["det_num_vehicles"] = len(found["boxes"])
-            chosen = choose_box(found["boxes"], found["confidences"], found["classes"],
-                                min_confidence=detection_confidence)  # fmt: skip
+            chosen = choose_box(
+                found["boxes"], found["confidences"], found["classes"], min_confidence=detection_confidence
+            )
             if chosen is not None:
                 box = [round(v, 2) for v in found["boxes"][chosen]]
                 crop = image.crop(crop_box(box, image.width, image.height, margin=crop_margin, square=crop_square))
-                row.update(det_box=box, det_class=found["classes"][chosen],
-                           det_confidence=round(found["confidences"][chosen], 5), crop_width=crop.width,
-                           crop_height=crop.height)  # fmt: skip
+                row.update(
+                    det_box=box,
+                    det_class=found["classes"][chosen],
+                    det_confidence=round(found["confidences"][chosen], 5),
+                    crop_width=crop.width,
+                    crop_height=crop.height,
+                )
         scores.append(row)
         crops.append(crop)
     with_crop = [i for i, crop in enumerate(crops) if crop is not None]
@@ -191,8 +224,9 @@ class VehicleDetector:
     def __call__(self, images: list) -> list[dict]:
         if not images:
             return []
-        results = self.model.predict(images, imgsz=self.imgsz, conf=self.floor, classes=self.vehicle_classes,
-                                     device=self.device, verbose=False)  # fmt: skip
+        results = self.model.predict(
+            images, imgsz=self.imgsz, conf=self.floor, classes=self.vehicle_classes, device=self.device, verbose=False
+        )
         return [
             {
                 "boxes": result.boxes.xyxy.cpu().tolist(),

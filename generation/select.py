@@ -50,12 +50,33 @@ from .generate import (
 from .prompts import TEMPLATES, build_prompt
 from .scoring import ClipScorer, VehicleDetector, decide, load_image, score_images
 
-RENDER_SETTINGS = ("num_inference_steps", "guidance_scale", "height", "width", "negative_prompt", "batch_size",
-                   "pretrained_model_name_or_path", "revision", "mixed_precision", "lora_scale")  # fmt: skip
+RENDER_SETTINGS = (
+    "num_inference_steps",
+    "guidance_scale",
+    "height",
+    "width",
+    "negative_prompt",
+    "batch_size",
+    "pretrained_model_name_or_path",
+    "revision",
+    "mixed_precision",
+    "lora_scale",
+)
 RENDER_KWARGS = ("num_inference_steps", "guidance_scale", "height", "width", "negative_prompt")
-SELECT_FILTER_SETTINGS = ("detector", "detector_imgsz", "detection_floor", "detection_confidence", "min_box_side",
-                          "reference_side", "crop_margin", "crop_square", "clip_model", "colors", "color_prompt",
-                          "color_check")  # fmt: skip
+SELECT_FILTER_SETTINGS = (
+    "detector",
+    "detector_imgsz",
+    "detection_floor",
+    "detection_confidence",
+    "min_box_side",
+    "reference_side",
+    "crop_margin",
+    "crop_square",
+    "clip_model",
+    "colors",
+    "color_prompt",
+    "color_check",
+)
 
 
 def sample_prompt_rows(num_rows: int, num_prompts: int, seed: int) -> list[int]:
@@ -85,15 +106,24 @@ def real_image_files(folder: str) -> list[Path]:
     return files
 
 
-def candidate_scores(images: list, requests: list[dict], detector, clip, color_texts: np.ndarray,
-                     filter_config: FilterConfig) -> list[dict]:  # fmt: skip
+def candidate_scores(
+    images: list, requests: list[dict], detector, clip, color_texts: np.ndarray, filter_config: FilterConfig
+) -> list[dict]:
     """The filter's scores and decision for freshly rendered images, the CLIP similarity to the prompt, and the
     crop's embedding (None without a vehicle box)."""
     thresholds = replace(filter_config.thresholds, near_duplicate=1.0)  # a few images per prompt: no duplicates rule
     colors = [request["color"] for request in requests]
-    scores, crops, embeddings = score_images(images, colors, detector, clip, color_texts, colors=filter_config.colors,
-                                             detection_confidence=filter_config.detection_confidence,
-                                             crop_margin=filter_config.crop_margin, crop_square=filter_config.crop_square)  # fmt: skip
+    scores, crops, embeddings = score_images(
+        images,
+        colors,
+        detector,
+        clip,
+        color_texts,
+        colors=filter_config.colors,
+        detection_confidence=filter_config.detection_confidence,
+        crop_margin=filter_config.crop_margin,
+        crop_square=filter_config.crop_square,
+    )
     image_embeddings = clip.encode_images(images)
     prompt_embeddings = clip.encode_texts([request["prompt"] for request in requests])
     results = []
@@ -101,38 +131,57 @@ def candidate_scores(images: list, requests: list[dict], detector, clip, color_t
         images, requests, scores, crops, embeddings, image_embeddings, prompt_embeddings, strict=True
     ):
         reason = decide({**score, "color": request["color"], "width": image.width, "height": image.height}, thresholds)
-        results.append({
-            "detected": reason not in ("no_vehicle", "low_confidence", "too_small"),
-            "color_correct": score["predicted_color"] == request["color"],
-            "kept": reason is None,
-            "reject_reason": reason,
-            "clip_text_similarity": float(image_embedding @ text),
-            "embedding": embedding if crop is not None else None,
-        })  # fmt: skip
+        results.append(
+            {
+                "detected": reason not in ("no_vehicle", "low_confidence", "too_small"),
+                "color_correct": score["predicted_color"] == request["color"],
+                "kept": reason is None,
+                "reject_reason": reason,
+                "clip_text_similarity": float(image_embedding @ text),
+                "embedding": embedding if crop is not None else None,
+            }
+        )
     return results
 
 
 def real_crop_features(files: list[Path], detector, clip, color_texts: np.ndarray, filter_config: FilterConfig):
     """CLIP embeddings of the real images' detector crops, cut as the filter cuts them."""
     images = [image for image, _ in map(load_image, files) if image is not None]
-    _, crops, embeddings = score_images(images, [None] * len(images), detector, clip, color_texts,
-                                        colors=filter_config.colors, detection_confidence=filter_config.detection_confidence,
-                                        crop_margin=filter_config.crop_margin, crop_square=filter_config.crop_square)  # fmt: skip
+    _, crops, embeddings = score_images(
+        images,
+        [None] * len(images),
+        detector,
+        clip,
+        color_texts,
+        colors=filter_config.colors,
+        detection_confidence=filter_config.detection_confidence,
+        crop_margin=filter_config.crop_margin,
+        crop_square=filter_config.crop_square,
+    )
     with_crops = [i for i, crop in enumerate(crops) if crop is not None]
     if len(with_crops) < 2:
-        raise UserInputError(f"--real_images: the detector found a vehicle in {len(with_crops)} of {len(images)} real "
-                             "images; FD-CLIP needs at least 2")  # fmt: skip
+        raise UserInputError(
+            f"--real_images: the detector found a vehicle in {len(with_crops)} of {len(images)} real "
+            "images; FD-CLIP needs at least 2"
+        )
     return embeddings[with_crops]
 
 
 def ranking_markdown(ranking: list[dict], images_per_candidate: int) -> str:
-    lines = ["# Candidate ranking", "", f"{images_per_candidate} images per candidate, same prompts and seeds.", "",
-             "| rank | candidate | template | yield | detection | color acc. | CLIP text sim. | FD-CLIP to real |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "# Candidate ranking",
+        "",
+        f"{images_per_candidate} images per candidate, same prompts and seeds.",
+        "",
+        "| rank | candidate | template | yield | detection | color acc. | CLIP text sim. | FD-CLIP to real |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for rank, r in enumerate(ranking, start=1):
         distance = "-" if r["fd_clip"] is None else f"{r['fd_clip']:.4f}"
-        lines.append(f"| {rank} | {r['candidate']} | {r['template_id']} | {r['yield']:.3f} | {r['detection_pass_rate']:.3f} | "
-                     f"{r['color_accuracy']:.3f} | {r['clip_text_similarity']:.4f} | {distance} |")  # fmt: skip
+        lines.append(
+            f"| {rank} | {r['candidate']} | {r['template_id']} | {r['yield']:.3f} | {r['detection_pass_rate']:.3f} | "
+            f"{r['color_accuracy']:.3f} | {r['clip_text_similarity']:.4f} | {distance} |"
+        )
     lines += ["", f"Chosen: **{ranking[0]['candidate']}**."]
     return "\n".join(lines) + "\n"
 
@@ -171,21 +220,32 @@ class SelectConfig:
             raise UserInputError("--candidates: give at least one (base, or a LoRA file / folder)")
 
 
-def job_for(config: SelectConfig, generate_config: GenerateConfig, filter_config: FilterConfig, loras: dict,
-            real_files: list[Path]) -> Job:  # fmt: skip
+def job_for(
+    config: SelectConfig,
+    generate_config: GenerateConfig,
+    filter_config: FilterConfig,
+    loras: dict,
+    real_files: list[Path],
+) -> Job:
     from vehicle_diff.jobs import files_digest, output_settings
 
     render = {name: getattr(generate_config, name) for name in RENDER_SETTINGS}
     scoring = {name: getattr(filter_config, name) for name in SELECT_FILTER_SETTINGS}
     components = {
         "settings": output_settings(config, ignore=("prompts", "candidates", "real_images")),
-        "render": render, "scoring": scoring,
+        "render": render,
+        "scoring": scoring,
         "prompt_library_sha256": sha256_file(prompt_library_file(config.prompts)),
         "candidates": {name: sha256_file(lora) if lora else None for name, lora in loras.items()},
         "real_images": files_digest(Path(config.real_images), real_files) if real_files else None,
-    }  # fmt: skip
-    return Job(config.output_dir, "select", components, inputs=[config.prompts],
-               owned=["ranking.json", "ranking.md", "selected.json", "contact_sheets", "config.yaml"])  # fmt: skip
+    }
+    return Job(
+        config.output_dir,
+        "select",
+        components,
+        inputs=[config.prompts],
+        owned=["ranking.json", "ranking.md", "selected.json", "contact_sheets", "config.yaml"],
+    )
 
 
 def select_candidates(config: SelectConfig, *, generate_config: GenerateConfig, filter_config: FilterConfig) -> Path:
@@ -207,13 +267,23 @@ def select_candidates(config: SelectConfig, *, generate_config: GenerateConfig, 
     for row in sample_prompt_rows(len(library["identity"]), config.num_prompts, config.seed):
         for sample in range(config.seeds_per_prompt):
             attributes = {name: library[name][row] for name in ATTRIBUTES}
-            requests.append({**attributes, "identity": library["identity"][row],
-                             "seed": image_seed(config.seed, f"select/{library['identity'][row]}/{sample}")})  # fmt: skip
+            requests.append(
+                {
+                    **attributes,
+                    "identity": library["identity"][row],
+                    "seed": image_seed(config.seed, f"select/{library['identity'][row]}/{sample}"),
+                }
+            )
 
-    pipe = load_pipeline(generate_config.pretrained_model_name_or_path, revision=generate_config.revision,
-                         mixed_precision=generate_config.mixed_precision, device=device)  # fmt: skip
-    detector = VehicleDetector(filter_config.detector, imgsz=filter_config.detector_imgsz, device=device,
-                               floor=filter_config.detection_floor)  # fmt: skip
+    pipe = load_pipeline(
+        generate_config.pretrained_model_name_or_path,
+        revision=generate_config.revision,
+        mixed_precision=generate_config.mixed_precision,
+        device=device,
+    )
+    detector = VehicleDetector(
+        filter_config.detector, imgsz=filter_config.detector_imgsz, device=device, floor=filter_config.detection_floor
+    )
     clip = ClipScorer(filter_config.clip_model, device=device)
     color_texts = clip.encode_texts([filter_config.color_prompt.format(color=c) for c in filter_config.colors])
     real_features = None
@@ -230,16 +300,24 @@ def select_candidates(config: SelectConfig, *, generate_config: GenerateConfig, 
             name = candidate_name(candidate, template_id, len(config.template_ids) > 1)
             name = name if name not in names else f"{name}-{len(names)}"
             names.add(name)
-            prompted = [{**r, "prompt": build_prompt(TEMPLATES[template_id], **{k: r[k] for k in ATTRIBUTES})}
-                        for r in requests]  # fmt: skip
+            prompted = [
+                {**r, "prompt": build_prompt(TEMPLATES[template_id], **{k: r[k] for k in ATTRIBUTES})} for r in requests
+            ]
             images = []
             for start in range(0, len(prompted), generate_config.batch_size):
                 batch = prompted[start : start + generate_config.batch_size]
-                images += render(pipe, [r["prompt"] for r in batch], [r["seed"] for r in batch],
-                                 lora_scale=generate_config.lora_scale if lora else None, **settings)  # fmt: skip
+                images += render(
+                    pipe,
+                    [r["prompt"] for r in batch],
+                    [r["seed"] for r in batch],
+                    lora_scale=generate_config.lora_scale if lora else None,
+                    **settings,
+                )
                 progress.update(len(batch))
             scores = candidate_scores(images, prompted, detector, clip, color_texts, filter_config)
-            crop_embeddings = np.stack([s["embedding"] for s in scores if s["embedding"] is not None] or [np.zeros(color_texts.shape[1])])
+            crop_embeddings = np.stack(
+                [s["embedding"] for s in scores if s["embedding"] is not None] or [np.zeros(color_texts.shape[1])]
+            )
             with_crops = sum(s["embedding"] is not None for s in scores)
             result = {
                 "candidate": name,
@@ -256,10 +334,14 @@ def select_candidates(config: SelectConfig, *, generate_config: GenerateConfig, 
             }
             results.append(result)
             sheet = out_dir / "contact_sheets" / f"{name.replace('|', '_')}.png"
-            labels = [f"{r['color']} {'kept' if s['kept'] else s['reject_reason']}" for r, s in zip(prompted, scores, strict=True)]
+            labels = [
+                f"{r['color']} {'kept' if s['kept'] else s['reject_reason']}"
+                for r, s in zip(prompted, scores, strict=True)
+            ]
             with atomic_path(sheet) as tmp:
-                contact_sheet(images, labels, title=f"{name}: yield {result['yield']:.2f}",
-                              columns=config.seeds_per_prompt * 5).save(tmp, format="PNG")  # fmt: skip
+                contact_sheet(
+                    images, labels, title=f"{name}: yield {result['yield']:.2f}", columns=config.seeds_per_prompt * 5
+                ).save(tmp, format="PNG")
         if lora is not None:
             pipe.unload_lora_weights()
     progress.close()
@@ -267,16 +349,26 @@ def select_candidates(config: SelectConfig, *, generate_config: GenerateConfig, 
     ranking = rank_candidates(results, config.yield_tolerance)
     chosen = ranking[0]
     with atomic_path(out_dir / "ranking.json") as tmp:
-        tmp.write_text(json.dumps({"rule": __doc__.split("Rule: ")[1].split("\n\n")[0].replace("\n", " "),
-                                   "ranking": ranking, "real_images": len(real_files)}, indent=2))  # fmt: skip
+        tmp.write_text(
+            json.dumps(
+                {
+                    "rule": __doc__.split("Rule: ")[1].split("\n\n")[0].replace("\n", " "),
+                    "ranking": ranking,
+                    "real_images": len(real_files),
+                },
+                indent=2,
+            )
+        )
     with atomic_path(out_dir / "ranking.md") as tmp:
         tmp.write_text(ranking_markdown(ranking, len(requests)))
     with atomic_path(out_dir / "selected.json") as tmp:
         tmp.write_text(json.dumps({k: chosen[k] for k in ("candidate", "lora_weights", "template_id")}, indent=2))
     save_config(config, out_dir / "config.yaml", stage="select")
     job.mark_done({k: chosen[k] for k in ("candidate", "template_id")})
-    print(f"Chosen: {chosen['candidate']} with template {chosen['template_id']} (yield {chosen['yield']:.2f}). "
-          f"Ranking: {out_dir / 'ranking.md'}")  # fmt: skip
+    print(
+        f"Chosen: {chosen['candidate']} with template {chosen['template_id']} (yield {chosen['yield']:.2f}). "
+        f"Ranking: {out_dir / 'ranking.md'}"
+    )
     return out_dir
 
 
@@ -285,8 +377,11 @@ def main(argv: list[str] | None = None) -> Path:
     from vehicle_diff.config import resolve_config
 
     config = parse_config(SelectConfig, "select", argv)
-    return select_candidates(config, generate_config=resolve_config(GenerateConfig, "generate", config.preset),
-                             filter_config=resolve_config(FilterConfig, "filter", config.preset))  # fmt: skip
+    return select_candidates(
+        config,
+        generate_config=resolve_config(GenerateConfig, "generate", config.preset),
+        filter_config=resolve_config(FilterConfig, "filter", config.preset),
+    )
 
 
 if __name__ == "__main__":

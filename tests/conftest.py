@@ -176,8 +176,15 @@ def synthetic_dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic") / "dataset"
     (root / "data").mkdir(parents=True)
     for split, ids, per_id in (("train", range(8), 3), ("query", range(8, 11), 1), ("gallery", range(8, 11), 2)):
-        rows = [{"image": Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)), "vehicle_id": pid,
-                 "camera": (index + (1 if split == "gallery" else 0)) % 3} for pid in ids for index in range(per_id)]  # fmt: skip
+        rows = [
+            {
+                "image": Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)),
+                "vehicle_id": pid,
+                "camera": (index + (1 if split == "gallery" else 0)) % 3,
+            }
+            for pid in ids
+            for index in range(per_id)
+        ]
         table = datasets.Dataset.from_list(rows).cast_column("image", datasets.Image())
         table.to_parquet(str(root / "data" / f"{split}-00000-of-00001.parquet"))
     return root

@@ -104,8 +104,15 @@ def make_handler(hub: FakeHub):
             if path == "/api/whoami-v2":
                 if not (self.headers.get("Authorization") or "").startswith("Bearer "):
                     return self.reply(401, {"error": "Invalid credentials in Authorization header"})
-                return self.reply(200, {"type": "user", "name": "test", "orgs": [],
-                                        "auth": {"type": "access_token", "accessToken": {"role": "write"}}})  # fmt: skip
+                return self.reply(
+                    200,
+                    {
+                        "type": "user",
+                        "name": "test",
+                        "orgs": [],
+                        "auth": {"type": "access_token", "accessToken": {"role": "write"}},
+                    },
+                )
             if method == "POST" and path == "/api/repos/create":
                 payload = json.loads(self.body())
                 kind = payload.get("type") or "model"
@@ -133,8 +140,16 @@ def make_handler(hub: FakeHub):
                 )
             if match := re.fullmatch(rf"/api/{REPO}(?:/revision/(?P<rev>[^/]+))?", path):
                 oid, files = hub.files(match["type"], match["repo"], match["rev"] or "main")
-                return self.reply(200, {"id": match["repo"], "sha": oid, "private": False, "disabled": False,
-                                        "siblings": [{"rfilename": name} for name in sorted(files)]})  # fmt: skip
+                return self.reply(
+                    200,
+                    {
+                        "id": match["repo"],
+                        "sha": oid,
+                        "private": False,
+                        "disabled": False,
+                        "siblings": [{"rfilename": name} for name in sorted(files)],
+                    },
+                )
             if match := re.fullmatch(rf"/api/{REPO}/preupload/(?P<rev>[^/]+)", path):
                 files = json.loads(self.body())["files"]
                 return self.reply(
@@ -163,8 +178,10 @@ def make_handler(hub: FakeHub):
                         files.pop(item["value"]["path"], None)
                     elif item["key"] != "header":
                         return self.reply(400, {"error": f"unsupported operation {item['key']}"})
-                oid = hashlib.sha1(json.dumps({p: hashlib.sha1(d).hexdigest() for p, d in sorted(files.items())}).encode()
-                                   + repo["branches"][match["rev"]].encode()).hexdigest()  # fmt: skip
+                oid = hashlib.sha1(
+                    json.dumps({p: hashlib.sha1(d).hexdigest() for p, d in sorted(files.items())}).encode()
+                    + repo["branches"][match["rev"]].encode()
+                ).hexdigest()
                 repo["commits"][oid] = files
                 repo["branches"][match["rev"]] = oid
                 prefix = "" if match["type"] == "models" else match["type"] + "/"
@@ -183,8 +200,9 @@ def make_handler(hub: FakeHub):
             if match := re.fullmatch(
                 r"/(?:(?P<type>datasets|spaces)/)?(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)", path
             ):
-                return self.resolve(method, path, *hub.files(match["type"] or "models", match["repo"], match["rev"]),
-                                    match["file"])  # fmt: skip
+                return self.resolve(
+                    method, path, *hub.files(match["type"] or "models", match["repo"], match["rev"]), match["file"]
+                )
             return self.reply(404, {"error": f"no route for {method} {path}"})
 
         def resolve(self, method: str, path: str, oid: str, files: dict[str, bytes], name: str):

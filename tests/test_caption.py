@@ -99,8 +99,20 @@ def test_hf_dataset_input(tiny_zoo, tmp_path):
     parquet = tmp_path / "pq"
     parquet.mkdir()
     datasets.load_from_disk(str(tmp_path / "ds")).to_parquet(str(parquet / "train.parquet"))
-    out = main(["--preset", "tiny", "--input_dataset", str(parquet), "--image_column", "photo", "--num_images", "3",
-                "--output_dir", str(tmp_path / "cap")])  # fmt: skip
+    out = main(
+        [
+            "--preset",
+            "tiny",
+            "--input_dataset",
+            str(parquet),
+            "--image_column",
+            "photo",
+            "--num_images",
+            "3",
+            "--output_dir",
+            str(tmp_path / "cap"),
+        ]
+    )
     assert datasets.load_dataset("imagefolder", data_dir=str(out), split="train").num_rows == 3
     with pytest.raises(UserInputError, match="no column 'image'"):
         main(["--preset", "tiny", "--input_dataset", str(parquet), "--output_dir", str(tmp_path / "c2")])

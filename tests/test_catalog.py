@@ -111,8 +111,10 @@ def test_utf8_with_or_without_excels_byte_order_mark(tmp_path):
     assert prototypes == load_catalog(plain)[0]
     assert prototypes == [Prototype("Citroën", "C4", 2012, "hatchback"), Prototype("Škoda", "Octavia", 2015, "wagon")]
     jsonl = tmp_path / "cat.jsonl"
-    jsonl.write_bytes(b"\xef\xbb\xbf" + json.dumps({"brand": "Škoda", "model": "Fabia", "year": 2010,
-                                                      "body_style": "hatchback"}).encode("utf-8"))  # fmt: skip
+    jsonl.write_bytes(
+        b"\xef\xbb\xbf"
+        + json.dumps({"brand": "Škoda", "model": "Fabia", "year": 2010, "body_style": "hatchback"}).encode("utf-8")
+    )
     assert load_catalog(jsonl)[0][0].brand == "Škoda"
 
 

@@ -107,7 +107,9 @@ def test_values_that_fit_the_types(tmp_path):
 
 def test_unknown_keys_sections_and_flags_suggest_the_near_miss(tmp_path):
     preset = write_preset(tmp_path, "fid:\n  num_identites: 5\n")
-    with pytest.raises(UserInputError, match=r"section 'fid': unknown key\(s\) \['num_identites'\]; did you mean num_identities\?"):  # fmt: skip
+    with pytest.raises(
+        UserInputError, match=r"section 'fid': unknown key\(s\) \['num_identites'\]; did you mean num_identities\?"
+    ):
         parse_config(Toy, "fid", ["--preset", preset])
     with pytest.raises(UserInputError, match=r"unknown section\(s\) \['prompt'\]; did you mean prompts\?"):
         resolve_config(Toy, "fid", write_preset(tmp_path, "prompt:\n  num_identities: 5\n"))
@@ -162,11 +164,19 @@ def test_every_shipped_preset_section_fits_its_stage():
     from training import evaluate, finetune_lora, train_reid
     from vehicle_diff import pipeline, publish
 
-    configs = {"prompts": prompts.PromptsConfig, "caption": caption.CaptionConfig, "select": select.SelectConfig,
-               "finetune": finetune_lora.FinetuneConfig, "generate": generate.GenerateConfig,
-               "filter": filter.FilterConfig, "export": vehicle_diff_dataset.ExportConfig,
-               "train-reid": train_reid.TrainReIDConfig, "evaluate": evaluate.EvaluateConfig,
-               "publish": publish.PublishConfig, "run": pipeline.RunConfig}  # fmt: skip
+    configs = {
+        "prompts": prompts.PromptsConfig,
+        "caption": caption.CaptionConfig,
+        "select": select.SelectConfig,
+        "finetune": finetune_lora.FinetuneConfig,
+        "generate": generate.GenerateConfig,
+        "filter": filter.FilterConfig,
+        "export": vehicle_diff_dataset.ExportConfig,
+        "train-reid": train_reid.TrainReIDConfig,
+        "evaluate": evaluate.EvaluateConfig,
+        "publish": publish.PublishConfig,
+        "run": pipeline.RunConfig,
+    }
     for preset in ("paper", "tiny"):
         sections = {stage: preset_section(config_cls, stage, preset) for stage, config_cls in configs.items()}
         assert sections["generate"]["num_inference_steps"] == {"paper": 50, "tiny": 4}[preset]
@@ -174,8 +184,14 @@ def test_every_shipped_preset_section_fits_its_stage():
 
 
 def cli(*args, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vehicle_diff.cli", *args], capture_output=True, text=True,
-                          env=ENV, cwd=kwargs.get("cwd"), timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "vehicle_diff.cli", *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=kwargs.get("cwd"),
+        timeout=300,
+    )
 
 
 @pytest.mark.parametrize(
@@ -199,8 +215,13 @@ def test_command_line_refusals_are_one_line_and_exit_2(tmp_path, args, line):
 def sigint_during_import(args: list[str], stage_module: str) -> tuple[int, list[str]]:
     """Start the command with import timing on, send SIGINT once torch is being imported (before the stage
     module is), and return the exit status and the stderr lines that are not import timings."""
-    process = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "vehicle_diff.cli", *args],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-X", "importtime", "-m", "vehicle_diff.cli", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in process.stderr], daemon=True).start()
     seen, deadline = [], time.time() + 120
@@ -245,7 +266,9 @@ def test_ctrl_c_while_a_stage_runs(tmp_path):
         "main.__module__ = sys.argv[1]\n"
         "run_main(main)\n"
     )
-    for module, line in [("generation.generate", "vehicle-diff generate: interrupted; re-run the same command to resume"),
-                         ("generation.prompts", "vehicle-diff prompts: interrupted")]:  # fmt: skip
+    for module, line in [
+        ("generation.generate", "vehicle-diff generate: interrupted; re-run the same command to resume"),
+        ("generation.prompts", "vehicle-diff prompts: interrupted"),
+    ]:
         result = subprocess.run([sys.executable, "-c", script, module], capture_output=True, text=True, env=ENV)
         assert result.returncode == 130 and result.stderr.split("\n") == ["", line, ""], result.stderr

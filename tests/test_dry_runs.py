@@ -40,8 +40,19 @@ def test_one_percent_is_rounded_as_the_paper_counts():
 def test_caption_dry_run_selects_378_of_veri(veri_layout, tmp_path):
     from generation.caption import main
 
-    main(["--preset", "paper", "--input_images", str(veri_layout / "image_train"), "--caption_model", NO_MODEL,
-          "--output_dir", str(tmp_path / "captions"), "--dry_run"])  # fmt: skip
+    main(
+        [
+            "--preset",
+            "paper",
+            "--input_images",
+            str(veri_layout / "image_train"),
+            "--caption_model",
+            NO_MODEL,
+            "--output_dir",
+            str(tmp_path / "captions"),
+            "--dry_run",
+        ]
+    )
     result = plan(tmp_path / "captions")
     assert (result["images"], result["selected"], result["batches"]) == (37_778, 378, 24)
 
@@ -51,10 +62,20 @@ def test_finetune_dry_run_counts_steps_warmup_and_the_sdxl_lora(tmp_path):
 
     train = tmp_path / "captions" / "train"
     train.mkdir(parents=True)
-    (train / "metadata.jsonl").write_text("".join(json.dumps({"file_name": f"{i}.jpg", "text": "a car"}) + "\n"
-                                                  for i in range(378)))  # fmt: skip
-    main(["--preset", "paper", "--train_data_dir", str(tmp_path / "captions"), "--output_dir", str(tmp_path / "lora"),
-          "--dry_run"])  # fmt: skip
+    (train / "metadata.jsonl").write_text(
+        "".join(json.dumps({"file_name": f"{i}.jpg", "text": "a car"}) + "\n" for i in range(378))
+    )
+    main(
+        [
+            "--preset",
+            "paper",
+            "--train_data_dir",
+            str(tmp_path / "captions"),
+            "--output_dir",
+            str(tmp_path / "lora"),
+            "--dry_run",
+        ]
+    )
     result = plan(tmp_path / "lora")
     assert (result["steps_per_epoch"], result["total_steps"], result["warmup_steps"]) == (378, 37_800, 7_560)
     # rank-4 LoRA on the attention projections of SDXL's up blocks, counted on the meta device
@@ -67,8 +88,19 @@ def test_generate_dry_run_plans_the_paper_dataset(tmp_path):
     from generation.prompts import main as prompts
 
     library = prompts(["--preset", "paper", "--output_dir", str(tmp_path / "prompts")])
-    generate(["--preset", "paper", "--prompts", str(library), "--pretrained_model_name_or_path", NO_MODEL,
-              "--output_dir", str(tmp_path / "generated"), "--dry_run"])  # fmt: skip
+    generate(
+        [
+            "--preset",
+            "paper",
+            "--prompts",
+            str(library),
+            "--pretrained_model_name_or_path",
+            NO_MODEL,
+            "--output_dir",
+            str(tmp_path / "generated"),
+            "--dry_run",
+        ]
+    )
     result = plan(tmp_path / "generated")
     assert (result["identities"], result["images"], result["batches"]) == (4_940, 148_200, 37_050)
     assert result["unet_evaluations"] == 148_200 * 50 * 2  # classifier-free guidance: two UNet passes a step
@@ -79,13 +111,31 @@ def test_filter_dry_run_reads_the_records_only(tmp_path):
     from generation.filter import main
 
     count = 148_200
-    table = pa.table({"image_id": [f"id-{i}" for i in range(count)], "identity": [f"v{i // 30}" for i in range(count)],
-                      "color": ["red"] * count, "file_name": [f"images/{i}.png" for i in range(count)],
-                      "width": [1024] * count, "height": [1024] * count})  # fmt: skip
+    table = pa.table(
+        {
+            "image_id": [f"id-{i}" for i in range(count)],
+            "identity": [f"v{i // 30}" for i in range(count)],
+            "color": ["red"] * count,
+            "file_name": [f"images/{i}.png" for i in range(count)],
+            "width": [1024] * count,
+            "height": [1024] * count,
+        }
+    )
     (tmp_path / "generated").mkdir()
     pq.write_table(table, tmp_path / "generated" / "records.parquet")
-    main(["--preset", "paper", "--generated", str(tmp_path / "generated"), "--detector", NO_MODEL,
-          "--output_dir", str(tmp_path / "filtered"), "--dry_run"])  # fmt: skip
+    main(
+        [
+            "--preset",
+            "paper",
+            "--generated",
+            str(tmp_path / "generated"),
+            "--detector",
+            NO_MODEL,
+            "--output_dir",
+            str(tmp_path / "filtered"),
+            "--dry_run",
+        ]
+    )
     result = plan(tmp_path / "filtered")
     assert (result["images"], result["batches"]) == (148_200, 9_263)
 
@@ -93,8 +143,21 @@ def test_filter_dry_run_reads_the_records_only(tmp_path):
 def test_reid_dry_run_trains_as_long_as_fast_reid_on_veri(veri_layout, tmp_path):
     from training.train_reid import main
 
-    main(["--preset", "paper", "--real_data", f"veri776:{veri_layout}", "--data_mode", "R", "--backbone", NO_MODEL,
-          "--output_dir", str(tmp_path / "reid"), "--dry_run"])  # fmt: skip
+    main(
+        [
+            "--preset",
+            "paper",
+            "--real_data",
+            f"veri776:{veri_layout}",
+            "--data_mode",
+            "R",
+            "--backbone",
+            NO_MODEL,
+            "--output_dir",
+            str(tmp_path / "reid"),
+            "--dry_run",
+        ]
+    )
     result = plan(tmp_path / "reid")
     assert (result["num_images"], result["num_identities"], result["batch_size"]) == (37_778, 576, 64)
     assert (result["steps_per_epoch"], result["total_steps"], result["warmup_steps"]) == (590, 35_400, 5_900)

@@ -22,8 +22,22 @@ def model_folder(tmp_path_factory):
 
 
 def test_variants_pictures_and_metrics_of_the_features(model_folder, veri_folder, tmp_path):
-    out = main(["--preset", "tiny", "--model", str(model_folder), "--eval_data", f"veri776:{veri_folder}", "--flip",
-                "--rerank", "--retrieval_queries", "3", "--output_dir", str(tmp_path / "eval")])  # fmt: skip
+    out = main(
+        [
+            "--preset",
+            "tiny",
+            "--model",
+            str(model_folder),
+            "--eval_data",
+            f"veri776:{veri_folder}",
+            "--flip",
+            "--rerank",
+            "--retrieval_queries",
+            "3",
+            "--output_dir",
+            str(tmp_path / "eval"),
+        ]
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"plain", "flip", "reranked", "data", "rerank"} <= set(metrics) and metrics["data"] == "VeRi-776"
     assert metrics["rerank"] == {"features": "flip", "k1": 20, "k2": 6, "lambda_value": 0.3}
@@ -40,8 +54,11 @@ def test_variants_pictures_and_metrics_of_the_features(model_folder, veri_folder
 
     transform = eval_transform([32, 32])
     with torch.no_grad():
-        features = [model.extract(torch.stack([transform(load_image(s.image)) for s in part]), flip=flip)
-                    for part in (split.query, split.gallery) for flip in (False, True)]  # fmt: skip
+        features = [
+            model.extract(torch.stack([transform(load_image(s.image)) for s in part]), flip=flip)
+            for part in (split.query, split.gallery)
+            for flip in (False, True)
+        ]
     ids = [np.array([s.pid for s in part]) for part in (split.query, split.gallery)]
     cams = [np.array([s.camid for s in part]) for part in (split.query, split.gallery)]
     for variant, (q, g) in (("plain", (features[0], features[2])), ("flip", (features[1], features[3]))):
@@ -70,8 +87,16 @@ def test_vehicleid_draws_share_one_feature_pass(model_folder, tmp_path):
     seen = []
     extract = model.extract
     model.extract = lambda images, flip=False: seen.append(len(images)) or extract(images, flip=flip)
-    metrics, picture = evaluate_model(model, f"vehicleid:{tmp_path / 'VehicleID'}:800", flip=False, rerank=False,
-                                      vehicleid_draws=3, device="cpu", batch_size=4, progress=False)  # fmt: skip
+    metrics, picture = evaluate_model(
+        model,
+        f"vehicleid:{tmp_path / 'VehicleID'}:800",
+        flip=False,
+        rerank=False,
+        vehicleid_draws=3,
+        device="cpu",
+        batch_size=4,
+        progress=False,
+    )
     assert sum(seen) == 15  # 15 test images, once, for 3 draws
     assert metrics["data"].startswith("VehicleID-800 (3 draws")
     assert set(metrics["plain"]["mAP"]) == {"mean", "std"} and len(metrics["plain"]["cmc"]["mean"]) == 5
@@ -84,11 +109,13 @@ def test_vehicleid_draws_share_one_feature_pass(model_folder, tmp_path):
 
 @pytest.mark.parametrize(
     "flags, message",
-    [(["--batch_size", "0"], "--batch_size must be at least 1"),
-     (["--vehicleid_draws", "-1"], "--vehicleid_draws must be at least 1"),
-     (["--retrieval_top_k", "0"], "--retrieval_top_k must be at least 1"),
-     (["--retrieval_queries", "500"], "at most 100 queries")],
-)  # fmt: skip
+    [
+        (["--batch_size", "0"], "--batch_size must be at least 1"),
+        (["--vehicleid_draws", "-1"], "--vehicleid_draws must be at least 1"),
+        (["--retrieval_top_k", "0"], "--retrieval_top_k must be at least 1"),
+        (["--retrieval_queries", "500"], "at most 100 queries"),
+    ],
+)
 def test_numeric_flags_are_range_checked(flags, message):
     with pytest.raises(UserInputError, match=message):
         main(["--preset", "tiny", *flags])
@@ -96,8 +123,18 @@ def test_numeric_flags_are_range_checked(flags, message):
 
 def test_vehicleid_size_is_checked(model_folder, tmp_path):
     with pytest.raises(UserInputError, match="one of"):
-        main(["--preset", "tiny", "--model", str(model_folder), "--eval_data", f"vehicleid:{tmp_path}:700",
-              "--output_dir", str(tmp_path / "eval")])  # fmt: skip
+        main(
+            [
+                "--preset",
+                "tiny",
+                "--model",
+                str(model_folder),
+                "--eval_data",
+                f"vehicleid:{tmp_path}:700",
+                "--output_dir",
+                str(tmp_path / "eval"),
+            ]
+        )
 
 
 def test_retrieval_sheet_marks_matches_mistakes_and_junk(tmp_path):

@@ -18,8 +18,13 @@ from vehicle_diff.errors import UserInputError
 
 
 def cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "vehicle_diff.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=600)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "vehicle_diff.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+    )
 
 
 def one_line_refusal(result):
@@ -42,16 +47,25 @@ def test_export_refuses_a_foreign_folder_and_the_current_one(tiny_filtered, tmp_
     result = cli("export", "--preset", "tiny", "--filtered", tiny_filtered, "--output_dir", ".", cwd=mine)
     assert one_line_refusal(result) and "refusing to use" in result.stderr
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt", "prompts"]
-    result = cli("export", "--preset", "tiny", "--filtered", tiny_filtered, "--output_dir", tmp_path / "ds",
-                 "--veri_dir", mine)  # fmt: skip
+    result = cli(
+        "export", "--preset", "tiny", "--filtered", tiny_filtered, "--output_dir", tmp_path / "ds", "--veri_dir", mine
+    )
     assert one_line_refusal(result) and "--veri_dir" in result.stderr and not (tmp_path / "ds").exists()
 
 
 def test_export_replaces_its_own_earlier_output_and_veri_folder_whole(tiny_filtered, tmp_path):
     from vehicle_diff_dataset import main
 
-    args = ["--preset", "tiny", "--filtered", str(tiny_filtered), "--output_dir", str(tmp_path / "ds"),
-            "--veri_dir", str(tmp_path / "veri")]  # fmt: skip
+    args = [
+        "--preset",
+        "tiny",
+        "--filtered",
+        str(tiny_filtered),
+        "--output_dir",
+        str(tmp_path / "ds"),
+        "--veri_dir",
+        str(tmp_path / "veri"),
+    ]
     main([*args, "--eval_fraction", "0"])
     assert len(list((tmp_path / "veri" / "image_train").iterdir())) == 24
     main(args)  # a quarter of the identities held out: fewer train images, none left over from before
@@ -65,7 +79,16 @@ def test_filter_refuses_scores_of_images_that_were_regenerated(tiny_prompts, tmp
     from generation.generate import main as generate
 
     generated, filtered = tmp_path / "gen", tmp_path / "filtered"
-    args = ["--preset", "tiny", "--prompts", str(tiny_prompts), "--output_dir", str(generated), "--images_per_identity", "1"]
+    args = [
+        "--preset",
+        "tiny",
+        "--prompts",
+        str(tiny_prompts),
+        "--output_dir",
+        str(generated),
+        "--images_per_identity",
+        "1",
+    ]
     generate(args)
     filter_args = ["--preset", "tiny", "--generated", str(generated), "--output_dir", str(filtered)]
     filter_main(filter_args)
@@ -80,8 +103,21 @@ def test_filter_refuses_scores_of_images_that_were_regenerated(tiny_prompts, tmp
 
 def test_torn_shards_of_a_killed_run_are_redone_not_trusted(tiny_prompts, tmp_path):
     def command(out_dir):
-        return [sys.executable, "-m", "generation.generate", "--preset", "tiny", "--prompts", str(tiny_prompts),
-                "--output_dir", str(out_dir), "--batch_size", "1", "--images_per_identity", "4"]  # fmt: skip
+        return [
+            sys.executable,
+            "-m",
+            "generation.generate",
+            "--preset",
+            "tiny",
+            "--prompts",
+            str(tiny_prompts),
+            "--output_dir",
+            str(out_dir),
+            "--batch_size",
+            "1",
+            "--images_per_identity",
+            "4",
+        ]
 
     killed = tmp_path / "killed"
     assert 3 <= sigkill_after_shards(command(killed), killed / "records", shards=3) < 32
@@ -107,11 +143,23 @@ def test_duplicate_identity_keys_are_refused_before_any_model_loads(tiny_prompts
     table = pq.read_table(tiny_prompts / "prompts.parquet")
     identities = table.column("identity").to_pylist()
     identities[3] = identities[0]
-    pq.write_table(table.set_column(table.column_names.index("identity"), "identity", pa.array(identities)),
-                   tmp_path / "dup.parquet")  # fmt: skip
+    pq.write_table(
+        table.set_column(table.column_names.index("identity"), "identity", pa.array(identities)),
+        tmp_path / "dup.parquet",
+    )
     with pytest.raises(UserInputError, match="appear more than once"):  # the model id is never looked at
-        generate(["--preset", "tiny", "--prompts", str(tmp_path / "dup.parquet"), "--output_dir", str(tmp_path / "g"),
-                  "--pretrained_model_name_or_path", "no/such-model"])  # fmt: skip
+        generate(
+            [
+                "--preset",
+                "tiny",
+                "--prompts",
+                str(tmp_path / "dup.parquet"),
+                "--output_dir",
+                str(tmp_path / "g"),
+                "--pretrained_model_name_or_path",
+                "no/such-model",
+            ]
+        )
     assert not (tmp_path / "g").exists()
 
 
@@ -132,15 +180,28 @@ def test_two_plain_invocations_on_one_folder_share_the_work(tiny_prompts, tmp_pa
     args = ["--preset", "tiny", "--prompts", str(tiny_prompts), "--batch_size", "1", "--images_per_identity", "3"]
     log = tmp_path / "renders.jsonl"
     env = {**os.environ, "RENDER_LOG": str(log), "OMP_NUM_THREADS": "1"}
-    workers = [subprocess.Popen([sys.executable, "-c", RECORDING_WORKER, *args, "--output_dir", str(tmp_path / "shared")],
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]  # fmt: skip
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", RECORDING_WORKER, *args, "--output_dir", str(tmp_path / "shared")],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
     outputs = [worker.communicate(timeout=600) for worker in workers]
     assert all(worker.returncode == 0 for worker in workers), outputs[0][1][-2000:] + outputs[1][1][-2000:]
     rendered = [tuple(seeds) for seeds in map(eval, log.read_text().splitlines())]
     assert len(rendered) == len(set(rendered)) == 24  # every batch once, none twice
-    subprocess.run([sys.executable, "-m", "generation.generate", *args, "--output_dir", str(tmp_path / "alone")],
-                   env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True, capture_output=True)  # fmt: skip
-    assert (tmp_path / "shared" / "records.parquet").read_bytes() == (tmp_path / "alone" / "records.parquet").read_bytes()
+    subprocess.run(
+        [sys.executable, "-m", "generation.generate", *args, "--output_dir", str(tmp_path / "alone")],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        check=True,
+        capture_output=True,
+    )
+    assert (tmp_path / "shared" / "records.parquet").read_bytes() == (
+        tmp_path / "alone" / "records.parquet"
+    ).read_bytes()
     assert images(tmp_path / "shared") == images(tmp_path / "alone")
 
 
@@ -160,11 +221,24 @@ main(sys.argv[1:])
 
 
 def test_finetune_killed_while_writing_a_checkpoint_resumes_to_the_same_lora(tiny_captions, tmp_path):
-    args = ["--preset", "tiny", "--train_data_dir", str(tiny_captions), "--max_train_steps", "4",
-            "--checkpointing_steps", "2", "--validation_prompts", "a car", "--resume_from_checkpoint", "latest"]  # fmt: skip
+    args = [
+        "--preset",
+        "tiny",
+        "--train_data_dir",
+        str(tiny_captions),
+        "--max_train_steps",
+        "4",
+        "--checkpointing_steps",
+        "2",
+        "--validation_prompts",
+        "a car",
+        "--resume_from_checkpoint",
+        "latest",
+    ]
     killed = tmp_path / "killed"
-    result = subprocess.run([sys.executable, "-c", KILLED_IN_CHECKPOINT, *args, "--output_dir", str(killed)],
-                            capture_output=True, text=True)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", KILLED_IN_CHECKPOINT, *args, "--output_dir", str(killed)], capture_output=True, text=True
+    )
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
     assert [p.name for p in killed.glob("checkpoint-*")] == ["checkpoint-2"]  # the torn one is invisible
     from training.finetune_lora import main
@@ -182,8 +256,18 @@ def test_finetune_killed_while_writing_a_checkpoint_resumes_to_the_same_lora(tin
 def test_a_damaged_latest_checkpoint_falls_back_and_names_resolve_like_diffusers(tiny_captions, tmp_path, capfd):
     from training.finetune_lora import main
 
-    args = ["--preset", "tiny", "--train_data_dir", str(tiny_captions), "--max_train_steps", "4",
-            "--checkpointing_steps", "2", "--validation_prompts", "a car"]  # fmt: skip
+    args = [
+        "--preset",
+        "tiny",
+        "--train_data_dir",
+        str(tiny_captions),
+        "--max_train_steps",
+        "4",
+        "--checkpointing_steps",
+        "2",
+        "--validation_prompts",
+        "a car",
+    ]
     first = main([*args, "--output_dir", str(tmp_path / "first")])
     adapter = first / "checkpoint-4" / "adapter_0.safetensors"
     adapter.write_bytes(adapter.read_bytes()[: adapter.stat().st_size // 2])  # cut in half, as a kill would
@@ -202,10 +286,24 @@ def test_a_damaged_latest_checkpoint_falls_back_and_names_resolve_like_diffusers
 
 
 def test_a_second_trainer_on_the_same_folder_is_refused(tiny_captions, tmp_path):
-    args = ["finetune", "--preset", "tiny", "--train_data_dir", tiny_captions, "--output_dir", tmp_path / "lora",
-            "--max_train_steps", "200", "--checkpointing_steps", "100"]  # fmt: skip
-    first = subprocess.Popen([sys.executable, "-m", "vehicle_diff.cli", *map(str, args)], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)  # fmt: skip
+    args = [
+        "finetune",
+        "--preset",
+        "tiny",
+        "--train_data_dir",
+        tiny_captions,
+        "--output_dir",
+        tmp_path / "lora",
+        "--max_train_steps",
+        "200",
+        "--checkpointing_steps",
+        "100",
+    ]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "vehicle_diff.cli", *map(str, args)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 120
         while not (tmp_path / "lora" / "job.json").exists() and time.time() < deadline:

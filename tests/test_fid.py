@@ -111,8 +111,20 @@ def test_fid_stage_equals_torchmetrics_and_torch_fidelity(fid_inputs, tmp_path):
     from training.fid import main
 
     root, weights, real, fake = fid_inputs
-    out = main(["--real_images", str(root / "real"), "--generated_images", str(root / "fake"), "--batch_size", "3",
-                "--inception_weights", str(weights), "--output_dir", str(tmp_path / "out")])  # fmt: skip
+    out = main(
+        [
+            "--real_images",
+            str(root / "real"),
+            "--generated_images",
+            str(root / "fake"),
+            "--batch_size",
+            "3",
+            "--inception_weights",
+            str(weights),
+            "--output_dir",
+            str(tmp_path / "out"),
+        ]
+    )
     result = json.loads((out / "fid.json").read_text())
     assert result["real_images"] == 6 and result["generated_images"] == 5
 
@@ -131,7 +143,10 @@ def test_fid_stage_equals_torchmetrics_and_torch_fidelity(fid_inputs, tmp_path):
         "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights)
     )
     with torch.no_grad():
-        features = [np.concatenate([extractor(uint8_tensor(f)[None])[0].double().numpy() for f in files]) for files in (real, fake)]  # fmt: skip
+        features = [
+            np.concatenate([extractor(uint8_tensor(f)[None])[0].double().numpy() for f in files])
+            for files in (real, fake)
+        ]
     assert result["fid"] == pytest.approx(frechet_distance_of_features(*features), rel=1e-3)
 
 
@@ -140,8 +155,14 @@ def test_fid_weights_are_found_in_the_hub_cache_or_refused_in_one_line(fid_input
 
     root, weights, _, _ = fid_inputs
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    args = ["--real_images", str(root / "real"), "--generated_images", str(root / "fake"),
-            "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    args = [
+        "--real_images",
+        str(root / "real"),
+        "--generated_images",
+        str(root / "fake"),
+        "--output_dir",
+        str(tmp_path / "out"),
+    ]
     with pytest.raises(UserInputError) as error:
         main(args)
     message = str(error.value)
@@ -166,8 +187,14 @@ def test_fid_refuses_files_that_are_not_the_inception_state_dict(tmp_path, fid_i
     from training.fid import main
 
     root, _, _, _ = fid_inputs
-    args = ["--real_images", str(root / "real"), "--generated_images", str(root / "fake"),
-            "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    args = [
+        "--real_images",
+        str(root / "real"),
+        "--generated_images",
+        str(root / "fake"),
+        "--output_dir",
+        str(tmp_path / "out"),
+    ]
     torch.save({"fc.weight": torch.zeros(3, 3)}, tmp_path / "other.pth")
     with pytest.raises(UserInputError, match="not the FID Inception-v3 state dict"):
         main([*args, "--inception_weights", str(tmp_path / "other.pth")])

@@ -41,8 +41,14 @@ def test_confidence_threshold_is_inclusive():
 
 
 def scored(box=(0, 0, 600, 400), confidence=0.9, color="red", similarities=None, size=1024):
-    return {"det_box": list(box), "det_confidence": confidence, "color": color, "width": size, "height": size,
-            "color_similarities": similarities if similarities is not None else {"red": 0.3, "blue": 0.2}}  # fmt: skip
+    return {
+        "det_box": list(box),
+        "det_confidence": confidence,
+        "color": color,
+        "width": size,
+        "height": size,
+        "color_similarities": similarities if similarities is not None else {"red": 0.3, "blue": 0.2},
+    }
 
 
 def test_size_rule_is_exclusive_at_250_px_and_scales_with_the_image():

@@ -73,9 +73,7 @@ def test_finetune_writes_an_up_blocks_lora_that_stock_diffusers_loads(tiny_capti
     pipe.load_lora_weights(str(out), weight_name="pytorch_lora_weights.safetensors")
     assert pipe.get_list_adapters()["unet"]
     card = (out / "README.md").read_text()
-    assert (
-        "template:sd-lora" in card and "rank 4" in card and "tiny:blip2" in card and "6 unlabeled images" in card
-    )
+    assert "template:sd-lora" in card and "rank 4" in card and "tiny:blip2" in card and "6 unlabeled images" in card
     header = card.split("---")[1]
     assert "base_model" not in header  # a local random model: nothing on the Hub to link
     assert (out / "validation.png").is_file()

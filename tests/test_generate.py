@@ -73,9 +73,28 @@ def test_generate_writes_images_and_full_records(reference_run):
     rows = records(reference_run)
     assert len(rows) == 24 and len({r["image_id"] for r in rows}) == 24
     first = rows[0]
-    for key in ("image_id", "identity", "vehicle_id", "brand", "model", "year", "body_style", "color", "prompt",
-                "template_id", "seed", "base_model", "base_model_revision", "lora_sha256", "scheduler",
-                "num_inference_steps", "guidance_scale", "height", "width", "file_name"):  # fmt: skip
+    for key in (
+        "image_id",
+        "identity",
+        "vehicle_id",
+        "brand",
+        "model",
+        "year",
+        "body_style",
+        "color",
+        "prompt",
+        "template_id",
+        "seed",
+        "base_model",
+        "base_model_revision",
+        "lora_sha256",
+        "scheduler",
+        "num_inference_steps",
+        "guidance_scale",
+        "height",
+        "width",
+        "file_name",
+    ):
         assert key in first, key
     assert first["scheduler"] == "EulerDiscreteScheduler" and first["lora_sha256"] == ""
     assert first["base_model_revision"].startswith("sha256:")  # the tiny model's content hash
@@ -110,7 +129,9 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tiny_prompts, tmp_path):
     assert not (tmp_path / "killed" / "records.parquet").exists()
     subprocess.run(command(tmp_path / "killed"), check=True, capture_output=True)
     subprocess.run(command(tmp_path / "straight"), check=True, capture_output=True)
-    assert (tmp_path / "killed" / "records.parquet").read_bytes() == (tmp_path / "straight" / "records.parquet").read_bytes()
+    assert (tmp_path / "killed" / "records.parquet").read_bytes() == (
+        tmp_path / "straight" / "records.parquet"
+    ).read_bytes()
     assert images(tmp_path / "killed") == images(tmp_path / "straight")
     assert not list((tmp_path / "killed").rglob("*.tmp"))
 

@@ -105,9 +105,15 @@ def reference_rerank(query, gallery, k1, k2, lambda_value):
 
 @pytest.mark.parametrize(
     "values, k1, k2, lambda_value",
-    [("integer", 4, 2, 0.3), ("integer", 7, 6, 0.3), ("integer", 3, 3, 1.0), ("normal", 20, 6, 0.3),
-     ("normal", 5, 1, 0.0), ("normal", 9, 4, 0.5)],
-)  # fmt: skip
+    [
+        ("integer", 4, 2, 0.3),
+        ("integer", 7, 6, 0.3),
+        ("integer", 3, 3, 1.0),
+        ("normal", 20, 6, 0.3),
+        ("normal", 5, 1, 0.0),
+        ("normal", 9, 4, 0.5),
+    ],
+)
 def test_reranking_matches_the_published_algorithm(values, k1, k2, lambda_value):
     rng = np.random.default_rng(k1 * 10 + k2)
     if values == "integer":  # exact distances: many ties, broken by index on both sides
@@ -120,8 +126,14 @@ def test_reranking_matches_the_published_algorithm(values, k1, k2, lambda_value)
     query, gallery = features[:15], features[15:]
     expected = reference_rerank(query, gallery, k1, k2, lambda_value)
     for block_size in (16, 1024):  # several blocks, and one
-        ours = k_reciprocal_rerank(torch.from_numpy(query), torch.from_numpy(gallery), k1=k1, k2=k2,
-                                   lambda_value=lambda_value, block_size=block_size)  # fmt: skip
+        ours = k_reciprocal_rerank(
+            torch.from_numpy(query),
+            torch.from_numpy(gallery),
+            k1=k1,
+            k2=k2,
+            lambda_value=lambda_value,
+            block_size=block_size,
+        )
         assert ours.shape == (15, 55) and ours.dtype == torch.float32
         np.testing.assert_allclose(ours.numpy(), expected, atol=1e-5, rtol=0)
 

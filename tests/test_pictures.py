@@ -38,7 +38,9 @@ def test_multi_line_captions_make_taller_tiles_and_are_drawn_whole():
     assert four.width == one.width and four.height > one.height + 2 * 10
     long = contact_sheet([picture("red"), picture("blue")], ["a", "blue Bentley Continental GT " * 3], cell=64)
     caption = long.crop((0, 64 + 2 * PAD, long.width, long.height))  # everything under the pictures
-    ink_rows = [y for y in range(caption.height) if min(caption.getpixel((x, y))[0] for x in range(caption.width)) < 128]  # fmt: skip
+    ink_rows = [
+        y for y in range(caption.height) if min(caption.getpixel((x, y))[0] for x in range(caption.width)) < 128
+    ]
     assert ink_rows and ink_rows[-1] - ink_rows[0] > 5 * 10  # six-odd lines of text, not one cut line
 
 

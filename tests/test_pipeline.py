@@ -20,9 +20,18 @@ def demo_run(tiny_zoo, tmp_path_factory):
 def test_run_produces_every_artifact_and_reads_the_dataset_back_through_olah(demo_run):
     summary = (demo_run / "summary.md").read_text()
     assert "Read back through olah" in summary and "'train':" in summary
-    for path in ("prompts/prompts.parquet", "captions/train/metadata.jsonl", "lora/pytorch_lora_weights.safetensors",
-                 "select/selected.json", "generated/records.parquet", "filtered/summary.json", "vehicle-diff/README.md",
-                 "reid/model.safetensors", "evaluation/metrics.json", "mirror/datasets/vehicle-diff/vehicle-diff/.git"):  # fmt: skip
+    for path in (
+        "prompts/prompts.parquet",
+        "captions/train/metadata.jsonl",
+        "lora/pytorch_lora_weights.safetensors",
+        "select/selected.json",
+        "generated/records.parquet",
+        "filtered/summary.json",
+        "vehicle-diff/README.md",
+        "reid/model.safetensors",
+        "evaluation/metrics.json",
+        "mirror/datasets/vehicle-diff/vehicle-diff/.git",
+    ):
         assert (demo_run / path).exists(), path
     import datasets
 
@@ -70,8 +79,22 @@ main(["generate", "--preset", "tiny", "--prompts", sys.argv[1], "--output_dir", 
     assert "cannot write" in message and words in message and "re-run" in message and "Traceback" not in failed.stderr
     kept = len(list((out / "records").glob("batch-*.jsonl")))
     assert kept >= 1
-    done = subprocess.run([sys.executable, "-m", "vehicle_diff.cli", "generate", "--preset", "tiny", "--prompts", str(tiny_prompts),
-                           "--output_dir", str(out)], capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vehicle_diff.cli",
+            "generate",
+            "--preset",
+            "tiny",
+            "--prompts",
+            str(tiny_prompts),
+            "--output_dir",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     import pyarrow.parquet as pq
 
@@ -101,8 +124,21 @@ def test_malformed_preset_and_out_of_range_values_exit_non_zero(tmp_path):
 
 def test_cli_lists_every_stage():
     result = subprocess.run([sys.executable, "-m", "vehicle_diff.cli", "--help"], capture_output=True, text=True)
-    for stage in ("tiny-models", "run", "prompts", "caption", "finetune", "select", "generate", "filter", "export",
-                  "train-reid", "evaluate", "fid", "publish"):  # fmt: skip
+    for stage in (
+        "tiny-models",
+        "run",
+        "prompts",
+        "caption",
+        "finetune",
+        "select",
+        "generate",
+        "filter",
+        "export",
+        "train-reid",
+        "evaluate",
+        "fid",
+        "publish",
+    ):
         assert f"  {stage} " in result.stdout
 
 
@@ -113,15 +149,27 @@ def test_run_killed_mid_generate_then_rerun_equals_an_uninterrupted_run(demo_run
     import time
 
     out = tmp_path / "killed"
-    command = [sys.executable, "-m", "vehicle_diff.cli", "run", "--preset", "tiny", "--num_target_images", "12",
-               "--output_dir", str(out), "--no_verify_mirror"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "vehicle_diff.cli",
+        "run",
+        "--preset",
+        "tiny",
+        "--num_target_images",
+        "12",
+        "--output_dir",
+        str(out),
+        "--no_verify_mirror",
+    ]
     from vehicle_diff import LAUNCH_THREAD_SETTINGS
 
     # the environment this test process started with: libraries imported by earlier tests set thread variables
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_THREAD_SETTINGS}
     env.update({k: v for k, v in LAUNCH_THREAD_SETTINGS.items() if v is not None})
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                               env=env)  # fmt: skip
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env
+    )
     deadline = time.time() + 400
     while time.time() < deadline and len(list((out / "generated" / "records").glob("batch-*.jsonl"))) < 2:
         time.sleep(0.01)
@@ -130,7 +178,11 @@ def test_run_killed_mid_generate_then_rerun_equals_an_uninterrupted_run(demo_run
     assert not (out / "generated" / "done.json").exists(), "the kill should land mid-generate"
     finished = subprocess.run(command, capture_output=True, text=True, env=env)
     assert finished.returncode == 0, finished.stderr[-3000:]
-    for name in ("generated/records.parquet", "filtered/records.parquet", "vehicle-diff/data/train-00000-of-00001.parquet"):
+    for name in (
+        "generated/records.parquet",
+        "filtered/records.parquet",
+        "vehicle-diff/data/train-00000-of-00001.parquet",
+    ):
         assert (out / name).read_bytes() == (demo_run / name).read_bytes(), name
     ours = sorted(p.relative_to(out / "generated") for p in (out / "generated" / "images").rglob("*.png"))
     theirs = sorted(p.relative_to(demo_run / "generated") for p in (demo_run / "generated" / "images").rglob("*.png"))
@@ -139,8 +191,17 @@ def test_run_killed_mid_generate_then_rerun_equals_an_uninterrupted_run(demo_run
 
 
 def test_run_after_a_settings_change_refuses_then_redoes_what_changed(demo_run, capfd):
-    change = ["--preset", "tiny", "--output_dir", str(demo_run), "--no_verify_mirror", "--version", "v1.1",
-              "--override", "generate.images_per_identity=2"]  # fmt: skip
+    change = [
+        "--preset",
+        "tiny",
+        "--output_dir",
+        str(demo_run),
+        "--no_verify_mirror",
+        "--version",
+        "v1.1",
+        "--override",
+        "generate.images_per_identity=2",
+    ]
     with pytest.raises(SystemExit) as refused:
         main(change)
     assert refused.value.code == 2

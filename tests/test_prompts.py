@@ -155,14 +155,25 @@ def test_flags_override_the_preset(tmp_path):
 def test_command_line_exit_codes(tmp_path):
     ok = subprocess.run(
         [sys.executable, "-m", "generation.prompts", "--preset", "tiny", "--output_dir", str(tmp_path / "p")],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0, ok.stderr
     assert "Prompt library: 8 identities" in ok.stdout
     bad = subprocess.run(
-        [sys.executable, "-m", "vehicle_diff.cli", "prompts", "--num_identities", "-1", "--output_dir", str(tmp_path / "q")],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "vehicle_diff.cli",
+            "prompts",
+            "--num_identities",
+            "-1",
+            "--output_dir",
+            str(tmp_path / "q"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2
     assert bad.stderr.strip() == "vehicle-diff prompts: error: --num_identities must be positive (got -1)"
     unknown = subprocess.run([sys.executable, "-m", "vehicle_diff.cli", "nope"], capture_output=True, text=True)

@@ -45,8 +45,20 @@ def trained_lora(tiny_captions, tmp_path_factory):
     """A LoRA from the finetune stage (card, context, validation grid), two steps long."""
     from training.finetune_lora import main as finetune
 
-    return finetune(["--preset", "tiny", "--train_data_dir", str(tiny_captions), "--max_train_steps", "2",
-                     "--validation_inference_steps", "2", "--output_dir", str(tmp_path_factory.mktemp("lora") / "lora")])  # fmt: skip
+    return finetune(
+        [
+            "--preset",
+            "tiny",
+            "--train_data_dir",
+            str(tiny_captions),
+            "--max_train_steps",
+            "2",
+            "--validation_inference_steps",
+            "2",
+            "--output_dir",
+            str(tmp_path_factory.mktemp("lora") / "lora"),
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +66,20 @@ def tiny_reid(tiny_dataset, tiny_zoo, tmp_path_factory):
     """A re-ID model trained (two steps) and evaluated on the exported tiny dataset."""
     from training.train_reid import main as train
 
-    return train(["--preset", "tiny", "--synthetic_data", str(tiny_dataset), "--data_mode", "S", "--max_train_steps", "2",
-                  "--output_dir", str(tmp_path_factory.mktemp("reid") / "reid")])  # fmt: skip
+    return train(
+        [
+            "--preset",
+            "tiny",
+            "--synthetic_data",
+            str(tiny_dataset),
+            "--data_mode",
+            "S",
+            "--max_train_steps",
+            "2",
+            "--output_dir",
+            str(tmp_path_factory.mktemp("reid") / "reid"),
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +88,20 @@ def second_dataset(tiny_filtered, tmp_path_factory):
     from vehicle_diff_dataset import main as export
 
     colors = ["black", "brown", "golden", "white", "blue", "red", "gray", "green", "orange", "yellow"]
-    return export(["--preset", "tiny", "--filtered", str(tiny_filtered), "--eval_fraction", "0", "--colors", *colors,
-                   "--output_dir", str(tmp_path_factory.mktemp("dataset2") / "vehicle-diff")])  # fmt: skip
+    return export(
+        [
+            "--preset",
+            "tiny",
+            "--filtered",
+            str(tiny_filtered),
+            "--eval_fraction",
+            "0",
+            "--colors",
+            *colors,
+            "--output_dir",
+            str(tmp_path_factory.mktemp("dataset2") / "vehicle-diff"),
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +132,9 @@ def olah(mirror, tmp_path_factory):
         yield endpoint
 
 
-def test_round_trip_through_olah_with_the_real_clients_and_the_cards_snippets(olah, mirror, tiny_zoo, tmp_path,
-                                                                            monkeypatch):  # fmt: skip
+def test_round_trip_through_olah_with_the_real_clients_and_the_cards_snippets(
+    olah, mirror, tiny_zoo, tmp_path, monkeypatch
+):
     for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):  # an air-gapped user's shell
         monkeypatch.setenv(name, "1")
     script = textwrap.dedent("""
@@ -128,15 +165,21 @@ def test_round_trip_through_olah_with_the_real_clients_and_the_cards_snippets(ol
     """)
     env = python_env(mirror_client_env(olah, tmp_path / "hf"))
     assert not {"HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"} & set(env)
-    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, env=env,
-                            timeout=600)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, env=env, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.split("RESULT", 1)[1])
     assert set(out["v1.0"]["splits"]) == {"train", "query", "gallery"} and set(out["v2.0"]["splits"]) == {"train"}
     assert sum(out["v1.0"]["splits"].values()) == out["v2.0"]["splits"]["train"]
     assert out["v1.0"]["colors"][0] == "yellow" and out["v2.0"]["colors"][0] == "black"
-    assert {"pytorch_lora_weights.safetensors", "pytorch_lora_weights_kohya.safetensors", "publish.json",
-            "README.md", "validation.png"} <= set(out["lora_files"])  # fmt: skip
+    assert {
+        "pytorch_lora_weights.safetensors",
+        "pytorch_lora_weights_kohya.safetensors",
+        "publish.json",
+        "README.md",
+        "validation.png",
+    } <= set(out["lora_files"])
     assert {"config.json", "model.safetensors", "reid_heads.safetensors", "README.md"} <= set(out["reid_files"])
     assert out["lora_adapters"]["unet"] and out["lora_image"] > 0
     assert out["reid_features"][0] == 1 and out["timm_backbone"] == "ResNet"
@@ -162,8 +205,11 @@ def test_read_back_through_olah_ignores_the_users_offline_switches(mirror, tmp_p
 
 def test_published_files_hold_no_machine_paths_and_the_manifest_matches(mirror, tmp_path):
     local = {"/tmp/", str(Path.home()) + "/", os.getcwd() + "/", str(tmp_path.parent.parent) + "/"}
-    repos = [mirror / "datasets" / "vehicle-diff" / "vehicle-diff", mirror / "models" / "vehicle-diff" / "vehicle-diff-sdxl-lora",
-             mirror / "models" / "vehicle-diff" / "vehicle-diff-reid"]  # fmt: skip
+    repos = [
+        mirror / "datasets" / "vehicle-diff" / "vehicle-diff",
+        mirror / "models" / "vehicle-diff" / "vehicle-diff-sdxl-lora",
+        mirror / "models" / "vehicle-diff" / "vehicle-diff-reid",
+    ]
     for repo in repos:
         names = git_out(repo, "ls-tree", "-r", "--name-only", "v1.0").splitlines()
         manifest = json.loads(git_out(repo, "show", "v1.0:publish.json"))
@@ -180,8 +226,14 @@ def test_public_path_reduces_local_paths_only():
     assert publish.public_path("/data/out/lora") == "lora"
     assert publish.public_path("veri776:/data/VeRi") == "veri776:VeRi"
     assert publish.public_path("local-dir:/models/resnet") == "local-dir:resnet"
-    for kept in ("https://huggingface.co/x/y", "tiny:sdxl", "stabilityai/stable-diffusion-xl-base-1.0", "out/lora",
-                 "a red car", "hf-hub:timm/resnet50.tv_in1k"):  # fmt: skip
+    for kept in (
+        "https://huggingface.co/x/y",
+        "tiny:sdxl",
+        "stabilityai/stable-diffusion-xl-base-1.0",
+        "out/lora",
+        "a red car",
+        "hf-hub:timm/resnet50.tv_in1k",
+    ):
         assert publish.public_path(kept) == kept
     assert publish.scrub_paths({"a": ["/x/y", {"b": "~/z"}], "n": 3}) == {"a": ["y", {"b": "z"}], "n": 3}
 
@@ -199,8 +251,17 @@ def test_publishing_again_changes_nothing_and_versions_are_protected(mirror, tin
 
 
 def dataset_args(dataset, tmp_path, *extra):
-    return ["--preset", "tiny", "--dataset", str(dataset), "--mirror_dir", str(tmp_path / "m"),
-            "--output_dir", str(tmp_path / "r"), *extra]  # fmt: skip
+    return [
+        "--preset",
+        "tiny",
+        "--dataset",
+        str(dataset),
+        "--mirror_dir",
+        str(tmp_path / "m"),
+        "--output_dir",
+        str(tmp_path / "r"),
+        *extra,
+    ]
 
 
 def test_ctrl_c_while_tagging_then_a_rerun_finishes(tiny_dataset, tmp_path, monkeypatch):
@@ -227,8 +288,22 @@ def test_a_publish_sigkilled_at_random_moments_finishes_on_rerun(tiny_dataset, t
     exactly as after an uninterrupted publish."""
 
     def command(mirror_dir: Path):
-        return [sys.executable, "-m", "vehicle_diff.cli", "publish", "--preset", "tiny", "--dataset", str(tiny_dataset),
-                "--reid", str(tiny_reid), "--mirror_dir", str(mirror_dir), "--output_dir", str(tmp_path / "r")]  # fmt: skip
+        return [
+            sys.executable,
+            "-m",
+            "vehicle_diff.cli",
+            "publish",
+            "--preset",
+            "tiny",
+            "--dataset",
+            str(tiny_dataset),
+            "--reid",
+            str(tiny_reid),
+            "--mirror_dir",
+            str(mirror_dir),
+            "--output_dir",
+            str(tmp_path / "r"),
+        ]
 
     env = python_env()
     assert subprocess.run(command(tmp_path / "clean"), env=env, capture_output=True).returncode == 0
@@ -261,8 +336,9 @@ def test_a_publish_sigkilled_at_random_moments_finishes_on_rerun(tiny_dataset, t
     assert again.stdout.count("already published, unchanged") == 2
 
 
-def test_stale_git_locks_are_removed_only_when_no_git_works_in_the_repo(tiny_dataset, second_dataset, tmp_path,
-                                                                       monkeypatch):  # fmt: skip
+def test_stale_git_locks_are_removed_only_when_no_git_works_in_the_repo(
+    tiny_dataset, second_dataset, tmp_path, monkeypatch
+):
     main(dataset_args(tiny_dataset, tmp_path))
     repo = tmp_path / "m" / "datasets" / "vehicle-diff" / "vehicle-diff"
     locks = [repo / ".git" / "index.lock", repo / ".git" / "refs" / "heads" / "main.lock", repo / ".git" / "HEAD.lock"]
@@ -287,20 +363,44 @@ def test_stale_git_locks_are_removed_only_when_no_git_works_in_the_repo(tiny_dat
     assert git_out(repo, "rev-parse", "v2.0") == git_out(repo, "rev-parse", "main")
 
 
-@pytest.mark.parametrize("flags", [
-    ["--namespace", "..", "--dataset_repo", ".."], ["--namespace", "my org"], ["--dataset_repo", "a/b"],
-    ["--namespace", "../escape"], ["--dataset_repo", "x--y"], ["--dataset_repo", "name.git"], ["--namespace", ""],
-    ["--lora_repo=-bad"], ["--version", "v 1"], ["--version", "v1..0"], ["--version", "v1.lock"], ["--version", "a:b"],
-    ["--version", "~v1"], ["--version", ""],
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--namespace", "..", "--dataset_repo", ".."],
+        ["--namespace", "my org"],
+        ["--dataset_repo", "a/b"],
+        ["--namespace", "../escape"],
+        ["--dataset_repo", "x--y"],
+        ["--dataset_repo", "name.git"],
+        ["--namespace", ""],
+        ["--lora_repo=-bad"],
+        ["--version", "v 1"],
+        ["--version", "v1..0"],
+        ["--version", "v1.lock"],
+        ["--version", "a:b"],
+        ["--version", "~v1"],
+        ["--version", ""],
+    ],
+)
 def test_hostile_ids_and_versions_are_refused_before_anything_is_written(tiny_dataset, tmp_path, monkeypatch, flags):
     workdir = tmp_path / "cwd"
     workdir.mkdir()
     (workdir / "keep.txt").write_text("user data")
     monkeypatch.chdir(workdir)
     with pytest.raises(UserInputError):
-        main(["--preset", "tiny", "--dataset", str(tiny_dataset), "--mirror_dir", ".", "--output_dir", str(tmp_path / "r"),
-              *flags])  # fmt: skip
+        main(
+            [
+                "--preset",
+                "tiny",
+                "--dataset",
+                str(tiny_dataset),
+                "--mirror_dir",
+                ".",
+                "--output_dir",
+                str(tmp_path / "r"),
+                *flags,
+            ]
+        )
     assert (
         sorted(p.name for p in workdir.iterdir()) == ["keep.txt"] and (workdir / "keep.txt").read_text() == "user data"
     )
@@ -338,8 +438,19 @@ def test_force_moves_a_version(tiny_dataset, second_dataset, tmp_path):
 
 
 def publish_cli(tmp_path, *flags, **env):
-    command = [sys.executable, "-m", "vehicle_diff.cli", "publish", "--preset", "tiny", "--target", "hub",
-               "--output_dir", str(tmp_path / "report"), *flags]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "vehicle_diff.cli",
+        "publish",
+        "--preset",
+        "tiny",
+        "--target",
+        "hub",
+        "--output_dir",
+        str(tmp_path / "report"),
+        *flags,
+    ]
     base = {
         "HF_HUB_OFFLINE": "0",
         "HF_HUB_DISABLE_XET": "1",
@@ -381,8 +492,9 @@ def fake_hub():
     server.shutdown()
 
 
-def test_hub_api_path_and_streaming_with_range_requests(fake_hub, tiny_dataset, second_dataset, trained_lora, tiny_reid,
-                                                        tmp_path):  # fmt: skip
+def test_hub_api_path_and_streaming_with_range_requests(
+    fake_hub, tiny_dataset, second_dataset, trained_lora, tiny_reid, tmp_path
+):
     hub, endpoint = fake_hub
 
     def run(*flags):
@@ -402,8 +514,10 @@ def test_hub_api_path_and_streaming_with_range_requests(fake_hub, tiny_dataset, 
     )
 
     # streaming reads Parquet by HTTP ranges (footer first); the server answers 206 with exactly the bytes asked
-    script = ("import datasets; ds = datasets.load_dataset('vehicle-diff/vehicle-diff', revision='v1.0', split='train', "
-              "streaming=True); print('ROWS', sum(1 for _ in ds))")  # fmt: skip
+    script = (
+        "import datasets; ds = datasets.load_dataset('vehicle-diff/vehicle-diff', revision='v1.0', split='train', "
+        "streaming=True); print('ROWS', sum(1 for _ in ds))"
+    )
     env = python_env(mirror_client_env(endpoint, tmp_path / "hf-stream"))
     streamed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert streamed.returncode == 0, streamed.stderr[-3000:]
@@ -452,8 +566,12 @@ def test_kohya_copy_gives_the_same_images_with_the_trained_alpha(tiny_zoo, tmp_p
             if "lora_B" in name:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))
-    StableDiffusionXLPipeline.save_lora_weights(tmp_path / "lora", unet_lora_layers=layers, safe_serialization=True,
-                                                unet_lora_adapter_metadata=pipe.unet.peft_config["default"].to_dict())  # fmt: skip
+    StableDiffusionXLPipeline.save_lora_weights(
+        tmp_path / "lora",
+        unet_lora_layers=layers,
+        safe_serialization=True,
+        unet_lora_adapter_metadata=pipe.unet.peft_config["default"].to_dict(),
+    )
     diffusers_file = tmp_path / "lora" / "pytorch_lora_weights.safetensors"
     kohya_file = save_kohya_lora(diffusers_file, tmp_path / "kohya" / "lora_kohya.safetensors")
     unit_alpha = save_kohya_lora(diffusers_file, tmp_path / "kohya" / "alpha4.safetensors", lora_alpha=4)
@@ -468,8 +586,14 @@ def test_kohya_copy_gives_the_same_images_with_the_trained_alpha(tiny_zoo, tmp_p
         fresh = load_sdxl_pipeline("tiny:sdxl")
         if file is not None:
             fresh.load_lora_weights(str(file.parent), weight_name=file.name)  # stock loader
-        return fresh("a red car", num_inference_steps=2, height=64, width=64, output_type="np",
-                     generator=torch.Generator().manual_seed(0)).images  # fmt: skip
+        return fresh(
+            "a red car",
+            num_inference_steps=2,
+            height=64,
+            width=64,
+            output_type="np",
+            generator=torch.Generator().manual_seed(0),
+        ).images
 
     reference, plain = render(diffusers_file), render(None)
     assert abs(reference - plain).max() > 1e-3  # the LoRA changes the image
@@ -499,8 +623,15 @@ def test_cards_claim_what_the_tiny_preset_did(tiny_dataset, trained_lora, tiny_r
 
     lora = card_header((trained_lora / "README.md").read_text())
     assert "base_model" not in lora and lora["library_name"] == "diffusers" and lora["license"] == "apache-2.0"
-    assert {"stable-diffusion-xl", "stable-diffusion-xl-diffusers", "text-to-image", "diffusers", "lora",
-            "diffusers-training", "template:sd-lora"} <= set(lora["tags"])  # fmt: skip
+    assert {
+        "stable-diffusion-xl",
+        "stable-diffusion-xl-diffusers",
+        "text-to-image",
+        "diffusers",
+        "lora",
+        "diffusers-training",
+        "template:sd-lora",
+    } <= set(lora["tags"])
     assert lora["widget"][0]["output"]["url"] == "validation.png" and lora["widget"][0]["text"]
 
     reid = card_header((tiny_reid / "README.md").read_text())
@@ -512,26 +643,65 @@ def test_cards_for_the_paper_settings():
 
     sdxl = {"name": SDXL_BASE, "hub": True, "tiny": False, "local": False}
     detector, clip = model_ref("yolov5x6u.pt"), model_ref("hf-hub:timm/vit_large_patch14_clip_224.openai")
-    dataset = render_dataset_card({
-        "splits": {"train": 10}, "size_category": "n<1K", "stats": {"identities": {"train": 2}}, "colors": ["red"],
-        "catalog": "faker-vehicle (built-in)", "preset": "paper", "vehicle_diff_version": "0.1.0", "commit": "abc",
-        "generation": {"base_model": sdxl, "base_model_revision": "c" * 40, "lora": {"file": "l.safetensors", "sha256": "d" * 64},
-                       "num_inference_steps": 50, "guidance_scale": 8.0, "width": 1024, "height": 1024},
-        "filter": {"detector": detector, "clip_model": clip, "color_check": True, "color_prompt": "a {color} vehicle",
-                   "detection_confidence": 0.65, "min_box_side": 250, "reference_side": 1024, "images": 12, "kept": 10,
-                   "pass_rate": 10 / 12, "per_reason": {"kept": 10, "wrong_color": 2}, "near_duplicate_threshold": 0.95},
-    }, repo_id="org/vehicle-diff", revision="v1.0")  # fmt: skip
+    dataset = render_dataset_card(
+        {
+            "splits": {"train": 10},
+            "size_category": "n<1K",
+            "stats": {"identities": {"train": 2}},
+            "colors": ["red"],
+            "catalog": "faker-vehicle (built-in)",
+            "preset": "paper",
+            "vehicle_diff_version": "0.1.0",
+            "commit": "abc",
+            "generation": {
+                "base_model": sdxl,
+                "base_model_revision": "c" * 40,
+                "lora": {"file": "l.safetensors", "sha256": "d" * 64},
+                "num_inference_steps": 50,
+                "guidance_scale": 8.0,
+                "width": 1024,
+                "height": 1024,
+            },
+            "filter": {
+                "detector": detector,
+                "clip_model": clip,
+                "color_check": True,
+                "color_prompt": "a {color} vehicle",
+                "detection_confidence": 0.65,
+                "min_box_side": 250,
+                "reference_side": 1024,
+                "images": 12,
+                "kept": 10,
+                "pass_rate": 10 / 12,
+                "per_reason": {"kept": 10, "wrong_color": 2},
+                "near_duplicate_threshold": 0.95,
+            },
+        },
+        repo_id="org/vehicle-diff",
+        revision="v1.0",
+    )
     text = str(dataset)
     assert dataset.data.license == "openrail++" and "stable-diffusion-xl" in dataset.data.tags
     assert 'load_dataset("org/vehicle-diff", revision="v1.0")' in text and "Test data" not in text
     assert "images whose\npredicted color differs from the prompt's were dropped" in text and "wrong_color 2" in text
 
-    lora = render_lora_card({
-        "base_model": sdxl, "config": {"lora_scope": "up_blocks", "rank": 4, "lora_alpha": 4, "resolution": 1024},
-        "caption_model": model_ref("Salesforce/blip2-opt-2.7b"), "caption_source": model_ref("/data/VeRi/image_train"),
-        "datasets": [], "instance_prompt": "a photo of a vehicle,", "num_images": 378, "validation": {"prompts": ["p"], "seeds": [0]},
-        "widget": [{"prompt": "a red car", "file": "validation.png"}], "example_prompt": "a red car", "lora_file": "w.safetensors",
-    }, repo_id="org/lora", revision="v1.0")  # fmt: skip
+    lora = render_lora_card(
+        {
+            "base_model": sdxl,
+            "config": {"lora_scope": "up_blocks", "rank": 4, "lora_alpha": 4, "resolution": 1024},
+            "caption_model": model_ref("Salesforce/blip2-opt-2.7b"),
+            "caption_source": model_ref("/data/VeRi/image_train"),
+            "datasets": [],
+            "instance_prompt": "a photo of a vehicle,",
+            "num_images": 378,
+            "validation": {"prompts": ["p"], "seeds": [0]},
+            "widget": [{"prompt": "a red car", "file": "validation.png"}],
+            "example_prompt": "a red car",
+            "lora_file": "w.safetensors",
+        },
+        repo_id="org/lora",
+        revision="v1.0",
+    )
     assert (
         lora.data.base_model == SDXL_BASE
         and lora.data.instance_prompt == "a photo of a vehicle,"
@@ -545,21 +715,41 @@ def test_cards_for_the_paper_settings():
     )
     assert "/data/VeRi" not in str(lora) and "`image_train`" in str(lora)
 
-    common = {"architecture": "resnet50", "backbone": model_ref("resnet50.tv_in1k"), "base_model_hub_id": "timm/resnet50.tv_in1k",
-              "stats": {"num_classes": 5}, "config": {"image_size": [256, 256], "data_mode": "B"},
-              "metrics": {"plain": {"mAP": 0.5, "rank1": 0.6, "rank5": 0.7, "rank10": 0.8, "mINP": 0.2}}}  # fmt: skip
+    common = {
+        "architecture": "resnet50",
+        "backbone": model_ref("resnet50.tv_in1k"),
+        "base_model_hub_id": "timm/resnet50.tv_in1k",
+        "stats": {"num_classes": 5},
+        "config": {"image_size": [256, 256], "data_mode": "B"},
+        "metrics": {"plain": {"mAP": 0.5, "rank1": 0.6, "rank5": 0.7, "rank10": 0.8, "mINP": 0.2}},
+    }
     synthetic = {"name": "vehicle-diff", "hub": False, "base_model": sdxl, "path": "/x/vehicle-diff"}
-    mixed = render_reid_card({**common, "real_data": [{"kind": "veri776", "title": "VeRi-776"}], "synthetic_data": synthetic,
-                              "eval_data": {"name": "VeRi-776", "hub": False, "title": "VeRi-776 test", "split": "query"}})  # fmt: skip
+    mixed = render_reid_card(
+        {
+            **common,
+            "real_data": [{"kind": "veri776", "title": "VeRi-776"}],
+            "synthetic_data": synthetic,
+            "eval_data": {"name": "VeRi-776", "hub": False, "title": "VeRi-776 test", "split": "query"},
+        }
+    )
     assert mixed.data.base_model == "timm/resnet50.tv_in1k" and mixed.data.library_name == "timm"
     assert (
         mixed.data.license == "other"
         and mixed.data.license_name == "research-only"
         and "research use only" in str(mixed)
     )
-    only_synthetic = render_reid_card({**common, "real_data": [], "synthetic_data": synthetic,
-                                       "eval_data": {**synthetic, "title": "held-out", "split": "query", "is_synthetic": True}},
-                                      repo_id="org/reid", revision="v1.0", dataset_repo="org/vehicle-diff", dataset_revision="v1.0")  # fmt: skip
+    only_synthetic = render_reid_card(
+        {
+            **common,
+            "real_data": [],
+            "synthetic_data": synthetic,
+            "eval_data": {**synthetic, "title": "held-out", "split": "query", "is_synthetic": True},
+        },
+        repo_id="org/reid",
+        revision="v1.0",
+        dataset_repo="org/vehicle-diff",
+        dataset_revision="v1.0",
+    )
     assert only_synthetic.data.license == "openrail++" and only_synthetic.data.datasets == ["org/vehicle-diff"]
     result = only_synthetic.data.eval_results[0]
     assert (result.dataset_type, result.dataset_split, result.dataset_revision) == ("org/vehicle-diff", "query", "v1.0")

@@ -83,15 +83,38 @@ def test_train_on_synthetic_then_evaluate(synthetic_dataset, tiny_zoo, tmp_path)
     assert history and 0 <= history[-1]["plain"]["mAP"] <= 1
     card = (out / "README.md").read_text()
     assert "model-index" in card and "mAP" in card
-    result = evaluate(["--preset", "tiny", "--model", str(out), "--eval_data", str(synthetic_dataset), "--rerank",
-                       "--output_dir", str(tmp_path / "eval")])  # fmt: skip
+    result = evaluate(
+        [
+            "--preset",
+            "tiny",
+            "--model",
+            str(out),
+            "--eval_data",
+            str(synthetic_dataset),
+            "--rerank",
+            "--output_dir",
+            str(tmp_path / "eval"),
+        ]
+    )
     metrics = json.loads((result / "metrics.json").read_text())
     assert set(metrics) >= {"plain", "reranked", "data"} and (result / "retrieval.png").is_file()
 
 
 def test_balanced_real_and_synthetic_with_resume(veri_folder, synthetic_dataset, tiny_zoo, tmp_path):
-    flags = tiny("--real_data", f"veri776:{veri_folder}", "--synthetic_data", str(synthetic_dataset), "--data_mode", "B",
-                 "--max_train_steps", "4", "--checkpointing_steps", "2", "--eval_every_epochs", "100")  # fmt: skip
+    flags = tiny(
+        "--real_data",
+        f"veri776:{veri_folder}",
+        "--synthetic_data",
+        str(synthetic_dataset),
+        "--data_mode",
+        "B",
+        "--max_train_steps",
+        "4",
+        "--checkpointing_steps",
+        "2",
+        "--eval_every_epochs",
+        "100",
+    )
     out = main([*flags, "--output_dir", str(tmp_path / "straight")])
     model = ReIDModel.from_pretrained(out)
     assert model.head.classifier.out_features == 6 + 8  # real ids, then synthetic ids after them
@@ -108,8 +131,18 @@ def test_balanced_real_and_synthetic_with_resume(veri_folder, synthetic_dataset,
 
 
 def test_two_processes_train_with_ddp_on_gloo(synthetic_dataset, tiny_zoo, tmp_path):
-    flags = tiny("--synthetic_data", str(synthetic_dataset), "--data_mode", "S", "--ids_per_batch", "2", "--max_train_steps", "2",
-                 "--output_dir", str(tmp_path / "reid"))  # fmt: skip
+    flags = tiny(
+        "--synthetic_data",
+        str(synthetic_dataset),
+        "--data_mode",
+        "S",
+        "--ids_per_batch",
+        "2",
+        "--max_train_steps",
+        "2",
+        "--output_dir",
+        str(tmp_path / "reid"),
+    )
     result = launch_two_processes("training.train_reid", flags)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "reid" / "training_stats.json").read_text())["steps"] == 2

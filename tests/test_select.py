@@ -37,8 +37,23 @@ def test_select_ranks_base_and_lora_on_the_same_prompts(tiny_prompts, tiny_gener
     real.mkdir()
     for path in sorted((tiny_generated / "images").rglob("*-0000.png")):
         (real / path.name).write_bytes(path.read_bytes())
-    out = main(["--preset", "tiny", "--prompts", str(tiny_prompts), "--candidates", "base", str(tiny_lora),
-                "--num_prompts", "3", "--real_images", str(real), "--output_dir", str(tmp_path / "select")])  # fmt: skip
+    out = main(
+        [
+            "--preset",
+            "tiny",
+            "--prompts",
+            str(tiny_prompts),
+            "--candidates",
+            "base",
+            str(tiny_lora),
+            "--num_prompts",
+            "3",
+            "--real_images",
+            str(real),
+            "--output_dir",
+            str(tmp_path / "select"),
+        ]
+    )
     ranking = json.loads((out / "ranking.json").read_text())["ranking"]
     assert {r["candidate"] for r in ranking} == {"base", tiny_lora.name}
     for r in ranking:

@@ -87,20 +87,48 @@ def test_unknown_tiny_name_and_paper_models_offline_give_clear_errors(tiny_zoo):
     with pytest.raises(UserInputError, match="unknown tiny model 'tiny:nope'"):
         models.resolve_model("tiny:nope")
     cases = [
-        (models.load_sdxl_pipeline, "stabilityai/stable-diffusion-xl-base-1.0",
-         ["HF_HUB_OFFLINE", "hf download stabilityai/stable-diffusion-xl-base-1.0 --include 'model_index.json'",
-          "--include '*/diffusion_pytorch_model.safetensors'", "--pretrained_model_name_or_path"]),
-        (models.load_blip2, "Salesforce/blip2-opt-2.7b",
-         ["'Salesforce/blip2-opt-2.7b' (--caption_model)", "hf download Salesforce/blip2-opt-2.7b --include '*.json'"]),
-        (models.load_open_clip, "hf-hub:timm/vit_large_patch14_clip_224.openai",
-         ["hf download timm/vit_large_patch14_clip_224.openai --include 'open_clip_config.json' --include "
-          "'open_clip_model.safetensors'", "hf-hub:timm/vit_large_patch14_clip_224.openai"]),
-        (models.create_timm, "resnet50.tv_in1k",
-         ["'resnet50.tv_in1k' (--backbone)", "hf download timm/resnet50.tv_in1k --include 'config.json' --include "
-          "'model.safetensors'", "hf-hub:timm/resnet50.tv_in1k"]),
-        (models.load_yolo, "yolov5x6u.pt",
-         ["https://github.com/ultralytics/assets/releases/download/", "/yolov5x6u.pt", "weights_dir", "--detector"]),
-    ]  # fmt: skip
+        (
+            models.load_sdxl_pipeline,
+            "stabilityai/stable-diffusion-xl-base-1.0",
+            [
+                "HF_HUB_OFFLINE",
+                "hf download stabilityai/stable-diffusion-xl-base-1.0 --include 'model_index.json'",
+                "--include '*/diffusion_pytorch_model.safetensors'",
+                "--pretrained_model_name_or_path",
+            ],
+        ),
+        (
+            models.load_blip2,
+            "Salesforce/blip2-opt-2.7b",
+            [
+                "'Salesforce/blip2-opt-2.7b' (--caption_model)",
+                "hf download Salesforce/blip2-opt-2.7b --include '*.json'",
+            ],
+        ),
+        (
+            models.load_open_clip,
+            "hf-hub:timm/vit_large_patch14_clip_224.openai",
+            [
+                "hf download timm/vit_large_patch14_clip_224.openai --include 'open_clip_config.json' --include "
+                "'open_clip_model.safetensors'",
+                "hf-hub:timm/vit_large_patch14_clip_224.openai",
+            ],
+        ),
+        (
+            models.create_timm,
+            "resnet50.tv_in1k",
+            [
+                "'resnet50.tv_in1k' (--backbone)",
+                "hf download timm/resnet50.tv_in1k --include 'config.json' --include 'model.safetensors'",
+                "hf-hub:timm/resnet50.tv_in1k",
+            ],
+        ),
+        (
+            models.load_yolo,
+            "yolov5x6u.pt",
+            ["https://github.com/ultralytics/assets/releases/download/", "/yolov5x6u.pt", "weights_dir", "--detector"],
+        ),
+    ]
     for loader, model_id, expected in cases:
         with pytest.raises(UserInputError) as caught:
             loader(model_id)

@@ -23,8 +23,9 @@ STATE_FILE = "trainer_state.json"
 MANIFEST_FILE = "manifest.json"
 
 
-def open_training_output(out_dir: str, stage: str, components: dict, *, owned: list[str], overwrite: bool,
-                         accelerator) -> Job:  # fmt: skip
+def open_training_output(
+    out_dir: str, stage: str, components: dict, *, owned: list[str], overwrite: bool, accelerator
+) -> Job:
     """The main process claims the folder for this plan and holds its lock for the whole run: a second trainer
     on the same folder is refused, a folder made with other settings or data is refused (or `--overwrite`)."""
     job = Job(out_dir, stage, components, overwrite=overwrite, owned=[*owned, "checkpoint-*"])
@@ -77,8 +78,10 @@ def find_checkpoint(out_dir: Path, spec: str | None) -> Path | None:
         return None
     path = Path(out_dir) / spec if checkpoint_step(Path(spec)) is not None and "/" not in spec else Path(spec)
     if not path.is_dir():
-        raise UserInputError(f"--resume_from_checkpoint {spec}: no checkpoint folder {path}; use latest, "
-                             "checkpoint-STEP or the path of a checkpoint folder")  # fmt: skip
+        raise UserInputError(
+            f"--resume_from_checkpoint {spec}: no checkpoint folder {path}; use latest, "
+            "checkpoint-STEP or the path of a checkpoint folder"
+        )
     problem = checkpoint_problem(path)
     if problem:
         raise UserInputError(f"--resume_from_checkpoint {spec}: {path} cannot be resumed from ({problem})")
@@ -132,8 +135,10 @@ def adapter_checkpoint_hooks(accelerator, models: list) -> None:
         if accelerator.is_main_process:
             for index, model in enumerate(hooked_models):
                 state = get_peft_model_state_dict(accelerator.unwrap_model(model))
-                save_file({k: v.detach().contiguous().cpu() for k, v in state.items()},
-                          str(Path(output_dir) / f"adapter_{index}.safetensors"))  # fmt: skip
+                save_file(
+                    {k: v.detach().contiguous().cpu() for k, v in state.items()},
+                    str(Path(output_dir) / f"adapter_{index}.safetensors"),
+                )
         weights.clear()  # accelerate would otherwise save every frozen weight too
 
     def load_hook(hooked_models, input_dir):
@@ -153,5 +158,10 @@ def plot_training_curves(history: list[dict], out_file: Path, title: str) -> Non
     from vehicle_diff.plots import training_curves
 
     if history:
-        training_curves([h["step"] for h in history], [h["loss"] for h in history],
-                        [h["learning_rate"] for h in history], out_file, title=title)  # fmt: skip
+        training_curves(
+            [h["step"] for h in history],
+            [h["loss"] for h in history],
+            [h["learning_rate"] for h in history],
+            out_file,
+            title=title,
+        )

@@ -43,9 +43,15 @@ def eval_transform(image_size: list[int]):
 
 @torch.no_grad()
 def extract_features(
-    model, samples: list[Sample], *, batch_size: int = 64, flip: bool = False, device="cpu", progress: bool = True,
+    model,
+    samples: list[Sample],
+    *,
+    batch_size: int = 64,
+    flip: bool = False,
+    device="cpu",
+    progress: bool = True,
     desc: str = "features",
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """L2-normalised retrieval features of `samples`, batched, on `device` (returned on the CPU)."""
     from tqdm.auto import tqdm
 
@@ -63,8 +69,15 @@ def extract_features(
 
 def summarize(result: dict) -> dict:
     cmc = result["cmc"]
-    return {"mAP": result["mAP"], "rank1": cmc[0], "rank5": cmc[min(4, len(cmc) - 1)], "rank10": cmc[min(9, len(cmc) - 1)],
-            "mINP": result["mINP"], "queries": result["num_valid_queries"], "cmc": cmc}  # fmt: skip
+    return {
+        "mAP": result["mAP"],
+        "rank1": cmc[0],
+        "rank5": cmc[min(4, len(cmc) - 1)],
+        "rank10": cmc[min(9, len(cmc) - 1)],
+        "mINP": result["mINP"],
+        "queries": result["num_valid_queries"],
+        "cmc": cmc,
+    }
 
 
 def sample_key(sample: Sample):
@@ -85,9 +98,16 @@ def evaluation_splits(eval_data: str, vehicleid_draws: int) -> list:
 
 
 def evaluate_model(
-    model, eval_data: str, *, flip: bool, rerank: bool, vehicleid_draws: int, device, batch_size: int = 64,
+    model,
+    eval_data: str,
+    *,
+    flip: bool,
+    rerank: bool,
+    vehicleid_draws: int,
+    device,
+    batch_size: int = 64,
     progress: bool = True,
-):  # fmt: skip
+):
     """Metrics of `model` on a data spec: `data`, and one dict per variant (`plain`; `flip` when `flip`;
     `reranked` when `rerank`) with mAP, rank1/5/10, mINP, queries and the CMC curve; then what the pictures
     need (`distance`, `variant`, `query`, `gallery`, `data`, `cameras` of the first split). Features are extracted once, also
@@ -112,12 +132,22 @@ def evaluate_model(
             distances["reranked"] = k_reciprocal_rerank(base[rows], base[columns], **RERANK, progress=progress).cpu()
         ids = [np.array([s.pid for s in part]) for part in (split.query, split.gallery)]
         cameras = [np.array([s.camid for s in part]) for part in (split.query, split.gallery)]
-        results.append({variant: summarize(evaluate_rank(distance, ids[0], ids[1], cameras[0], cameras[1]))
-                        for variant, distance in distances.items()})  # fmt: skip
+        results.append(
+            {
+                variant: summarize(evaluate_rank(distance, ids[0], ids[1], cameras[0], cameras[1]))
+                for variant, distance in distances.items()
+            }
+        )
         if picture is None:
             shown = "reranked" if rerank else reranked_on
-            picture = {"distance": distances[shown], "variant": shown, "query": split.query, "gallery": split.gallery,
-                       "data": split.name, "cameras": split.cameras}  # fmt: skip
+            picture = {
+                "distance": distances[shown],
+                "variant": shown,
+                "query": split.query,
+                "gallery": split.gallery,
+                "data": split.name,
+                "cameras": split.cameras,
+            }
     extra = {"rerank": {"features": reranked_on, **RERANK}} if rerank else {}
     if len(results) == 1:
         return {"data": splits[0].name, **results[0], **extra}, picture
@@ -141,8 +171,10 @@ def metrics_markdown(metrics: dict, model_name: str | None = None) -> str:
     for variant in VARIANTS:
         if variant in metrics:
             m = metrics[variant]
-            lines.append(f"| {variant_label(variant, metrics)} | {cell(m['mAP'])} | {cell(m['rank1'])} | {cell(m['rank5'])} "
-                         f"| {cell(m['rank10'])} | {cell(m['mINP'])} |")  # fmt: skip
+            lines.append(
+                f"| {variant_label(variant, metrics)} | {cell(m['mAP'])} | {cell(m['rank1'])} | {cell(m['rank5'])} "
+                f"| {cell(m['rank10'])} | {cell(m['mINP'])} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -187,9 +219,19 @@ def cmc_plot(metrics: dict, out_file: Path, *, title: str) -> None:
         figure.savefig(tmp, format="png")
 
 
-def retrieval_picture(distance: torch.Tensor, query: list[Sample], gallery: list[Sample], out_file: Path, *,
-                      title: str, variant: str = "plain", num_queries: int = 8, top_k: int = 10,
-                      cameras: bool = True, cell: int = 112) -> list[dict]:  # fmt: skip
+def retrieval_picture(
+    distance: torch.Tensor,
+    query: list[Sample],
+    gallery: list[Sample],
+    out_file: Path,
+    *,
+    title: str,
+    variant: str = "plain",
+    num_queries: int = 8,
+    top_k: int = 10,
+    cameras: bool = True,
+    cell: int = 112,
+) -> list[dict]:
     """A sheet of queries (evenly spread over those with a true match), each row the query and then its top-k
     gallery images in ranking order, each captioned with rank, distance, vehicle id and camera. Borders: green
     = same vehicle from another camera (correct), red = another vehicle, gray = same vehicle and camera (junk:
@@ -203,7 +245,12 @@ def retrieval_picture(distance: torch.Tensor, query: list[Sample], gallery: list
         cameras_of.setdefault(g.pid, set()).add(g.camid)
     has_match = [q for q, s in enumerate(query) if cameras_of.get(s.pid, set()) - {s.camid}]
     candidates = has_match or list(range(len(query)))
-    shown = sorted({candidates[i] for i in np.linspace(0, len(candidates) - 1, min(num_queries, len(candidates))).round().astype(int)})  # fmt: skip
+    shown = sorted(
+        {
+            candidates[i]
+            for i in np.linspace(0, len(candidates) - 1, min(num_queries, len(candidates))).round().astype(int)
+        }
+    )
     top_k = min(top_k, len(gallery))
     margin, gap, border, text_height, header, footer = 14, 6, 4, 32, 64, 44
     row_height = cell + text_height + 12
@@ -212,8 +259,13 @@ def retrieval_picture(distance: torch.Tensor, query: list[Sample], gallery: list
     sheet = Image.new("RGB", (width, header + len(shown) * row_height + footer), "white")
     draw = ImageDraw.Draw(sheet)
     draw.text((margin, 10), title, fill="black", font=bold)
-    draw.text((margin, 34), f"{variant} distances · {len(shown)} of {len(query)} queries · top-{top_k} · "
-              "rank counts as the protocol does (junk takes none)", fill=(80, 80, 80), font=font)  # fmt: skip
+    draw.text(
+        (margin, 34),
+        f"{variant} distances · {len(shown)} of {len(query)} queries · top-{top_k} · "
+        "rank counts as the protocol does (junk takes none)",
+        fill=(80, 80, 80),
+        font=font,
+    )
     tiles = []
 
     def who(sample: Sample) -> str:
@@ -246,12 +298,23 @@ def retrieval_picture(distance: torch.Tensor, query: list[Sample], gallery: list
             x = margin + query_width + column * (cell + gap)
             lines = [f"{label}  d={float(distance[q, g]):.3f}", who(candidate)]
             box = tile(candidate, x, y, status, lines)
-            tiles.append({"row": row, "query": q, "gallery": g, "rank": rank if status != "junk" else None,
-                          "status": status, "box": box})  # fmt: skip
+            tiles.append(
+                {
+                    "row": row,
+                    "query": q,
+                    "gallery": g,
+                    "rank": rank if status != "junk" else None,
+                    "status": status,
+                    "box": box,
+                }
+            )
     legend_y = sheet.height - footer + 14
     x = margin
-    legend = [("query", "query"), ("match", "same vehicle, other camera (correct)" if cameras else "same vehicle (correct)"),
-              ("wrong", "other vehicle (incorrect)")] + [("junk", "same vehicle and camera (junk, ignored)")] * cameras  # fmt: skip
+    legend = [
+        ("query", "query"),
+        ("match", "same vehicle, other camera (correct)" if cameras else "same vehicle (correct)"),
+        ("wrong", "other vehicle (incorrect)"),
+    ] + [("junk", "same vehicle and camera (junk, ignored)")] * cameras
     for status, text in legend:
         draw.rectangle([x, legend_y, x + 16, legend_y + 16], outline=COLORS[status], width=4)
         draw.text((x + 22, legend_y + 1), text, fill="black", font=font)
@@ -327,23 +390,38 @@ def evaluate(config: EvaluateConfig) -> Path:
     except (OSError, ValueError) as error:
         raise UserInputError(f"--model {config.model}: not a re-ID model folder or repo ({error})") from error
     out_dir = Path(config.output_dir)
-    metrics, picture = evaluate_model(model, config.eval_data, flip=config.flip, rerank=config.rerank,
-                                      vehicleid_draws=config.vehicleid_draws, device=device,
-                                      batch_size=config.batch_size)  # fmt: skip
+    metrics, picture = evaluate_model(
+        model,
+        config.eval_data,
+        flip=config.flip,
+        rerank=config.rerank,
+        vehicleid_draws=config.vehicleid_draws,
+        device=device,
+        batch_size=config.batch_size,
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     cmc_plot(metrics, out_dir / "cmc.png", title=f"CMC: {config.model} on {metrics['data']}")
-    retrieval_picture(picture["distance"], picture["query"], picture["gallery"], out_dir / "retrieval.png",
-                      title=f"Retrieval: {config.model} on {picture['data']}", variant=picture["variant"],
-                      num_queries=config.retrieval_queries, top_k=config.retrieval_top_k,
-                      cameras=picture["cameras"])  # fmt: skip
+    retrieval_picture(
+        picture["distance"],
+        picture["query"],
+        picture["gallery"],
+        out_dir / "retrieval.png",
+        title=f"Retrieval: {config.model} on {picture['data']}",
+        variant=picture["variant"],
+        num_queries=config.retrieval_queries,
+        top_k=config.retrieval_top_k,
+        cameras=picture["cameras"],
+    )
     if config.track2_root:
         write_track2(model, config.track2_root, out_dir / "track2.txt", flip=config.flip, device=device)
     save_config(config, out_dir / "config.yaml", stage="evaluate")
     (out_dir / "metrics.md").write_text(metrics_markdown(metrics, config.model))
     with atomic_path(out_dir / "metrics.json") as tmp:  # last: what `vehicle-diff run` takes as done
         tmp.write_text(json.dumps(metrics, indent=2))
-    print(metrics_markdown(metrics, config.model) + f"\nmetrics: {out_dir / 'metrics.json'}\n"
-          f"pictures: {out_dir / 'cmc.png'}, {out_dir / 'retrieval.png'}")  # fmt: skip
+    print(
+        metrics_markdown(metrics, config.model) + f"\nmetrics: {out_dir / 'metrics.json'}\n"
+        f"pictures: {out_dir / 'cmc.png'}, {out_dir / 'retrieval.png'}"
+    )
     return out_dir
 
 

@@ -15,7 +15,6 @@ import numpy as np
 from vehicle_diff.errors import UserInputError
 from vehicle_diff.stats import feature_statistics, frechet_distance, frechet_distance_of_features  # noqa: F401 (re-exported)
 
-
 WEIGHTS_FILE_NAMES = ("weights-inception-2015-12-05-6726825d.pth", "pt_inception-2015-12-05-6726825d.pth")
 WEIGHTS_NAME = (
     "pt_inception-2015-12-05 (TensorFlow Inception-v3 FID weights, as ported by pytorch-fid / torch-fidelity)"
@@ -36,7 +35,7 @@ class FidConfig:
         metadata={
             "help": f"{WEIGHTS_FILE_NAMES[0]} (torch-fidelity) or {WEIGHTS_FILE_NAMES[1]} (pytorch-fid); "
             "default: either name in torch's hub checkpoint folder"
-        },  # fmt: skip
+        },
     )
     batch_size: int = 32
     max_images: int | None = field(default=None, metadata={"help": "a seeded sample of at most this many per side"})
@@ -127,8 +126,9 @@ def main(argv: list[str] | None = None) -> Path:
             raise UserInputError(f"--{name} is required")
         files = list_images(getattr(config, name), flag=f"--{name}")
         if len(files) < 2:
-            raise UserInputError(f"--{name} {getattr(config, name)}: a Fréchet distance needs at least 2 images, "
-                                 f"found {len(files)}")  # fmt: skip
+            raise UserInputError(
+                f"--{name} {getattr(config, name)}: a Fréchet distance needs at least 2 images, found {len(files)}"
+            )
         if config.max_images and len(files) > config.max_images:
             files = sorted(random.Random(config.seed).sample(files, config.max_images))
         sides[name] = files
@@ -140,9 +140,15 @@ def main(argv: list[str] | None = None) -> Path:
         fid = float(metric.compute())
     out_dir = Path(config.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = {"fid": fid, "real_images": len(sides["real_images"]), "generated_images": len(sides["generated_images"]),
-              "features": "Inception-v3 pool3, 2048-d (torchmetrics FrechetInceptionDistance, torch-fidelity extractor)",
-              "weights": WEIGHTS_NAME, "weights_file": weights_file.name, "weights_sha256": sha256_file(weights_file)}  # fmt: skip
+    result = {
+        "fid": fid,
+        "real_images": len(sides["real_images"]),
+        "generated_images": len(sides["generated_images"]),
+        "features": "Inception-v3 pool3, 2048-d (torchmetrics FrechetInceptionDistance, torch-fidelity extractor)",
+        "weights": WEIGHTS_NAME,
+        "weights_file": weights_file.name,
+        "weights_sha256": sha256_file(weights_file),
+    }
     (out_dir / "fid.json").write_text(json.dumps(result, indent=2))
     save_config(config, out_dir / "config.yaml", stage="fid")
     print(

@@ -51,16 +51,31 @@ def warmup_steps(*, warmup_epochs: float, steps_per_epoch: int, explicit_steps: 
     return explicit_steps if explicit_steps is not None else round(warmup_epochs * steps_per_epoch)
 
 
-def training_plan(*, num_images: int, train_batch_size: int, num_processes: int, gradient_accumulation_steps: int,
-                  num_train_epochs: int, max_train_steps: int | None, lr_warmup_epochs: float,
-                  lr_warmup_steps: int | None) -> dict:  # fmt: skip
+def training_plan(
+    *,
+    num_images: int,
+    train_batch_size: int,
+    num_processes: int,
+    gradient_accumulation_steps: int,
+    num_train_epochs: int,
+    max_train_steps: int | None,
+    lr_warmup_epochs: float,
+    lr_warmup_steps: int | None,
+) -> dict:
     """Steps per epoch, total and warm-up steps, as the loop below runs them (a pure function, for the dry run)."""
     batches = math.ceil(num_images / train_batch_size)
     steps_per_epoch = math.ceil(math.ceil(batches / num_processes) / gradient_accumulation_steps)
     total = max_train_steps or num_train_epochs * steps_per_epoch
-    warmup = warmup_steps(warmup_epochs=lr_warmup_epochs, steps_per_epoch=steps_per_epoch, explicit_steps=lr_warmup_steps)
-    return {"num_images": num_images, "steps_per_epoch": steps_per_epoch, "total_steps": total,
-            "epochs": math.ceil(total / steps_per_epoch), "warmup_steps": max(0, min(warmup, total - 1))}  # fmt: skip
+    warmup = warmup_steps(
+        warmup_epochs=lr_warmup_epochs, steps_per_epoch=steps_per_epoch, explicit_steps=lr_warmup_steps
+    )
+    return {
+        "num_images": num_images,
+        "steps_per_epoch": steps_per_epoch,
+        "total_steps": total,
+        "epochs": math.ceil(total / steps_per_epoch),
+        "warmup_steps": max(0, min(warmup, total - 1)),
+    }
 
 
 def augment(image, *, resolution: int, center_crop: bool, random_flip: bool, rng: random.Random):
@@ -86,8 +101,17 @@ class CaptionedImages:
     """Map-style dataset over an imagefolder; augmentation is drawn from (seed, epoch, index) alone, so it is
     the same on any number of processes and after a resume."""
 
-    def __init__(self, hf_dataset, *, image_column: str, caption_column: str, resolution: int, center_crop: bool,
-                 random_flip: bool, seed: int):  # fmt: skip
+    def __init__(
+        self,
+        hf_dataset,
+        *,
+        image_column: str,
+        caption_column: str,
+        resolution: int,
+        center_crop: bool,
+        random_flip: bool,
+        seed: int,
+    ):
         self.data, self.image_column, self.caption_column = hf_dataset, image_column, caption_column
         self.options = {"resolution": resolution, "center_crop": center_crop, "random_flip": random_flip}
         self.seed, self.epoch = seed, 0
@@ -123,8 +147,9 @@ def encode_prompt(text_encoders, tokenizers, captions: list[str], device):
 
     hidden_states = []
     for tokenizer, encoder in zip(tokenizers, text_encoders, strict=True):
-        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids  # fmt: skip
+        ids = tokenizer(
+            captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids
         output = encoder(ids.to(device), output_hidden_states=True)
         pooled = output[0]
         hidden_states.append(output.hidden_states[-2])
@@ -147,12 +172,16 @@ def read_training_set(config: FinetuneConfig):
         ) from error
     missing = [c for c in (config.image_column, config.caption_column) if c not in data.column_names]
     if missing:
-        raise UserInputError(f"--train_data_dir {config.train_data_dir}: missing column(s) {missing} (has "
-                             f"{data.column_names}); captions come from metadata.jsonl's `text`")  # fmt: skip
+        raise UserInputError(
+            f"--train_data_dir {config.train_data_dir}: missing column(s) {missing} (has "
+            f"{data.column_names}); captions come from metadata.jsonl's `text`"
+        )
     empty = [i for i, text in enumerate(data[config.caption_column]) if not text or not str(text).strip()]
     if len(data) == 0 or empty:
-        raise UserInputError(f"--train_data_dir {config.train_data_dir}: {len(data)} images, {len(empty)} without a "
-                             "caption; every image needs a non-empty caption")  # fmt: skip
+        raise UserInputError(
+            f"--train_data_dir {config.train_data_dir}: {len(data)} images, {len(empty)} without a "
+            "caption; every image needs a non-empty caption"
+        )
     return data
 
 
@@ -204,12 +233,14 @@ class FinetuneConfig:
     )
     seed: int = 0
     dataloader_num_workers: int = 0
-    validation_prompts: list[str] = field(default_factory=lambda: [
-        "a red 2012 Toyota Camry sedan driving down the road.",
-        "a white 2018 Ford F-150 pickup truck driving down the road.",
-        "a black 2015 BMW X5 SUV driving down the road.",
-        "a blue 2010 Honda Odyssey van driving down the road.",
-    ])  # fmt: skip
+    validation_prompts: list[str] = field(
+        default_factory=lambda: [
+            "a red 2012 Toyota Camry sedan driving down the road.",
+            "a white 2018 Ford F-150 pickup truck driving down the road.",
+            "a black 2015 BMW X5 SUV driving down the road.",
+            "a blue 2010 Honda Odyssey van driving down the road.",
+        ]
+    )
     validation_seeds: int = field(default=2, metadata={"help": "seeds per validation prompt"})
     validation_inference_steps: int = 30
     overwrite: bool = field(default=False, metadata={"help": "replace this stage's earlier outputs in --output_dir"})
@@ -219,8 +250,15 @@ class FinetuneConfig:
         check_ranges(self, non_negative=("seed", "dataloader_num_workers"))
         if self.resolution <= 0 or self.resolution % 8:
             raise UserInputError(f"--resolution must be a positive multiple of 8 (got {self.resolution})")
-        for name in ("rank", "lora_alpha", "train_batch_size", "gradient_accumulation_steps", "num_train_epochs",
-                     "checkpointing_steps", "checkpoints_total_limit"):  # fmt: skip
+        for name in (
+            "rank",
+            "lora_alpha",
+            "train_batch_size",
+            "gradient_accumulation_steps",
+            "num_train_epochs",
+            "checkpointing_steps",
+            "checkpoints_total_limit",
+        ):
             if getattr(self, name) <= 0:
                 raise UserInputError(f"--{name} must be positive (got {getattr(self, name)})")
         if not self.learning_rate > 0 or self.max_grad_norm <= 0 or self.lr_power <= 0:
@@ -228,7 +266,9 @@ class FinetuneConfig:
         if self.lr_warmup_epochs < 0 or (self.lr_warmup_steps is not None and self.lr_warmup_steps < 0):
             raise UserInputError("--lr_warmup_epochs and --lr_warmup_steps must be >= 0")
         if self.adam_weight_decay < 0 or self.validation_seeds < 0 or self.validation_inference_steps <= 0:
-            raise UserInputError("--adam_weight_decay and --validation_seeds must be >= 0, --validation_inference_steps > 0")
+            raise UserInputError(
+                "--adam_weight_decay and --validation_seeds must be >= 0, --validation_inference_steps > 0"
+            )
         if self.max_train_steps is not None and self.max_train_steps <= 0:
             raise UserInputError(f"--max_train_steps must be positive (got {self.max_train_steps})")
         if self.optimizer not in ("adam", "adamw"):
@@ -246,9 +286,13 @@ def job_components(config: FinetuneConfig) -> dict:
     from vehicle_diff.models import resolved_revision
 
     return {
-        "settings": output_settings(config, ignore=("train_data_dir", "checkpointing_steps", "checkpoints_total_limit")),
+        "settings": output_settings(
+            config, ignore=("train_data_dir", "checkpointing_steps", "checkpoints_total_limit")
+        ),
         "training_data": folder_digest(Path(config.train_data_dir)),
-        "base_model_revision": resolved_revision(config.pretrained_model_name_or_path, config.revision, "--pretrained_model_name_or_path"),
+        "base_model_revision": resolved_revision(
+            config.pretrained_model_name_or_path, config.revision, "--pretrained_model_name_or_path"
+        ),
     }
 
 
@@ -264,17 +308,31 @@ def dry_run(config: FinetuneConfig) -> Path:
     """The training plan at full scale without loading a model: steps, warm-up, checkpoints and their size."""
     from vehicle_diff.jobs import write_plan
 
-    plan = training_plan(num_images=count_training_images(config.train_data_dir), train_batch_size=config.train_batch_size,
-                         num_processes=1, gradient_accumulation_steps=config.gradient_accumulation_steps,
-                         num_train_epochs=config.num_train_epochs, max_train_steps=config.max_train_steps,
-                         lr_warmup_epochs=config.lr_warmup_epochs, lr_warmup_steps=config.lr_warmup_steps)  # fmt: skip
-    plan = {"stage": "finetune", **plan, "processes": 1, "checkpoints_written": plan["total_steps"] // config.checkpointing_steps,
-            "checkpoints_kept": min(config.checkpoints_total_limit, plan["total_steps"] // config.checkpointing_steps)}  # fmt: skip
+    plan = training_plan(
+        num_images=count_training_images(config.train_data_dir),
+        train_batch_size=config.train_batch_size,
+        num_processes=1,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        num_train_epochs=config.num_train_epochs,
+        max_train_steps=config.max_train_steps,
+        lr_warmup_epochs=config.lr_warmup_epochs,
+        lr_warmup_steps=config.lr_warmup_steps,
+    )
+    plan = {
+        "stage": "finetune",
+        **plan,
+        "processes": 1,
+        "checkpoints_written": plan["total_steps"] // config.checkpointing_steps,
+        "checkpoints_kept": min(config.checkpoints_total_limit, plan["total_steps"] // config.checkpointing_steps),
+    }
     lora_parameters = count_lora_parameters(config)
     if lora_parameters is not None:
         # fp32 adapters in the LoRA file; a checkpoint adds Adam's two moments and small states
-        plan.update(lora_parameters=lora_parameters, lora_file_mb=round(lora_parameters * 4 / 1e6, 2),
-                    checkpoint_mb=round(lora_parameters * 4 * 3 / 1e6, 2))  # fmt: skip
+        plan.update(
+            lora_parameters=lora_parameters,
+            lora_file_mb=round(lora_parameters * 4 / 1e6, 2),
+            checkpoint_mb=round(lora_parameters * 4 * 3 / 1e6, 2),
+        )
     return write_plan(config.output_dir, plan)
 
 
@@ -288,16 +346,19 @@ def count_lora_parameters(config: FinetuneConfig) -> int | None:
     from vehicle_diff.models import SDXL_BASE, SDXL_UNET, resolve_model
 
     try:
-        unet_config = UNet2DConditionModel.load_config(resolve_model(config.pretrained_model_name_or_path),
-                                                       subfolder="unet", revision=config.revision)  # fmt: skip
+        unet_config = UNet2DConditionModel.load_config(
+            resolve_model(config.pretrained_model_name_or_path), subfolder="unet", revision=config.revision
+        )
     except (OSError, ValueError):
         if config.pretrained_model_name_or_path != SDXL_BASE:
             return None
         unet_config = SDXL_UNET  # not downloaded here: its published config
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(unet_config)
-    inject_adapter_in_model(LoraConfig(r=config.rank, lora_alpha=config.lora_alpha,
-                                       target_modules=lora_target_modules(config.lora_scope)), unet)  # fmt: skip
+    inject_adapter_in_model(
+        LoraConfig(r=config.rank, lora_alpha=config.lora_alpha, target_modules=lora_target_modules(config.lora_scope)),
+        unet,
+    )
     return sum(p.numel() for name, p in unet.named_parameters() if "lora_" in name)
 
 
@@ -327,10 +388,24 @@ def finetune(config: FinetuneConfig) -> Path:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),  # order from (seed, epoch) alone
     )
     data = read_training_set(config)
-    job = open_training_output(config.output_dir, "finetune", job_components(config), overwrite=config.overwrite,
-                               accelerator=accelerator, owned=[LORA_FILE, "pytorch_lora_weights_kohya.safetensors",
-                               "README.md", "card_context.json", "validation*.png", "training_stats.json", "training_curves.png", "config.yaml",
-                               "plan.json"])  # fmt: skip
+    job = open_training_output(
+        config.output_dir,
+        "finetune",
+        job_components(config),
+        overwrite=config.overwrite,
+        accelerator=accelerator,
+        owned=[
+            LORA_FILE,
+            "pytorch_lora_weights_kohya.safetensors",
+            "README.md",
+            "card_context.json",
+            "validation*.png",
+            "training_stats.json",
+            "training_curves.png",
+            "config.yaml",
+            "plan.json",
+        ],
+    )
     out_dir = job.out_dir
     set_seed(config.seed)
 
@@ -356,13 +431,23 @@ def finetune(config: FinetuneConfig) -> Path:
 
     # adapters
     target_modules = lora_target_modules(config.lora_scope)
-    unet.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.lora_alpha, init_lora_weights="gaussian",
-                                target_modules=target_modules))  # fmt: skip
+    unet.add_adapter(
+        LoraConfig(
+            r=config.rank, lora_alpha=config.lora_alpha, init_lora_weights="gaussian", target_modules=target_modules
+        )
+    )
     trained = [unet]
     if config.train_text_encoder:
         for encoder in text_encoders:  # peft directly: transformers' add_adapter wants a newer peft than PyPI has
-            inject_adapter_in_model(LoraConfig(r=config.rank, lora_alpha=config.lora_alpha, init_lora_weights="gaussian",
-                                               target_modules=list(TEXT_ATTENTION)), encoder)  # fmt: skip
+            inject_adapter_in_model(
+                LoraConfig(
+                    r=config.rank,
+                    lora_alpha=config.lora_alpha,
+                    init_lora_weights="gaussian",
+                    target_modules=list(TEXT_ATTENTION),
+                ),
+                encoder,
+            )
         trained += text_encoders
     cast_training_params(trained, dtype=torch.float32)  # LoRA weights train in fp32 under mixed precision
     if config.gradient_checkpointing:
@@ -374,12 +459,23 @@ def finetune(config: FinetuneConfig) -> Path:
         raise UserInputError(f"--lora_scope {config.lora_scope!r} matched no module of the UNet")
 
     # data
-    dataset = CaptionedImages(data, image_column=config.image_column, caption_column=config.caption_column,
-                              resolution=config.resolution, center_crop=config.center_crop,
-                              random_flip=config.random_flip, seed=config.seed)  # fmt: skip
-    loader = torch.utils.data.DataLoader(dataset, batch_size=config.train_batch_size, shuffle=True, collate_fn=collate,
-                                         num_workers=config.dataloader_num_workers,
-                                         generator=torch.Generator().manual_seed(config.seed))  # fmt: skip
+    dataset = CaptionedImages(
+        data,
+        image_column=config.image_column,
+        caption_column=config.caption_column,
+        resolution=config.resolution,
+        center_crop=config.center_crop,
+        random_flip=config.random_flip,
+        seed=config.seed,
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=config.train_batch_size,
+        shuffle=True,
+        collate_fn=collate,
+        num_workers=config.dataloader_num_workers,
+        generator=torch.Generator().manual_seed(config.seed),
+    )
 
     def model_inputs(batch: dict):
         """Latents, micro-conditioning and text conditioning of a batch (from the cache when there is one)."""
@@ -404,15 +500,26 @@ def finetune(config: FinetuneConfig) -> Path:
     # optimizer and schedule
     optimizer_cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
     optimizer = optimizer_cls(parameters, lr=config.learning_rate, weight_decay=config.adam_weight_decay)
-    plan = training_plan(num_images=len(dataset), train_batch_size=config.train_batch_size,
-                         num_processes=accelerator.num_processes,
-                         gradient_accumulation_steps=config.gradient_accumulation_steps,
-                         num_train_epochs=config.num_train_epochs, max_train_steps=config.max_train_steps,
-                         lr_warmup_epochs=config.lr_warmup_epochs, lr_warmup_steps=config.lr_warmup_steps)  # fmt: skip
-    steps_per_epoch, max_train_steps, num_epochs, warmup = (plan[k] for k in ("steps_per_epoch", "total_steps", "epochs", "warmup_steps"))
-    lr_scheduler = get_scheduler(config.lr_scheduler, optimizer=optimizer, num_warmup_steps=warmup * accelerator.num_processes,
-                                 num_training_steps=max_train_steps * accelerator.num_processes,
-                                 power=config.lr_power)  # fmt: skip
+    plan = training_plan(
+        num_images=len(dataset),
+        train_batch_size=config.train_batch_size,
+        num_processes=accelerator.num_processes,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        num_train_epochs=config.num_train_epochs,
+        max_train_steps=config.max_train_steps,
+        lr_warmup_epochs=config.lr_warmup_epochs,
+        lr_warmup_steps=config.lr_warmup_steps,
+    )
+    steps_per_epoch, max_train_steps, num_epochs, warmup = (
+        plan[k] for k in ("steps_per_epoch", "total_steps", "epochs", "warmup_steps")
+    )
+    lr_scheduler = get_scheduler(
+        config.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=warmup * accelerator.num_processes,
+        num_training_steps=max_train_steps * accelerator.num_processes,
+        power=config.lr_power,
+    )
 
     prepared = accelerator.prepare(*trained, optimizer, loader, lr_scheduler)
     trained, (optimizer, loader, lr_scheduler) = list(prepared[: len(trained)]), prepared[len(trained) :]
@@ -425,8 +532,9 @@ def finetune(config: FinetuneConfig) -> Path:
     if accelerator.is_main_process:
         save_config(config, out_dir / "config.yaml", stage="finetune")
     history = []
-    bar = tqdm(total=max_train_steps, initial=step, desc="finetune", unit="step",
-               disable=not accelerator.is_local_main_process)  # fmt: skip
+    bar = tqdm(
+        total=max_train_steps, initial=step, desc="finetune", unit="step", disable=not accelerator.is_local_main_process
+    )
     first_epoch, first_step, started = step // steps_per_epoch, step, time.perf_counter()
     for epoch in range(first_epoch, num_epochs):
         dataset.epoch = epoch
@@ -481,23 +589,42 @@ def finetune(config: FinetuneConfig) -> Path:
             # the adapter's config travels in the file's header, so a stock reload uses the trained alpha
             metadata[f"{name}_lora_adapter_metadata"] = model.peft_config["default"].to_dict()
         StableDiffusionXLPipeline.save_lora_weights(out_dir, safe_serialization=True, **layers, **metadata)
-        images = (step - first_step) * config.train_batch_size * config.gradient_accumulation_steps * accelerator.num_processes
-        stats = {"steps": step - first_step, "seconds": round(seconds, 3), "images_per_second": round(images / max(seconds, 1e-9), 3),
-                 "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                 "peak_cuda_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None}  # fmt: skip
+        images = (
+            (step - first_step)
+            * config.train_batch_size
+            * config.gradient_accumulation_steps
+            * accelerator.num_processes
+        )
+        stats = {
+            "steps": step - first_step,
+            "seconds": round(seconds, 3),
+            "images_per_second": round(images / max(seconds, 1e-9), 3),
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "peak_cuda_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None,
+        }
         (out_dir / "training_stats.json").write_text(json.dumps(stats, indent=2))
         from training.checkpointing import plot_training_curves
-
         from training.lora_files import KOHYA_LORA_FILE, save_kohya_lora
 
         save_kohya_lora(out_dir / LORA_FILE, out_dir / KOHYA_LORA_FILE)  # for ComfyUI / AUTOMATIC1111
         plot_training_curves(history, out_dir / "training_curves.png", title=f"finetune: LoRA rank {config.rank}")
         validation = validate(config, out_dir, accelerator.device)
-        write_card(config, out_dir, data, validation, steps=step, epochs=num_epochs, warmup=warmup,
-                   target_modules=target_modules, num_tensors=sum(len(v) for v in layers.values()))  # fmt: skip
+        write_card(
+            config,
+            out_dir,
+            data,
+            validation,
+            steps=step,
+            epochs=num_epochs,
+            warmup=warmup,
+            target_modules=target_modules,
+            num_tensors=sum(len(v) for v in layers.values()),
+        )
         job.mark_done({"steps": step})
-        print(f"LoRA: {out_dir / LORA_FILE} ({step} steps)\nValidation grid: {out_dir / 'validation.png'}\n"
-              f"Card: {out_dir / 'README.md'}")  # fmt: skip
+        print(
+            f"LoRA: {out_dir / LORA_FILE} ({step} steps)\nValidation grid: {out_dir / 'validation.png'}\n"
+            f"Card: {out_dir / 'README.md'}"
+        )
     accelerator.end_training()
     job.release()
     return out_dir
@@ -516,17 +643,27 @@ def validate(config: FinetuneConfig, out_dir: Path, device) -> dict:
     from vehicle_diff.contact_sheet import contact_sheet
     from vehicle_diff.io import atomic_path
 
-    pipe = load_pipeline(config.pretrained_model_name_or_path, revision=config.revision,
-                         mixed_precision=config.mixed_precision, device=device)  # fmt: skip
+    pipe = load_pipeline(
+        config.pretrained_model_name_or_path,
+        revision=config.revision,
+        mixed_precision=config.mixed_precision,
+        device=device,
+    )
     prompts = [p for p in config.validation_prompts for _ in range(config.validation_seeds)]
     seeds = [seed for _ in config.validation_prompts for seed in range(config.validation_seeds)]
-    settings = {"num_inference_steps": config.validation_inference_steps, "guidance_scale": 8.0,
-                "height": config.resolution, "width": config.resolution}  # fmt: skip
+    settings = {
+        "num_inference_steps": config.validation_inference_steps,
+        "guidance_scale": 8.0,
+        "height": config.resolution,
+        "width": config.resolution,
+    }
     base_images = render(pipe, prompts, seeds, **settings) if prompts else []
     pipe.load_lora_weights(str(out_dir), weight_name=LORA_FILE)
     images = render(pipe, prompts, seeds, **settings) if prompts else []
     degenerate = sum(
-        1 for image in images if not np.isfinite(np.asarray(image, dtype=np.float32)).all() or np.asarray(image).max() == 0
+        1
+        for image in images
+        if not np.isfinite(np.asarray(image, dtype=np.float32)).all() or np.asarray(image).max() == 0
     )
     tiles, labels = [], []
     for prompt, seed, base, tuned in zip(prompts, seeds, base_images, images, strict=True):
@@ -534,10 +671,19 @@ def validate(config: FinetuneConfig, out_dir: Path, device) -> dict:
         labels += [[f"base model, seed {seed}", prompt], [f"with the LoRA, seed {seed}", prompt]]
     if tiles:
         with atomic_path(out_dir / "validation.png") as tmp:
-            contact_sheet(tiles, labels, columns=min(len(tiles), 4), cell=min(config.resolution * 2, 256),
-                          title=f"{Path(config.pretrained_model_name_or_path).name}: base model | LoRA, same prompt and seed",
-                          borders=["#9e9e9e", "#1565c0"] * len(prompts)).save(tmp, format="PNG")  # fmt: skip
-    return {"prompts": config.validation_prompts, "seeds": list(range(config.validation_seeds)), "black_or_nan": degenerate}
+            contact_sheet(
+                tiles,
+                labels,
+                columns=min(len(tiles), 4),
+                cell=min(config.resolution * 2, 256),
+                title=f"{Path(config.pretrained_model_name_or_path).name}: base model | LoRA, same prompt and seed",
+                borders=["#9e9e9e", "#1565c0"] * len(prompts),
+            ).save(tmp, format="PNG")
+    return {
+        "prompts": config.validation_prompts,
+        "seeds": list(range(config.validation_seeds)),
+        "black_or_nan": degenerate,
+    }
 
 
 def write_card(config: FinetuneConfig, out_dir: Path, data, validation: dict, **facts) -> None:
@@ -558,9 +704,15 @@ def write_card(config: FinetuneConfig, out_dir: Path, data, validation: dict, **
     source = caption_config.get("input_dataset") or caption_info.get("source")
     widget = validation.get("images") or (
         [{"prompt": validation["prompts"][0], "file": "validation.png"}] if validation.get("prompts") else []
-    )  # fmt: skip
-    local = {"output_dir", "train_data_dir", "preset", "pretrained_model_name_or_path", "resume_from_checkpoint",
-             "pretrained_vae_model_name_or_path"}  # fmt: skip
+    )
+    local = {
+        "output_dir",
+        "train_data_dir",
+        "preset",
+        "pretrained_model_name_or_path",
+        "resume_from_checkpoint",
+        "pretrained_vae_model_name_or_path",
+    }
     context = {
         "base_model": model_ref(config.pretrained_model_name_or_path),
         "base_revision": config.revision,

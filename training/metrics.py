@@ -197,8 +197,13 @@ def k_reciprocal_rerank(
         in_first = ((half_sets[..., None] == candidates[:, None, None, :]) & candidate_ok[:, None, None, :]).any(3)
         overlap, size = (in_first & half_ok).sum(2), half_ok.sum(2)
         accepted = candidate_ok & (overlap.double() > size.double() * (2 / 3))
-        members = torch.cat([candidates.masked_fill(~candidate_ok, total),
-                             half_sets.masked_fill(~(half_ok & accepted[..., None]), total).flatten(1)], dim=1)  # fmt: skip
+        members = torch.cat(
+            [
+                candidates.masked_fill(~candidate_ok, total),
+                half_sets.masked_fill(~(half_ok & accepted[..., None]), total).flatten(1),
+            ],
+            dim=1,
+        )
         members = members.sort(dim=1).values
         keep = members < total
         keep[:, 1:] &= members[:, 1:] != members[:, :-1]

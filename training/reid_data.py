@@ -291,8 +291,10 @@ class IdentityBatchSampler:
         if mode == "B":
             for source, identities in (("real", real), ("synthetic", synthetic)):
                 if len(identities) < p // 2:
-                    raise UserInputError(f"data mode B: only {len(identities)} {source} identities for {p // 2} "
-                                         f"{source} identities per batch")  # fmt: skip
+                    raise UserInputError(
+                        f"data mode B: only {len(identities)} {source} identities for {p // 2} "
+                        f"{source} identities per batch"
+                    )
         else:
             needed = {"R": ["real"], "S": ["synthetic"], "D": ["real", "synthetic"]}[mode]
             for source in needed:

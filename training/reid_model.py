@@ -57,8 +57,15 @@ class BNNeckHead(nn.Module):
 class ReIDModel(
     nn.Module, PyTorchModelHubMixin, library_name="timm", tags=["vehicle-re-identification", "vehicle-diff"]
 ):
-    def __init__(self, architecture: str = "resnet50", backbone_args: dict | None = None, num_classes: int = 576,
-                 last_stride_1: bool = True, aux_head: bool = True, image_size: list[int] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        architecture: str = "resnet50",
+        backbone_args: dict | None = None,
+        num_classes: int = 576,
+        last_stride_1: bool = True,
+        aux_head: bool = True,
+        image_size: list[int] | None = None,
+    ):
         super().__init__()
         import timm
 
@@ -117,15 +124,30 @@ class ReIDModel(
         from safetensors.torch import save_file
 
         save_directory = Path(save_directory)
-        data_config = {"input_size": (3, *self.image_size), "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
-                       "interpolation": "bilinear", "crop_pct": 1.0}  # fmt: skip
+        data_config = {
+            "input_size": (3, *self.image_size),
+            "mean": IMAGENET_MEAN,
+            "std": IMAGENET_STD,
+            "interpolation": "bilinear",
+            "crop_pct": 1.0,
+        }
         try:
-            timm.models.save_for_hf(self.backbone, save_directory, model_args=self.backbone_args,
-                                    data_config=data_config, safe_serialization=True)  # fmt: skip
+            timm.models.save_for_hf(
+                self.backbone,
+                save_directory,
+                model_args=self.backbone_args,
+                data_config=data_config,
+                safe_serialization=True,
+            )
         except ValueError:  # a fixed-size architecture (SwinV2) keeps its own input size
             data_config.pop("input_size")
-            timm.models.save_for_hf(self.backbone, save_directory, model_args=self.backbone_args,
-                                    data_config=data_config, safe_serialization=True)  # fmt: skip
+            timm.models.save_for_hf(
+                self.backbone,
+                save_directory,
+                model_args=self.backbone_args,
+                data_config=data_config,
+                safe_serialization=True,
+            )
         config = json.loads((save_directory / TIMM_CONFIG).read_text())
         # the pretrained_cfg timm copied from the architecture's default tag describes ImageNet weights, not these
         for key in ("license", "origin_url", "paper_ids", "hf_hub_id"):
@@ -139,9 +161,20 @@ class ReIDModel(
         save_file({k: v.contiguous() for k, v in heads.items()}, save_directory / HEADS_WEIGHTS)
 
     @classmethod
-    def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir, force_download: bool,
-                         local_files_only: bool, token, config: dict | None = None, map_location: str = "cpu",
-                         strict: bool = True, **model_kwargs):  # fmt: skip
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        revision: str | None,
+        cache_dir,
+        force_download: bool,
+        local_files_only: bool,
+        token,
+        config: dict | None = None,
+        map_location: str = "cpu",
+        strict: bool = True,
+        **model_kwargs,
+    ):
         """Build from `config.json["reid"]`, then load the backbone and heads files (safetensors only)."""
         from safetensors.torch import load_file
 
@@ -155,16 +188,25 @@ class ReIDModel(
         def fetch(name: str) -> str:
             if Path(model_id).is_dir():
                 return str(Path(model_id) / name)
-            return hf_hub_download(model_id, name, revision=revision, cache_dir=cache_dir, force_download=force_download,
-                                   token=token, local_files_only=local_files_only)  # fmt: skip
+            return hf_hub_download(
+                model_id,
+                name,
+                revision=revision,
+                cache_dir=cache_dir,
+                force_download=force_download,
+                token=token,
+                local_files_only=local_files_only,
+            )
 
         model.backbone.load_state_dict(load_file(fetch(BACKBONE_WEIGHTS), device=map_location), strict=strict)
         heads = load_file(fetch(HEADS_WEIGHTS), device=map_location)
-        model.head.load_state_dict({k.removeprefix("head."): v for k, v in heads.items() if k.startswith("head.")},
-                                   strict=strict)  # fmt: skip
+        model.head.load_state_dict(
+            {k.removeprefix("head."): v for k, v in heads.items() if k.startswith("head.")}, strict=strict
+        )
         if model.aux_head is not None:
-            model.aux_head.load_state_dict({k.removeprefix("aux_head."): v for k, v in heads.items()
-                                            if k.startswith("aux_head.")}, strict=strict)  # fmt: skip
+            model.aux_head.load_state_dict(
+                {k.removeprefix("aux_head."): v for k, v in heads.items() if k.startswith("aux_head.")}, strict=strict
+            )
         return model.eval()
 
 
@@ -193,8 +235,15 @@ def circle_loss(embeddings: torch.Tensor, labels: torch.Tensor, m: float = 0.25,
     return F.softplus(lse_p + lse_n)[valid].mean()
 
 
-def reid_loss(outputs: dict, labels: torch.Tensor, *, label_smoothing: float, circle_m: float, circle_gamma: float,
-              aux_weight: float) -> tuple[torch.Tensor, dict]:  # fmt: skip
+def reid_loss(
+    outputs: dict,
+    labels: torch.Tensor,
+    *,
+    label_smoothing: float,
+    circle_m: float,
+    circle_gamma: float,
+    aux_weight: float,
+) -> tuple[torch.Tensor, dict]:
     """L_total = L_ce + L_circle on the main head, and the same on the auxiliary head (paper §III-D)."""
     parts = {
         "ce": F.cross_entropy(outputs["logits"].float(), labels, label_smoothing=label_smoothing),

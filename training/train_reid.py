@@ -35,8 +35,9 @@ class ReIDImages(torch.utils.data.Dataset):
         return self.transform(load_image(sample.image)), sample.pid
 
 
-def train_transform(image_size: list[int], *, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-                    random_erasing: float = 0.5):  # fmt: skip
+def train_transform(
+    image_size: list[int], *, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), random_erasing: float = 0.5
+):
     """Resize, random flip, pad-and-crop, normalise with the backbone's own mean / std, random erasing (the
     strong re-ID baseline's augmentation, as fast-reid's VeRi recipe uses it)."""
     from torchvision import transforms
@@ -129,7 +130,9 @@ class TrainReIDConfig:
         if len(self.image_size) != 2 or min(self.image_size) <= 0 or any(side % 8 for side in self.image_size):
             raise UserInputError(f"--image_size takes HEIGHT WIDTH, positive multiples of 8 (got {self.image_size})")
         if not self.learning_rate > 0 or self.weight_decay < 0 or self.circle_gamma <= 0 or self.circle_m < 0:
-            raise UserInputError("--learning_rate and --circle_gamma must be positive, --weight_decay and --circle_m >= 0")
+            raise UserInputError(
+                "--learning_rate and --circle_gamma must be positive, --weight_decay and --circle_m >= 0"
+            )
         if not 0 <= self.random_erasing <= 1 or self.lr_warmup_epochs < 0 or self.aux_loss_weight < 0:
             raise UserInputError("--random_erasing must be in [0, 1]; --lr_warmup_epochs, --aux_loss_weight >= 0")
         if self.max_train_steps is not None and self.max_train_steps <= 0:
@@ -155,8 +158,16 @@ def training_data(config: TrainReIDConfig, *, rank: int = 0, world: int = 1):
     synthetic_train = relabel(synthetic_train, offset=offset) if synthetic_train else []
     samples = real_train + synthetic_train
     sources = ["real"] * len(real_train) + ["synthetic"] * len(synthetic_train)
-    sampler = IdentityBatchSampler([s.pid for s in samples], sources, p=config.ids_per_batch, k=config.images_per_id,
-                                   mode=config.data_mode, seed=config.seed, rank=rank, world=world)  # fmt: skip
+    sampler = IdentityBatchSampler(
+        [s.pid for s in samples],
+        sources,
+        p=config.ids_per_batch,
+        k=config.images_per_id,
+        mode=config.data_mode,
+        seed=config.seed,
+        rank=rank,
+        world=world,
+    )
     if len(sampler) == 0:
         raise UserInputError(
             f"no full batch of {config.ids_per_batch} identities x {config.images_per_id} images per process"
@@ -168,7 +179,11 @@ def training_data(config: TrainReIDConfig, *, rank: int = 0, world: int = 1):
 def schedule(config: TrainReIDConfig, steps_per_epoch: int) -> tuple[int, int, int]:
     """(total steps, epochs, warm-up steps): warm-up is counted in epochs unless given in steps."""
     total = config.max_train_steps or config.num_train_epochs * steps_per_epoch
-    warmup = config.lr_warmup_steps if config.lr_warmup_steps is not None else round(config.lr_warmup_epochs * steps_per_epoch)
+    warmup = (
+        config.lr_warmup_steps
+        if config.lr_warmup_steps is not None
+        else round(config.lr_warmup_epochs * steps_per_epoch)
+    )
     return total, -(-total // steps_per_epoch), max(0, min(warmup, total - 1))
 
 
@@ -180,11 +195,21 @@ def dry_run(config: TrainReIDConfig) -> Path:
     total, epochs, warmup = schedule(config, len(sampler))
     batch = config.ids_per_batch * config.images_per_id
     real_share = {"R": 1.0, "S": 0.0, "B": 0.5}.get(config.data_mode, round(sources.count("real") / len(sources), 4))
-    plan = {"stage": "train-reid", "data_mode": config.data_mode, "num_images": len(samples),
-            "num_real_images": sources.count("real"), "num_synthetic_images": sources.count("synthetic"),
-            "num_identities": len({s.pid for s in samples}), "batch_size": batch, "steps_per_epoch": len(sampler),
-            "epochs": epochs, "total_steps": total, "warmup_steps": warmup,
-            "batch_share": {"real": real_share, "synthetic": round(1 - real_share, 4)}, "eval_data": eval_data}  # fmt: skip
+    plan = {
+        "stage": "train-reid",
+        "data_mode": config.data_mode,
+        "num_images": len(samples),
+        "num_real_images": sources.count("real"),
+        "num_synthetic_images": sources.count("synthetic"),
+        "num_identities": len({s.pid for s in samples}),
+        "batch_size": batch,
+        "steps_per_epoch": len(sampler),
+        "epochs": epochs,
+        "total_steps": total,
+        "warmup_steps": warmup,
+        "batch_share": {"real": real_share, "synthetic": round(1 - real_share, 4)},
+        "eval_data": eval_data,
+    }
     return write_plan(config.output_dir, plan)
 
 
@@ -199,14 +224,30 @@ def job_components(config: TrainReIDConfig) -> dict:
         if root.is_dir():
             # the file list with sizes (hashing a whole real benchmark on every start would be slow)
             files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
-            return [spec.split(":", 1)[0] if ":" in spec else "folder", len(files), sum(p.stat().st_size for p in files),
-                    sha256_text("\n".join(f"{p.relative_to(root)}:{p.stat().st_size}" for p in files))]  # fmt: skip
+            return [
+                spec.split(":", 1)[0] if ":" in spec else "folder",
+                len(files),
+                sum(p.stat().st_size for p in files),
+                sha256_text("\n".join(f"{p.relative_to(root)}:{p.stat().st_size}" for p in files)),
+            ]
         return spec  # a hub dataset id, with its revision in the id
 
-    return {"settings": output_settings(config, ignore=("real_data", "synthetic_data", "eval_data", "checkpointing_steps",
-                                                         "checkpoints_total_limit", "eval_every_epochs")),
-            "real_data": data_identity(config.real_data), "synthetic_data": data_identity(config.synthetic_data),
-            "eval_data": data_identity(config.eval_data)}  # fmt: skip
+    return {
+        "settings": output_settings(
+            config,
+            ignore=(
+                "real_data",
+                "synthetic_data",
+                "eval_data",
+                "checkpointing_steps",
+                "checkpoints_total_limit",
+                "eval_every_epochs",
+            ),
+        ),
+        "real_data": data_identity(config.real_data),
+        "synthetic_data": data_identity(config.synthetic_data),
+        "eval_data": data_identity(config.eval_data),
+    }
 
 
 def sha256_text(text: str) -> str:
@@ -230,50 +271,95 @@ def train_reid(config: TrainReIDConfig) -> Path:
     from .reid_model import ReIDModel, backbone_spec, reid_loss
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision)
-    samples, sources, sampler, eval_data = training_data(config, rank=accelerator.process_index,
-                                                         world=accelerator.num_processes)  # fmt: skip
-    job = open_training_output(config.output_dir, "train-reid", job_components(config), overwrite=config.overwrite,
-                               accelerator=accelerator, owned=["model.safetensors", "config.json", "README.md",
-                               "metrics.json", "training_stats.json", "training_curves.png", "config.yaml", "plan.json",
-                               "reid_heads.safetensors", "card_context.json"])  # fmt: skip
+    samples, sources, sampler, eval_data = training_data(
+        config, rank=accelerator.process_index, world=accelerator.num_processes
+    )
+    job = open_training_output(
+        config.output_dir,
+        "train-reid",
+        job_components(config),
+        overwrite=config.overwrite,
+        accelerator=accelerator,
+        owned=[
+            "model.safetensors",
+            "config.json",
+            "README.md",
+            "metrics.json",
+            "training_stats.json",
+            "training_curves.png",
+            "config.yaml",
+            "plan.json",
+            "reid_heads.safetensors",
+            "card_context.json",
+        ],
+    )
     out_dir = job.out_dir
     set_seed(config.seed)
     num_classes = len({s.pid for s in samples})
 
     architecture, backbone_args = backbone_spec(config.backbone)
-    model = ReIDModel(architecture=architecture, backbone_args=backbone_args, num_classes=num_classes,
-                      last_stride_1=config.last_stride_1, aux_head=config.aux_head, image_size=config.image_size)  # fmt: skip
+    model = ReIDModel(
+        architecture=architecture,
+        backbone_args=backbone_args,
+        num_classes=num_classes,
+        last_stride_1=config.last_stride_1,
+        aux_head=config.aux_head,
+        image_size=config.image_size,
+    )
     if config.pretrained_backbone:
         model.load_backbone(config.backbone)
     data_config = resolve_data_config(model=model.backbone)  # the backbone's own normalisation
-    dataset = ReIDImages(samples, train_transform(config.image_size, mean=data_config["mean"], std=data_config["std"],
-                                                  random_erasing=config.random_erasing))  # fmt: skip
+    dataset = ReIDImages(
+        samples,
+        train_transform(
+            config.image_size, mean=data_config["mean"], std=data_config["std"], random_erasing=config.random_erasing
+        ),
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     steps_per_epoch = len(sampler)
     max_train_steps, num_epochs, warmup = schedule(config, steps_per_epoch)
-    lr_scheduler = get_scheduler(config.lr_scheduler, optimizer=optimizer, num_training_steps=max_train_steps * accelerator.num_processes,
-                                 num_warmup_steps=warmup * accelerator.num_processes)  # fmt: skip
+    lr_scheduler = get_scheduler(
+        config.lr_scheduler,
+        optimizer=optimizer,
+        num_training_steps=max_train_steps * accelerator.num_processes,
+        num_warmup_steps=warmup * accelerator.num_processes,
+    )
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
     step = resume(accelerator, out_dir, config.resume_from_checkpoint)
     if accelerator.is_main_process:
         save_config(config, out_dir / "config.yaml", stage="train-reid")
 
     history, curve = [], []
-    bar = tqdm(total=max_train_steps, initial=step, desc="train-reid", unit="step",
-               disable=not accelerator.is_local_main_process)  # fmt: skip
+    bar = tqdm(
+        total=max_train_steps,
+        initial=step,
+        desc="train-reid",
+        unit="step",
+        disable=not accelerator.is_local_main_process,
+    )
     first_epoch, first_step, started = step // steps_per_epoch, step, time.perf_counter()
     for epoch in range(first_epoch, num_epochs):
         sampler.set_epoch(epoch)
         sampler.skip = step - epoch * steps_per_epoch if epoch == first_epoch else 0
         # its own generator: creating the iterator must not draw from the global RNG that checkpoints restore
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=config.dataloader_num_workers,
-                                             generator=torch.Generator().manual_seed(config.seed + epoch))  # fmt: skip
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            num_workers=config.dataloader_num_workers,
+            generator=torch.Generator().manual_seed(config.seed + epoch),
+        )
         model.train()
         for images, labels in loader:
             with accelerator.autocast():
                 outputs = model(images.to(accelerator.device))
-            loss, parts = reid_loss(outputs, labels.to(accelerator.device), label_smoothing=config.label_smoothing,
-                                    circle_m=config.circle_m, circle_gamma=config.circle_gamma, aux_weight=config.aux_loss_weight)  # fmt: skip
+            loss, parts = reid_loss(
+                outputs,
+                labels.to(accelerator.device),
+                label_smoothing=config.label_smoothing,
+                circle_m=config.circle_m,
+                circle_gamma=config.circle_gamma,
+                aux_weight=config.aux_loss_weight,
+            )
             accelerator.backward(loss)
             optimizer.step()
             lr_scheduler.step()
@@ -290,8 +376,15 @@ def train_reid(config: TrainReIDConfig) -> Path:
         if (epoch + 1) % config.eval_every_epochs == 0 or last_epoch:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
-                metrics, _ = evaluate_model(accelerator.unwrap_model(model), eval_data, flip=config.flip_test, rerank=False,
-                                            vehicleid_draws=1, device=accelerator.device, progress=False)  # fmt: skip
+                metrics, _ = evaluate_model(
+                    accelerator.unwrap_model(model),
+                    eval_data,
+                    flip=config.flip_test,
+                    rerank=False,
+                    vehicleid_draws=1,
+                    device=accelerator.device,
+                    progress=False,
+                )
                 metrics["reported"] = "flip" if config.flip_test else "plain"
                 history.append({"epoch": epoch + 1, "step": step, **metrics})
                 accelerator.print(
@@ -308,13 +401,21 @@ def train_reid(config: TrainReIDConfig) -> Path:
         final = accelerator.unwrap_model(model)
         final.save_pretrained(out_dir)
         images_seen = (step - first_step) * config.ids_per_batch * config.images_per_id * accelerator.num_processes
-        stats = {"steps": step - first_step, "seconds": round(seconds, 3), "images_per_second": round(images_seen / max(seconds, 1e-9), 2),
-                 "num_classes": num_classes, "real_images": sources.count("real"), "synthetic_images": sources.count("synthetic")}  # fmt: skip
+        stats = {
+            "steps": step - first_step,
+            "seconds": round(seconds, 3),
+            "images_per_second": round(images_seen / max(seconds, 1e-9), 2),
+            "num_classes": num_classes,
+            "real_images": sources.count("real"),
+            "synthetic_images": sources.count("synthetic"),
+        }
         (out_dir / "training_stats.json").write_text(json.dumps(stats, indent=2))
         (out_dir / "metrics.json").write_text(json.dumps(history, indent=2))
         from .checkpointing import plot_training_curves
 
-        plot_training_curves(curve, out_dir / "training_curves.png", title=f"train-reid: {architecture}, data {config.data_mode}")
+        plot_training_curves(
+            curve, out_dir / "training_curves.png", title=f"train-reid: {architecture}, data {config.data_mode}"
+        )
         write_card(config, out_dir, history[-1] if history else None, stats, eval_data, architecture)
         job.mark_done({"steps": step})
         accelerator.print(
@@ -344,29 +445,56 @@ def write_card(
             return None
         folder = Path(spec)
         generation = ((load_context(folder) or {}).get("generation") or {}) if folder.is_dir() else {}
-        return {**model_ref(spec), "revision": None, "base_model": generation.get("base_model"),
-                "path": str(folder.resolve()) if folder.exists() else None, **extra}  # fmt: skip
+        return {
+            **model_ref(spec),
+            "revision": None,
+            "base_model": generation.get("base_model"),
+            "path": str(folder.resolve()) if folder.exists() else None,
+            **extra,
+        }
 
     def real(spec: str) -> dict:
         kind = spec.partition(":")[0]
-        return {"kind": kind, "title": REAL_DATASETS[kind][0]} if kind in REAL_DATASETS else {
-            "kind": "other", "title": model_ref(spec)["name"]}  # fmt: skip
+        return (
+            {"kind": kind, "title": REAL_DATASETS[kind][0]}
+            if kind in REAL_DATASETS
+            else {"kind": "other", "title": model_ref(spec)["name"]}
+        )
 
     synthetic = dataset(config.synthetic_data) if config.data_mode != "R" else None
     if eval_data == config.synthetic_data:
-        evaluation = dataset(eval_data, title="held-out synthetic identities (query vs gallery)", split="query",
-                             is_synthetic=True)  # fmt: skip
+        evaluation = dataset(
+            eval_data, title="held-out synthetic identities (query vs gallery)", split="query", is_synthetic=True
+        )
     elif eval_data.partition(":")[0] in REAL_DATASETS:
         name = REAL_DATASETS[eval_data.partition(":")[0]][0]
-        evaluation = {"name": name, "hub": False, "title": f"{name} test (query vs gallery)", "split": "query",
-                      "is_synthetic": False}  # fmt: skip
+        evaluation = {
+            "name": name,
+            "hub": False,
+            "title": f"{name} test (query vs gallery)",
+            "split": "query",
+            "is_synthetic": False,
+        }
     else:
-        evaluation = dataset(eval_data, title=f"{model_ref(eval_data)['name']} (query vs gallery)", split="query",
-                             is_synthetic=False)  # fmt: skip
+        evaluation = dataset(
+            eval_data, title=f"{model_ref(eval_data)['name']} (query vs gallery)", split="query", is_synthetic=False
+        )
     backbone = model_ref(config.backbone)
     starts_from_hub = config.pretrained_backbone and not backbone["tiny"] and not backbone["local"]
-    settings = {key: value for key, value in asdict(config).items()
-                if key not in ("output_dir", "real_data", "synthetic_data", "eval_data", "preset", "backbone", "resume_from_checkpoint")}  # fmt: skip
+    settings = {
+        key: value
+        for key, value in asdict(config).items()
+        if key
+        not in (
+            "output_dir",
+            "real_data",
+            "synthetic_data",
+            "eval_data",
+            "preset",
+            "backbone",
+            "resume_from_checkpoint",
+        )
+    }
     context = {
         "architecture": architecture,
         "config": settings,

@@ -60,8 +60,11 @@ def run_main(main, argv: list[str] | None = None, prog: str | None = None) -> No
         if error.errno not in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT):
             raise
         where = f" {error.filename}" if error.filename else ""
-        print(f"\n{prog}: error: cannot write{where}: {error.strerror}. Finished work is kept; "
-              "free space or fix the permissions, then re-run the same command to continue.", file=sys.stderr)  # fmt: skip
+        print(
+            f"\n{prog}: error: cannot write{where}: {error.strerror}. Finished work is kept; "
+            "free space or fix the permissions, then re-run the same command to continue.",
+            file=sys.stderr,
+        )
         sys.exit(1)
     except KeyboardInterrupt:
         interrupted(stage)

@@ -290,12 +290,14 @@ def save_config(config, path: Path, stage: str) -> None:
         tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
 
 
-
 def check_ranges(config, *, positive: tuple = (), non_negative: tuple = (), fraction: tuple = ()) -> None:
     """Range checks a stage's `__post_init__` shares: one line naming the first flag out of range, before any
     model or data loads. `fraction`: within [0, 1]. None (an unset optional) passes."""
-    rules = [(positive, lambda v: v > 0, "must be positive"), (non_negative, lambda v: v >= 0, "must be >= 0"),
-             (fraction, lambda v: 0 <= v <= 1, "must be in [0, 1]")]  # fmt: skip
+    rules = [
+        (positive, lambda v: v > 0, "must be positive"),
+        (non_negative, lambda v: v >= 0, "must be >= 0"),
+        (fraction, lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+    ]
     for names, ok, words in rules:
         for name in names:
             value = getattr(config, name)

@@ -19,8 +19,9 @@ def atomic_path(path: Path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # the writer's host and PID are in the name, so a clean-up can tell a live writer's file from a dead one's
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}~{socket.gethostname()}~{os.getpid()}~", suffix=".tmp",
-                               dir=path.parent)  # fmt: skip
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}~{socket.gethostname()}~{os.getpid()}~", suffix=".tmp", dir=path.parent
+    )
     os.close(fd)
     try:
         yield Path(tmp)
@@ -50,5 +51,10 @@ def list_images(folder: str | Path, flag: str = "--input_images") -> list[Path]:
     root = Path(folder)
     if not root.is_dir():
         raise UserInputError(f"{flag} {folder}: not a folder")
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                  and not any(part.startswith(".") for part in p.relative_to(root).parts))  # fmt: skip
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )

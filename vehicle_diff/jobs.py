@@ -42,8 +42,9 @@ FOOTER_KEY = "__shard__"
 CLAIM_LEASE_S = float(os.environ.get("VEHICLE_DIFF_CLAIM_LEASE_S", 6 * 3600))
 POLL_S = 0.5
 # settings that never change what a stage writes
-NOT_OUTPUT_SETTINGS = frozenset({"output_dir", "preset", "overwrite", "dry_run", "resume_from_checkpoint",
-                                 "dataloader_num_workers"})  # fmt: skip
+NOT_OUTPUT_SETTINGS = frozenset(
+    {"output_dir", "preset", "overwrite", "dry_run", "resume_from_checkpoint", "dataloader_num_workers"}
+)
 
 
 def warn(message: str) -> None:
@@ -78,8 +79,11 @@ def files_digest(root: Path, files: Iterable[Path]) -> str:
 def folder_digest(root: Path, ignore: Iterable[str] = ()) -> str:
     """sha256 of every regular file under `root` except hidden ones and the names in `ignore`."""
     root, ignore = Path(root), set(ignore)
-    files = [p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") or part in ignore
-                                                                    for part in p.relative_to(root).parts)]  # fmt: skip
+    files = [
+        p
+        for p in root.rglob("*")
+        if p.is_file() and not any(part.startswith(".") or part in ignore for part in p.relative_to(root).parts)
+    ]
     return files_digest(root, files)
 
 
@@ -99,15 +103,19 @@ def changed_parts(old: dict, new: dict, prefix: str = "") -> list[str]:
 # ---------------------------------------------------------------- output folders
 
 
-def check_output_path(out_dir: str | Path, *, inputs: Iterable[str | Path | None] = (), flag: str = "--output_dir") -> Path:
+def check_output_path(
+    out_dir: str | Path, *, inputs: Iterable[str | Path | None] = (), flag: str = "--output_dir"
+) -> Path:
     """Refuse an output that would destroy or mix with something: `.`, `..`, `/`, the home folder, a folder that
     holds this stage's inputs, a file, or a path that cannot be created. Returns the resolved path."""
     path = Path(out_dir).expanduser()
     resolved = path.resolve()
     cwd, home = Path.cwd().resolve(), Path.home().resolve()
     if resolved == Path(resolved.anchor) or resolved == home or cwd.is_relative_to(resolved):
-        raise UserInputError(f"{flag} {out_dir}: refusing to use {resolved} as an output folder; give a new "
-                             "folder of its own, e.g. out/<stage>")  # fmt: skip
+        raise UserInputError(
+            f"{flag} {out_dir}: refusing to use {resolved} as an output folder; give a new "
+            "folder of its own, e.g. out/<stage>"
+        )
     for source in inputs:
         if source and Path(source).expanduser().resolve().is_relative_to(resolved):
             raise UserInputError(f"{flag} {out_dir}: it holds this stage's input {source}; choose another folder")
@@ -170,8 +178,9 @@ def refuse_foreign_folder(out_dir: Path, stage: str, flag: str = "--output_dir")
             f"{' ...' if len(names) > 3 else ''}); choose a new or empty folder"
         )
     if job is not None and job.get("stage") != stage:
-        raise UserInputError(f"{flag} {out_dir} is the output of `{job.get('stage')}`, not `{stage}`; "
-                             "choose another folder")  # fmt: skip
+        raise UserInputError(
+            f"{flag} {out_dir} is the output of `{job.get('stage')}`, not `{stage}`; choose another folder"
+        )
 
 
 # ---------------------------------------------------------------- shards
@@ -188,8 +197,11 @@ def shard_path(shards_dir: Path, batch_index: int) -> Path:
 def write_shard(shards_dir: Path, batch_index: int, records: list[dict], side_files: Iterable[Path] = ()) -> Path:
     """Records as JSON lines and a footer line with their count, their checksum and the side files' hashes."""
     body = "".join(json.dumps(record, sort_keys=True) + "\n" for record in records)
-    footer = {"count": len(records), "sha256": hashlib.sha256(body.encode()).hexdigest(),
-              "files": {Path(p).name: sha256_file(p) for p in side_files}}  # fmt: skip
+    footer = {
+        "count": len(records),
+        "sha256": hashlib.sha256(body.encode()).hexdigest(),
+        "files": {Path(p).name: sha256_file(p) for p in side_files},
+    }
     path = shard_path(shards_dir, batch_index)
     with atomic_path(path) as tmp:
         tmp.write_text(body + json.dumps({FOOTER_KEY: footer}, sort_keys=True) + "\n")
@@ -225,9 +237,18 @@ def read_shard(path: Path, expected_ids: list | None = None, id_key: str = "imag
 class Job:
     """One stage's work in one output folder. See the module docstring for the rules it keeps."""
 
-    def __init__(self, out_dir: str | Path, stage: str, components: dict, *, owned: Iterable[str],
-                 overwrite: bool = False, inputs: Iterable = (), shards: str = "records",
-                 result_settings: dict | None = None):  # fmt: skip
+    def __init__(
+        self,
+        out_dir: str | Path,
+        stage: str,
+        components: dict,
+        *,
+        owned: Iterable[str],
+        overwrite: bool = False,
+        inputs: Iterable = (),
+        shards: str = "records",
+        result_settings: dict | None = None,
+    ):
         """`components`: what the expensive, resumable work depends on (`job.json`). `result_settings`: cheap
         settings applied afterwards (e.g. the filter's thresholds); they enter only the done-marker's fingerprint."""
         self.out_dir = check_output_path(out_dir, inputs=inputs)
@@ -249,8 +270,10 @@ class Job:
         try:
             self._lock.acquire(timeout=-1 if blocking else 0)
         except Timeout:
-            raise UserInputError(f"{self.out_dir} is in use by another `{self.stage}` run (it holds the folder's lock); "
-                                 "wait for it to finish, or choose another --output_dir") from None  # fmt: skip
+            raise UserInputError(
+                f"{self.out_dir} is in use by another `{self.stage}` run (it holds the folder's lock); "
+                "wait for it to finish, or choose another --output_dir"
+            ) from None
 
     def release(self) -> None:
         """Let go of a lock held with `open(hold=True)` (the end of the process lets go of it too)."""
@@ -266,7 +289,7 @@ class Job:
         finally:
             self._lock.release()
 
-    def open(self, hold: bool = False) -> "Job":
+    def open(self, hold: bool = False) -> Job:
         """Claim the folder for this plan: create it, refuse a foreign or different one, remove what a kill
         left half-written. Safe to call from every worker (it runs under the lock). `hold` keeps the lock
         until this process ends, and refuses at once when another process holds it (trainers, `run`)."""
@@ -291,8 +314,14 @@ class Job:
             self._remove_partial_writes()
             if not existing:
                 with atomic_path(self.out_dir / JOB_FILE) as tmp:
-                    tmp.write_text(json.dumps({"stage": self.stage, "fingerprint": self.fingerprint,
-                                               "components": self.components}, indent=1, sort_keys=True, default=str))  # fmt: skip
+                    tmp.write_text(
+                        json.dumps(
+                            {"stage": self.stage, "fingerprint": self.fingerprint, "components": self.components},
+                            indent=1,
+                            sort_keys=True,
+                            default=str,
+                        )
+                    )
         return self
 
     def _remove_owned(self) -> None:
@@ -320,15 +349,23 @@ class Job:
     def mark_done(self, summary: dict | None = None) -> None:
         """The last file the stage writes: its fingerprint, so `run` trusts nothing else."""
         with atomic_path(self.out_dir / DONE_FILE) as tmp:
-            tmp.write_text(json.dumps({"stage": self.stage, "fingerprint": self.done_fingerprint,
-                                       "summary": summary or {}}, indent=1, sort_keys=True, default=str))  # fmt: skip
+            tmp.write_text(
+                json.dumps(
+                    {"stage": self.stage, "fingerprint": self.done_fingerprint, "summary": summary or {}},
+                    indent=1,
+                    sort_keys=True,
+                    default=str,
+                )
+            )
 
     # -- batches
 
     def write_shard(self, batch_index: int, records: list[dict], side_files: Iterable[Path] = ()) -> Path:
         return write_shard(self.shards_dir, batch_index, records, side_files)
 
-    def valid_batches(self, num_batches: int, ids_of: Callable[[int], list] | None, id_key: str = "image_id") -> set[int]:
+    def valid_batches(
+        self, num_batches: int, ids_of: Callable[[int], list] | None, id_key: str = "image_id"
+    ) -> set[int]:
         """The batches whose shard is whole; a torn, short or foreign shard is named, removed and redone."""
         done = set()
         for path in sorted(self.shards_dir.glob(SHARD_GLOB)):
@@ -346,8 +383,14 @@ class Job:
             done.add(index)
         return done
 
-    def batches(self, num_batches: int, ids_of: Callable[[int], list] | None = None, *, id_key: str = "image_id",
-                order: list[int] | None = None) -> Iterator[int]:  # fmt: skip
+    def batches(
+        self,
+        num_batches: int,
+        ids_of: Callable[[int], list] | None = None,
+        *,
+        id_key: str = "image_id",
+        order: list[int] | None = None,
+    ) -> Iterator[int]:
         """Yield the batches this worker should do, claiming each first; return once every batch is finished
         (waiting for live claims of other workers, taking over dead ones)."""
         claims = self.out_dir / CLAIMS_DIR
@@ -386,8 +429,16 @@ class Job:
                 if claim_is_alive(claim, now):
                     return False
             with atomic_path(path) as tmp:
-                tmp.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "claimed": now,
-                                           "lease_until": now + CLAIM_LEASE_S}))  # fmt: skip
+                tmp.write_text(
+                    json.dumps(
+                        {
+                            "host": socket.gethostname(),
+                            "pid": os.getpid(),
+                            "claimed": now,
+                            "lease_until": now + CLAIM_LEASE_S,
+                        }
+                    )
+                )
         return True
 
     def records(self, num_batches: int, ids_of: Callable[[int], list] | None = None, id_key: str = "image_id"):
@@ -396,12 +447,16 @@ class Job:
         for index in range(num_batches):
             path = shard_path(self.shards_dir, index)
             if not path.exists():
-                raise UserInputError(f"{self.out_dir}: batch {index} is unfinished; re-run the same command to finish it")
+                raise UserInputError(
+                    f"{self.out_dir}: batch {index} is unfinished; re-run the same command to finish it"
+                )
             try:
                 batch = read_shard(path, ids_of(index) if ids_of else None, id_key)
             except TornShard as error:
                 path.unlink(missing_ok=True)
-                raise UserInputError(f"{path} is damaged ({error}); removed it, re-run the same command to redo it") from None
+                raise UserInputError(
+                    f"{path} is damaged ({error}); removed it, re-run the same command to redo it"
+                ) from None
             for record in batch:
                 key = record.get(id_key)
                 if key in seen:
@@ -409,8 +464,9 @@ class Job:
                 seen.add(key)
                 yield record
 
-    def merge(self, num_batches: int, out_file: Path, ids_of=None, *, id_key: str = "image_id",
-              rows_per_group: int = 4096) -> int:  # fmt: skip
+    def merge(
+        self, num_batches: int, out_file: Path, ids_of=None, *, id_key: str = "image_id", rows_per_group: int = 4096
+    ) -> int:
         """Stream every shard into one Parquet file (atomically), the same bytes however the work was split."""
         return write_parquet(lambda: self.records(num_batches, ids_of, id_key), out_file, rows_per_group)
 
@@ -455,15 +511,25 @@ def remove_stale_staging(out_dir: Path, stage: str) -> None:
     now = time.time()
     for path in out_dir.parent.glob(f".{out_dir.name}~*~*~*"):
         parts = path.name.split("~")
-        writer = {"host": parts[-3], "pid": int(parts[-2]) if parts[-2].isdigit() else -1,
-                  "lease_until": path.stat().st_mtime + CLAIM_LEASE_S}  # fmt: skip
+        writer = {
+            "host": parts[-3],
+            "pid": int(parts[-2]) if parts[-2].isdigit() else -1,
+            "lease_until": path.stat().st_mtime + CLAIM_LEASE_S,
+        }
         job = read_json(path / JOB_FILE)
         if path.is_dir() and job and job.get("stage") == stage and not claim_is_alive(writer, now):
             shutil.rmtree(path)
 
 
-def replace_folder(out_dir: str | Path, stage: str, components: dict, build: Callable[[Path], dict | None], *,
-                   inputs: Iterable = (), flag: str = "--output_dir") -> Path:  # fmt: skip
+def replace_folder(
+    out_dir: str | Path,
+    stage: str,
+    components: dict,
+    build: Callable[[Path], dict | None],
+    *,
+    inputs: Iterable = (),
+    flag: str = "--output_dir",
+) -> Path:
     """Build a whole output folder in a staging sibling, then swap it in: the folder is always either the old
     complete output or the new one. Only an earlier output of `stage` (its `job.json`) is ever replaced."""
     out_dir = check_output_path(out_dir, inputs=inputs, flag=flag)
@@ -477,10 +543,20 @@ def replace_folder(out_dir: str | Path, stage: str, components: dict, build: Cal
     staging.mkdir()
     try:
         with atomic_path(staging / JOB_FILE) as tmp:
-            tmp.write_text(json.dumps({"stage": stage, "fingerprint": fingerprint, "components": components},
-                                      indent=1, sort_keys=True, default=str))  # fmt: skip
+            tmp.write_text(
+                json.dumps(
+                    {"stage": stage, "fingerprint": fingerprint, "components": components},
+                    indent=1,
+                    sort_keys=True,
+                    default=str,
+                )
+            )
         summary = build(staging)
-        done = {"stage": stage, "fingerprint": fingerprint_of({"job": fingerprint, "result": {}}), "summary": summary or {}}
+        done = {
+            "stage": stage,
+            "fingerprint": fingerprint_of({"job": fingerprint, "result": {}}),
+            "summary": summary or {},
+        }
         with atomic_path(staging / DONE_FILE) as tmp:
             tmp.write_text(json.dumps(done, indent=1, sort_keys=True, default=str))
         if out_dir.exists():

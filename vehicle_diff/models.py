@@ -28,6 +28,7 @@ def torch_dtype(mixed_precision: str):
 
     return {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed_precision]
 
+
 SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
 # SDXL base 1.0's UNet (its published unet/config.json): full-size plans and meta-device checks need it offline.
 SDXL_UNET = {
@@ -48,8 +49,14 @@ SDXL_UNET = {
 COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
 
 # The files each loader reads from a Hub repo: what `hf download --include` must fetch, and nothing else.
-DIFFUSERS_PIPELINE_FILES = ["model_index.json", "*/config.json", "scheduler/scheduler_config.json", "tokenizer*/*",
-                            "*/model.safetensors", "*/diffusion_pytorch_model.safetensors"]  # fmt: skip
+DIFFUSERS_PIPELINE_FILES = [
+    "model_index.json",
+    "*/config.json",
+    "scheduler/scheduler_config.json",
+    "tokenizer*/*",
+    "*/model.safetensors",
+    "*/diffusion_pytorch_model.safetensors",
+]
 TRANSFORMERS_FILES = ["*.json", "*.safetensors", "*.txt"]
 TIMM_FILES = ["config.json", "model.safetensors"]
 OPEN_CLIP_FILES = ["open_clip_config.json", "open_clip_model.safetensors"]
@@ -80,8 +87,10 @@ def hub_download_command(repo_id: str, files: list[str]) -> str:
 
 
 def hub_hint(repo_id: str, files: list[str], flag: str) -> str:
-    return (f"where the Hub is reachable run `{hub_download_command(repo_id, files)}`, copy that HF_HOME cache "
-            f"here and set HF_HUB_OFFLINE=1, or pass a local folder with {flag} (--preset tiny needs no download)")  # fmt: skip
+    return (
+        f"where the Hub is reachable run `{hub_download_command(repo_id, files)}`, copy that HF_HOME cache "
+        f"here and set HF_HUB_OFFLINE=1, or pass a local folder with {flag} (--preset tiny needs no download)"
+    )
 
 
 def timm_hub_id(model_id: str) -> str | None:
@@ -180,8 +189,10 @@ def load_yolo(model_id: str, flag="--detector"):
         raise UserInputError(f"{flag} {model_id}: no such file")
     if not Path(path).exists():
         url, weights_dir_file = ultralytics_release_url(Path(path).name)
-        hint = (f"download {url} (ultralytics' GitHub release assets) and put it at {weights_dir_file} "
-                f"(ultralytics' weights_dir), or pass the .pt file's path with {flag}")  # fmt: skip
+        hint = (
+            f"download {url} (ultralytics' GitHub release assets) and put it at {weights_dir_file} "
+            f"(ultralytics' weights_dir), or pass the .pt file's path with {flag}"
+        )
     else:
         hint = f"pass an existing ultralytics .pt file with {flag}"
     with clear_load_errors(model_id, flag, hint):
@@ -218,8 +229,11 @@ def create_timm(model_id: str, pretrained: bool = True, flag="--backbone", **kwa
     if Path(name).is_dir():
         name = "local-dir:" + name
     repo_id = None if Path(name.removeprefix("local-dir:")).exists() else timm_hub_id(model_id)
-    hint = hub_hint(repo_id, TIMM_FILES, flag) + f" (timm also takes it as hf-hub:{repo_id})" if repo_id else (
-        f"pass a timm model folder (config.json + model.safetensors) with {flag}")  # fmt: skip
+    hint = (
+        hub_hint(repo_id, TIMM_FILES, flag) + f" (timm also takes it as hf-hub:{repo_id})"
+        if repo_id
+        else (f"pass a timm model folder (config.json + model.safetensors) with {flag}")
+    )
     with clear_load_errors(model_id, flag, hint):
         return timm.create_model(name, pretrained=pretrained, **kwargs)
 
@@ -230,12 +244,24 @@ def content_hash(path: Path) -> str:
     from tqdm.auto import tqdm
 
     path = Path(path)
-    files = [path] if path.is_file() else sorted(
-        p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
-    )  # fmt: skip
+    files = (
+        [path]
+        if path.is_file()
+        else sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        )
+    )
     digest = hashlib.sha256()
-    with tqdm(total=sum(f.stat().st_size for f in files), unit="B", unit_scale=True, desc=f"hashing {path.name}",
-              disable=None, leave=False) as bar:  # fmt: skip
+    with tqdm(
+        total=sum(f.stat().st_size for f in files),
+        unit="B",
+        unit_scale=True,
+        desc=f"hashing {path.name}",
+        disable=None,
+        leave=False,
+    ) as bar:
         for file in files:
             file_digest = hashlib.sha256()
             with open(file, "rb") as handle:

@@ -90,9 +90,11 @@ class RunConfig:
     version: str = "v1.0"
     override: list[str] = field(
         default_factory=list,
-        metadata={"help": "STAGE.KEY=VALUE settings on top of the preset, e.g. generate.images_per_identity=10 "
-                          "select.candidates=[base] (VALUE is YAML)"},
-    )  # fmt: skip
+        metadata={
+            "help": "STAGE.KEY=VALUE settings on top of the preset, e.g. generate.images_per_identity=10 "
+            "select.candidates=[base] (VALUE is YAML)"
+        },
+    )
     overwrite: bool = field(
         default=False, metadata={"help": "re-run stages whose settings or inputs changed, replacing their outputs"}
     )
@@ -131,19 +133,37 @@ def resolve_stage_configs(config: RunConfig, out: Path) -> dict:
     wiring = {
         "prompts": {"output_dir": out / "prompts"},
         "caption": {"input_images": target, "output_dir": out / "captions"},
-        "finetune": {"train_data_dir": out / "captions", "output_dir": out / "lora", "resume_from_checkpoint": "latest"},
-        "select": {"prompts": out / "prompts", "candidates": ["base", str(out / "lora")],
-                   "real_images": out / "captions" / "train", "output_dir": out / "select"},
+        "finetune": {
+            "train_data_dir": out / "captions",
+            "output_dir": out / "lora",
+            "resume_from_checkpoint": "latest",
+        },
+        "select": {
+            "prompts": out / "prompts",
+            "candidates": ["base", str(out / "lora")],
+            "real_images": out / "captions" / "train",
+            "output_dir": out / "select",
+        },
         "generate": {"prompts": out / "prompts", "output_dir": out / "generated"},
         "filter": {"generated": out / "generated", "output_dir": out / "filtered"},
         "export": {"filtered": out / "filtered", "output_dir": out / "vehicle-diff"},
-        "train-reid": {"synthetic_data": out / "vehicle-diff", "data_mode": "S", "output_dir": out / "reid",
-                       "resume_from_checkpoint": "latest"},
+        "train-reid": {
+            "synthetic_data": out / "vehicle-diff",
+            "data_mode": "S",
+            "output_dir": out / "reid",
+            "resume_from_checkpoint": "latest",
+        },
         "evaluate": {"model": out / "reid", "eval_data": out / "vehicle-diff", "output_dir": out / "evaluation"},
-        "publish": {"dataset": out / "vehicle-diff", "lora": out / "lora", "reid": out / "reid",
-                    "version": config.version, "target": "mirror", "mirror_dir": out / "mirror",
-                    "output_dir": out / "publish-mirror"},
-    }  # fmt: skip
+        "publish": {
+            "dataset": out / "vehicle-diff",
+            "lora": out / "lora",
+            "reid": out / "reid",
+            "version": config.version,
+            "target": "mirror",
+            "mirror_dir": out / "mirror",
+            "output_dir": out / "publish-mirror",
+        },
+    }
     overrides = parse_overrides(config.override)
     configs = {}
     for stage, settings in wiring.items():
@@ -159,8 +179,11 @@ def resolve_stage_configs(config: RunConfig, out: Path) -> dict:
 def with_selection(generate_config, out: Path):
     """The generate config with the LoRA and template `select` chose (an explicit override wins)."""
     chosen = json.loads((out / "select" / "selected.json").read_text())
-    return dataclasses.replace(generate_config, lora_weights=generate_config.lora_weights or chosen["lora_weights"],
-                               template_id=generate_config.template_id or chosen["template_id"])  # fmt: skip
+    return dataclasses.replace(
+        generate_config,
+        lora_weights=generate_config.lora_weights or chosen["lora_weights"],
+        template_id=generate_config.template_id or chosen["template_id"],
+    )
 
 
 def stage_is_complete(stage: str, config, configs: dict) -> bool:
@@ -195,8 +218,9 @@ def run_stage_isolated(stage: str, config, **kwargs) -> None:
     from . import LAUNCH_THREAD_SETTINGS
 
     module, _, function = STAGE_CLASSES[stage]
-    process = multiprocessing.get_context("spawn").Process(target=_stage_entry, args=(stage, module, function, config, kwargs),
-                                                           name=f"vehicle-diff {stage}")  # fmt: skip
+    process = multiprocessing.get_context("spawn").Process(
+        target=_stage_entry, args=(stage, module, function, config, kwargs), name=f"vehicle-diff {stage}"
+    )
     current = {name: os.environ.get(name) for name in LAUNCH_THREAD_SETTINGS}
     try:  # the child inherits os.environ as it is at start()
         set_environment(LAUNCH_THREAD_SETTINGS)
@@ -207,8 +231,11 @@ def run_stage_isolated(stage: str, config, **kwargs) -> None:
     if process.exitcode:
         code = process.exitcode if process.exitcode > 0 else 130 if process.exitcode == -2 else 1
         if code not in (2, 130):
-            print(f"vehicle-diff run: stage {stage} failed (exit status {process.exitcode}); see its messages above. "
-                  "Re-run the same command to resume.", file=sys.stderr)  # fmt: skip
+            print(
+                f"vehicle-diff run: stage {stage} failed (exit status {process.exitcode}); see its messages above. "
+                "Re-run the same command to resume.",
+                file=sys.stderr,
+            )
         raise SystemExit(code)
 
 
@@ -259,7 +286,9 @@ def run_stages(config: RunConfig, out: Path) -> Path:
             continue
         print(f"== {stage} -> {stage_config.output_dir}", flush=True)
         started = time.perf_counter()
-        extra = {"generate_config": configs["generate"], "filter_config": configs["filter"]} if stage == "select" else {}
+        extra = (
+            {"generate_config": configs["generate"], "filter_config": configs["filter"]} if stage == "select" else {}
+        )
         run_stage_isolated(stage, stage_config, **extra)
         timings[stage] = round(time.perf_counter() - started, 1)
     if config.push_to_hub:
@@ -283,8 +312,11 @@ def save_run_configs(config: RunConfig, configs: dict, path: Path) -> None:
 
     from . import __version__
 
-    resolved = {"vehicle_diff_version": __version__, "run": dataclasses.asdict(config),
-                "stages": {stage: dataclasses.asdict(stage_config) for stage, stage_config in configs.items()}}  # fmt: skip
+    resolved = {
+        "vehicle_diff_version": __version__,
+        "run": dataclasses.asdict(config),
+        "stages": {stage: dataclasses.asdict(stage_config) for stage, stage_config in configs.items()},
+    }
     with atomic_path(path) as tmp:
         tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
 
@@ -299,8 +331,10 @@ def read_back_through_olah(mirror: Path, repo: str, version: str, work_dir: Path
     from .publish import mirror_client_env, serve_mirror
 
     with serve_mirror(mirror, work_dir) as endpoint:
-        script = (f"import datasets, json; ds = datasets.load_dataset({repo!r}, revision={version!r}); "
-                  "print(json.dumps({k: len(v) for k, v in ds.items()}))")  # fmt: skip
+        script = (
+            f"import datasets, json; ds = datasets.load_dataset({repo!r}, revision={version!r}); "
+            "print(json.dumps({k: len(v) for k, v in ds.items()}))"
+        )
         env = mirror_client_env(endpoint, work_dir / "hf-home")
         result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     if result.returncode:
@@ -335,7 +369,7 @@ def run_summary(out: Path, timings: dict, read_back: dict | None) -> str:
         f"| re-ID model (`ReIDModel.from_pretrained`) | {out / 'reid'} |",
         f"| evaluation + retrieval picture | {out / 'evaluation' / 'metrics.md'}, {out / 'evaluation' / 'retrieval.png'} |",
         f"| local mirror (olah layout) | {out / 'mirror'} |",
-    ]  # fmt: skip
+    ]
     if read_back:
         lines += [
             "",

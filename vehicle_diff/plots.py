@@ -29,8 +29,10 @@ def training_curves(steps, losses, learning_rates, out_file, title: str = "train
     if not steps:
         raise ValueError("training_curves: no steps to plot")
     if not len(steps) == len(losses) == len(learning_rates):
-        raise ValueError(f"training_curves: {len(steps)} steps, {len(losses)} losses and {len(learning_rates)} "
-                         "learning rates; give one of each per step")  # fmt: skip
+        raise ValueError(
+            f"training_curves: {len(steps)} steps, {len(losses)} losses and {len(learning_rates)} "
+            "learning rates; give one of each per step"
+        )
     if any(later < earlier for earlier, later in pairwise(steps)):
         raise ValueError("training_curves: steps must not decrease")
     if any(rate < 0 for rate in learning_rates):
@@ -44,8 +46,9 @@ def training_curves(steps, losses, learning_rates, out_file, title: str = "train
     if finite:
         x, y = [pair[0] for pair in finite], [pair[1] for pair in finite]
         many = len(finite) > 20
-        loss_axes.plot(x, y, color="tab:blue", alpha=0.35 if many else 1.0, lw=1, marker=None if many else ".",
-                       label="loss")  # fmt: skip
+        loss_axes.plot(
+            x, y, color="tab:blue", alpha=0.35 if many else 1.0, lw=1, marker=None if many else ".", label="loss"
+        )
         if many:
             window = max(5, len(finite) // 20)
             loss_axes.plot(x, _running_mean(y, window), color="tab:blue", lw=2, label=f"running mean of {window}")
@@ -92,8 +95,9 @@ def color_confusion(prompt_colors, predicted_colors, colors, out_file, title: st
     peak = max(max(row) for row in matrix) or 1
     for r, row in enumerate(matrix):
         for c, count in enumerate(row):
-            axes.text(c, r, str(count), ha="center", va="center", fontsize=9,
-                      color="white" if count > peak / 2 else "black")  # fmt: skip
+            axes.text(
+                c, r, str(count), ha="center", va="center", fontsize=9, color="white" if count > peak / 2 else "black"
+            )
     axes.set_xticks(range(len(colors)), colors, rotation=45, ha="right")
     axes.set_yticks(range(len(colors)), colors)
     axes.set_xlabel("predicted color (CLIP)")
@@ -129,8 +133,14 @@ def cmc_curves(curves: dict[str, list[float]], out_file, title: str = "CMC") -> 
     axes = figure.subplots()
     for name, values in checked.items():
         ranks = range(1, len(values) + 1)
-        axes.plot(ranks, values, marker="o" if len(values) <= 10 else None, ms=3, lw=1.8,
-                  label=f"{name} (rank-1 {values[0]:.1%})")  # fmt: skip
+        axes.plot(
+            ranks,
+            values,
+            marker="o" if len(values) <= 10 else None,
+            ms=3,
+            lw=1.8,
+            label=f"{name} (rank-1 {values[0]:.1%})",
+        )
     lowest = min(min(values) for values in checked.values())
     axes.set_ylim(max(0.0, lowest - 0.05), 1.01)  # a curve at 100% stays visible
     longest = max(len(values) for values in checked.values())

@@ -39,19 +39,50 @@ LORA_FILE, KOHYA_LORA_FILE = "pytorch_lora_weights.safetensors", "pytorch_lora_w
 # artifact -> (repo type, files that go into its repo (globs relative to the artifact folder), files it must have)
 ARTIFACTS = {
     "dataset": ("dataset", ["README.md", "preview.png", "data/*.parquet"], ["data/"]),
-    "lora": ("model", ["README.md", LORA_FILE, KOHYA_LORA_FILE, "validation*.png", "config.yaml", "training_stats.json"],
-             [LORA_FILE]),
-    "reid": ("model", ["README.md", "config.json", "model.safetensors", "reid_heads.safetensors", "metrics.json",
-                       "training_stats.json"], ["model.safetensors", "reid_heads.safetensors"]),
-}  # fmt: skip
+    "lora": (
+        "model",
+        ["README.md", LORA_FILE, KOHYA_LORA_FILE, "validation*.png", "config.yaml", "training_stats.json"],
+        [LORA_FILE],
+    ),
+    "reid": (
+        "model",
+        [
+            "README.md",
+            "config.json",
+            "model.safetensors",
+            "reid_heads.safetensors",
+            "metrics.json",
+            "training_stats.json",
+        ],
+        ["model.safetensors", "reid_heads.safetensors"],
+    ),
+}
 MANIFEST = "publish.json"
 TEXT_SUFFIXES = (".md", ".json", ".yaml", ".yml", ".txt", ".toml")
 # git runs with these whatever the user's git config says: no hooks, no signing prompts, bytes kept as they are,
 # no background gc that would outlive us in the repo
-GIT_CONFIG = ["-c", "core.hooksPath=/dev/null", "-c", "commit.gpgSign=false", "-c", "tag.gpgSign=false",
-              "-c", "core.autocrlf=false", "-c", "core.fsmonitor=false", "-c", "gc.auto=0", "-c", "maintenance.auto=false"]  # fmt: skip
-GIT_IDENTITY = {"GIT_AUTHOR_NAME": "vehicle-diff", "GIT_AUTHOR_EMAIL": "publish@vehicle-diff.invalid",
-                "GIT_COMMITTER_NAME": "vehicle-diff", "GIT_COMMITTER_EMAIL": "publish@vehicle-diff.invalid"}  # fmt: skip
+GIT_CONFIG = [
+    "-c",
+    "core.hooksPath=/dev/null",
+    "-c",
+    "commit.gpgSign=false",
+    "-c",
+    "tag.gpgSign=false",
+    "-c",
+    "core.autocrlf=false",
+    "-c",
+    "core.fsmonitor=false",
+    "-c",
+    "gc.auto=0",
+    "-c",
+    "maintenance.auto=false",
+]
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "vehicle-diff",
+    "GIT_AUTHOR_EMAIL": "publish@vehicle-diff.invalid",
+    "GIT_COMMITTER_NAME": "vehicle-diff",
+    "GIT_COMMITTER_EMAIL": "publish@vehicle-diff.invalid",
+}
 MIRROR_MARKER = "vehicle-diff.mirror"  # git config key set in every mirror repo publish creates
 PUBLISH_INDEX = "vehicle-diff-publish.index"  # the private index a publish builds its tree in
 GIT_WAIT_S = 60  # how long to wait for a git process still working in a repo before giving up
@@ -81,8 +112,12 @@ def check_version_tag(version: str) -> str:
     if shutil.which("git"):
         valid = subprocess.run(["git", "check-ref-format", f"refs/tags/{version}"], capture_output=True).returncode == 0
     else:  # git's rules, for a Hub-only machine without git
-        valid = not (re.search(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|/\.|\.lock(/|$)", version)
-                     or version.startswith((".", "/")) or version.endswith((".", "/")) or version == "@")  # fmt: skip
+        valid = not (
+            re.search(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|/\.|\.lock(/|$)", version)
+            or version.startswith((".", "/"))
+            or version.endswith((".", "/"))
+            or version == "@"
+        )
     if not valid:
         raise UserInputError(f"--version {version!r}: not a valid git tag name (see `git check-ref-format`); e.g. v1.0")
     return version
@@ -160,8 +195,10 @@ def check_no_local_paths(tree: dict[str, Path | bytes], prefixes: set[str], repo
         text = (source if isinstance(source, bytes) else source.read_bytes()).decode("utf-8", "replace")
         found = sorted(p for p in prefixes if p in text)
         if found:
-            raise UserInputError(f"{repo_id}: {name} contains the local path {found[0]}...; re-run the stage that "
-                                 "wrote it (current cards and configs hold no machine paths), then publish again")  # fmt: skip
+            raise UserInputError(
+                f"{repo_id}: {name} contains the local path {found[0]}...; re-run the stage that "
+                "wrote it (current cards and configs hold no machine paths), then publish again"
+            )
 
 
 def progress(**kwargs):
@@ -170,8 +207,9 @@ def progress(**kwargs):
     return tqdm(disable=None, leave=False, **kwargs)
 
 
-def build_tree(artifact: str, folder: Path, repo_id: str, version: str, *, work_dir: Path,
-               alongside: dict) -> dict[str, Path | bytes]:  # fmt: skip
+def build_tree(
+    artifact: str, folder: Path, repo_id: str, version: str, *, work_dir: Path, alongside: dict
+) -> dict[str, Path | bytes]:
     """Exactly what the repo will hold: the artifact's files (configs with local paths reduced), the card rendered
     for `repo_id`@`version` (linking the repos published `alongside` it where they are its inputs), a kohya copy
     of the LoRA if the folder has none, and `publish.json`."""
@@ -276,16 +314,19 @@ def ensure_mirror_repo(repo: Path) -> None:
         repo.rmdir()
     if repo.exists():
         if not is_mirror_repo(repo):
-            raise UserInputError(f"{repo} exists and is not a mirror repo made by `vehicle-diff publish`; refusing to "
-                                 "touch it: move it away or choose another --mirror_dir")  # fmt: skip
+            raise UserInputError(
+                f"{repo} exists and is not a mirror repo made by `vehicle-diff publish`; refusing to "
+                "touch it: move it away or choose another --mirror_dir"
+            )
         return
     tmp = Path(tempfile.mkdtemp(prefix=f".{repo.name}.init-", dir=repo.parent))
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's folder is private; a mirror repo is as readable as the mirror
     try:
-        subprocess.run(["git", *GIT_CONFIG, "init", "-q", "-b", "main", str(tmp)], check=True, capture_output=True,
-                       env=git_env())  # fmt: skip
+        subprocess.run(
+            ["git", *GIT_CONFIG, "init", "-q", "-b", "main", str(tmp)], check=True, capture_output=True, env=git_env()
+        )
         git(tmp, "config", MIRROR_MARKER, "true")
         os.rename(tmp, repo)
     finally:
@@ -319,8 +360,17 @@ def clear_stale_git_locks(repo: Path) -> list[str]:
     when no git process works in the repo any more; returns what was removed. The caller holds the publish lock,
     so no other publish of ours is running git here."""
     git_dir = repo / ".git"
-    candidates = [git_dir / name for name in ("index.lock", "HEAD.lock", "config.lock", "packed-refs.lock",
-                                               "shallow.lock", f"{PUBLISH_INDEX}.lock")]  # fmt: skip
+    candidates = [
+        git_dir / name
+        for name in (
+            "index.lock",
+            "HEAD.lock",
+            "config.lock",
+            "packed-refs.lock",
+            "shallow.lock",
+            f"{PUBLISH_INDEX}.lock",
+        )
+    ]
     candidates += list((git_dir / "refs").rglob("*.lock")) if (git_dir / "refs").is_dir() else []
     locks = [lock for lock in candidates if lock.exists()]
     if not locks:
@@ -338,8 +388,10 @@ def clear_stale_git_locks(repo: Path) -> list[str]:
         if not busy:
             break
         if time.monotonic() > deadline:
-            raise UserInputError(f"git process(es) {busy} still work in {repo}; wait for them to finish (or stop them), "
-                                 "then publish again")  # fmt: skip
+            raise UserInputError(
+                f"git process(es) {busy} still work in {repo}; wait for them to finish (or stop them), "
+                "then publish again"
+            )
         time.sleep(0.5)
     for lock in locks:
         lock.unlink(missing_ok=True)
@@ -369,8 +421,9 @@ def write_tree(repo: Path, tree: dict[str, Path | bytes], label: str) -> str:
     return tree_oid
 
 
-def publish_to_mirror(tree: dict[str, Path | bytes], mirror_dir: Path, repo_type: str, repo_id: str, version: str,
-                      force: bool) -> str:  # fmt: skip
+def publish_to_mirror(
+    tree: dict[str, Path | bytes], mirror_dir: Path, repo_type: str, repo_id: str, version: str, force: bool
+) -> str:
     """Commit `tree` to the mirror's git repo (branch main), tag it `version`, check the files out."""
     from filelock import FileLock
 
@@ -387,8 +440,9 @@ def publish_to_mirror(tree: dict[str, Path | bytes], mirror_dir: Path, repo_type
                 sync_working_tree(repo)
                 return f"{label}@{version}: already published, unchanged"
             if tagged and not force:
-                raise UserInputError(f"{label}: version {version} exists with other content; use a new --version, "
-                                     "or --force to move it")  # fmt: skip
+                raise UserInputError(
+                    f"{label}: version {version} exists with other content; use a new --version, or --force to move it"
+                )
             head = rev_parse(repo, "refs/heads/main")
             if head and rev_parse(repo, "refs/heads/main^{tree}") == tree_oid:
                 commit = head  # committed by a publish that stopped before tagging
@@ -436,17 +490,22 @@ def hub_errors(endpoint: str, what: str):
         status = error.response.status_code if error.response is not None else "?"
         first = (str(error).strip().splitlines() or [""])[0]
         if status == 401:
-            raise UserInputError(f"{endpoint} refused the token ({what}): run `hf auth login` with a token that can "
-                                 "write, or set HF_TOKEN, then publish again") from None  # fmt: skip
+            raise UserInputError(
+                f"{endpoint} refused the token ({what}): run `hf auth login` with a token that can "
+                "write, or set HF_TOKEN, then publish again"
+            ) from None
         if status == 403:
-            raise UserInputError(f"{endpoint} refused {what} (403: {first}); the token needs write access to that "
-                                 "namespace") from None  # fmt: skip
+            raise UserInputError(
+                f"{endpoint} refused {what} (403: {first}); the token needs write access to that namespace"
+            ) from None
         raise UserInputError(
             f"{endpoint} answered {status} to {what} ({first}); re-run the same command to finish"
         ) from None
     except transport_errors() as error:
-        raise UserInputError(f"cannot reach {endpoint} ({what}: {type(error).__name__}: {error}); check the network, "
-                             "proxy or HF_ENDPOINT, or publish with --target mirror; a re-run finishes the publish") from None  # fmt: skip
+        raise UserInputError(
+            f"cannot reach {endpoint} ({what}: {type(error).__name__}: {error}); check the network, "
+            "proxy or HF_ENDPOINT, or publish with --target mirror; a re-run finishes the publish"
+        ) from None
 
 
 def check_hub_access(endpoint: str | None) -> None:
@@ -455,8 +514,10 @@ def check_hub_access(endpoint: str | None) -> None:
 
     endpoint = endpoint or constants.ENDPOINT
     if constants.HF_HUB_OFFLINE:
-        raise UserInputError(f"--target hub: HF_HUB_OFFLINE is set, so nothing may reach {endpoint}; unset it "
-                             "(HF_HUB_OFFLINE=0) on a machine with network access, or publish with --target mirror")  # fmt: skip
+        raise UserInputError(
+            f"--target hub: HF_HUB_OFFLINE is set, so nothing may reach {endpoint}; unset it "
+            "(HF_HUB_OFFLINE=0) on a machine with network access, or publish with --target mirror"
+        )
     if not get_token():
         raise UserInputError(
             "--target hub: no Hugging Face token; run `hf auth login` or set HF_TOKEN, then publish again"
@@ -465,8 +526,16 @@ def check_hub_access(endpoint: str | None) -> None:
         HfApi(endpoint=endpoint, token=get_token()).whoami()
 
 
-def publish_to_hub(tree: dict[str, Path | bytes], repo_type: str, repo_id: str, version: str, *, force: bool,
-                   private: bool, endpoint: str | None) -> str:  # fmt: skip
+def publish_to_hub(
+    tree: dict[str, Path | bytes],
+    repo_type: str,
+    repo_id: str,
+    version: str,
+    *,
+    force: bool,
+    private: bool,
+    endpoint: str | None,
+) -> str:
     """One commit with exactly `tree` (stale files deleted), then the tag. A re-run after an interruption finds
     the commit (same manifest on main) and only tags it."""
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token, hf_hub_download
@@ -478,8 +547,9 @@ def publish_to_hub(tree: dict[str, Path | bytes], repo_type: str, repo_id: str, 
 
     def remote_manifest(revision: str) -> dict | None:
         try:
-            path = hf_hub_download(repo_id, MANIFEST, repo_type=repo_type, revision=revision, endpoint=endpoint,
-                                   token=get_token())  # fmt: skip
+            path = hf_hub_download(
+                repo_id, MANIFEST, repo_type=repo_type, revision=revision, endpoint=endpoint, token=get_token()
+            )
         except (EntryNotFoundError, RevisionNotFoundError):
             return None
         return json.loads(Path(path).read_text())
@@ -492,16 +562,21 @@ def publish_to_hub(tree: dict[str, Path | bytes], repo_type: str, repo_id: str, 
             if remote_manifest(version) == local:
                 return f"{label}@{version}: already published, unchanged"
             if not force:
-                raise UserInputError(f"{label}: version {version} exists with other content; use a new --version, "
-                                     "or --force to move it")  # fmt: skip
+                raise UserInputError(
+                    f"{label}: version {version} exists with other content; use a new --version, or --force to move it"
+                )
         bar.update(1)
         main = next((ref.target_commit for ref in refs.branches if ref.name == "main"), None)
         if main and remote_manifest(main) == local:
             commit = main  # uploaded by a publish that stopped before tagging
         else:
             stale = set(api.list_repo_files(repo_id, repo_type=repo_type)) - set(tree) - {".gitattributes"}
-            operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=source if isinstance(source, bytes)
-                                             else str(source)) for name, source in sorted(tree.items())]  # fmt: skip
+            operations = [
+                CommitOperationAdd(
+                    path_in_repo=name, path_or_fileobj=source if isinstance(source, bytes) else str(source)
+                )
+                for name, source in sorted(tree.items())
+            ]
             operations += [CommitOperationDelete(path_in_repo=name) for name in sorted(stale)]
             commit = api.create_commit(
                 repo_id, operations, repo_type=repo_type, commit_message=f"Publish {version}"
@@ -519,13 +594,23 @@ def publish_to_hub(tree: dict[str, Path | bytes], repo_type: str, repo_id: str, 
 
 def olah_config(mirror_dir: Path, host: str = "127.0.0.1", port: int = 8090) -> str:
     """The olah configuration that serves `mirror_dir` offline."""
-    return (f'[basic]\nhost = "{host}"\nport = {port}\nmirror-scheme = "http"\nmirror-netloc = "{host}:{port}"\n'
-            f"mirrors-path = [{json.dumps(str(Path(mirror_dir).resolve()))}]\n\n[accessibility]\noffline = true\n")  # fmt: skip
+    return (
+        f'[basic]\nhost = "{host}"\nport = {port}\nmirror-scheme = "http"\nmirror-netloc = "{host}:{port}"\n'
+        f"mirrors-path = [{json.dumps(str(Path(mirror_dir).resolve()))}]\n\n[accessibility]\noffline = true\n"
+    )
 
 
 # The user's environment may hold settings that would make a Hub client refuse or bypass a local endpoint.
-CLIENT_ENV_CLEARED = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE",
-                      "HUGGINGFACE_HUB_CACHE", "HF_DATASETS_CACHE", "HF_XET_CACHE", "HF_ASSETS_CACHE")  # fmt: skip
+CLIENT_ENV_CLEARED = (
+    "HF_HUB_OFFLINE",
+    "HF_DATASETS_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "HF_HUB_CACHE",
+    "HUGGINGFACE_HUB_CACHE",
+    "HF_DATASETS_CACHE",
+    "HF_XET_CACHE",
+    "HF_ASSETS_CACHE",
+)
 
 
 def mirror_client_env(endpoint: str, hf_home: Path) -> dict:
@@ -533,8 +618,14 @@ def mirror_client_env(endpoint: str, hf_home: Path) -> dict:
     offline switches are cleared (the endpoint is local, so the process stays offline to the world) and the
     caches live in `hf_home`; no token is sent to the local server."""
     env = {key: value for key, value in os.environ.items() if key not in CLIENT_ENV_CLEARED}
-    return {**env, "HF_ENDPOINT": endpoint, "HF_HOME": str(hf_home), "HF_HUB_DISABLE_XET": "1",
-            "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}  # fmt: skip
+    return {
+        **env,
+        "HF_ENDPOINT": endpoint,
+        "HF_HOME": str(hf_home),
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
 
 
 @contextmanager
@@ -550,8 +641,12 @@ def serve_mirror(mirror_dir: Path, work_dir: Path, timeout_s: float = 60):
         port = sock.getsockname()[1]
     work_dir.mkdir(parents=True, exist_ok=True)
     (work_dir / "olah-serve.toml").write_text(olah_config(mirror_dir, port=port))
-    server = subprocess.Popen([sys.executable, "-m", "olah.server", "-c", "olah-serve.toml"], cwd=work_dir,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    server = subprocess.Popen(
+        [sys.executable, "-m", "olah.server", "-c", "olah-serve.toml"],
+        cwd=work_dir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     endpoint = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + timeout_s
@@ -624,8 +719,10 @@ def publish(config: PublishConfig) -> list[str]:
     if config.target == "hub":
         check_hub_access(endpoint)
     # what the cards may link to: the repos published by this run
-    alongside = {artifact: {"repo_id": config.repo_id(artifact), "folder": str(Path(getattr(config, artifact)).resolve())}
-                 for artifact in artifacts}  # fmt: skip
+    alongside = {
+        artifact: {"repo_id": config.repo_id(artifact), "folder": str(Path(getattr(config, artifact)).resolve())}
+        for artifact in artifacts
+    }
     if "lora" in alongside:
         alongside["lora"]["sha256"] = sha256_file(Path(config.lora) / LORA_FILE)
     report = []
@@ -637,19 +734,31 @@ def publish(config: PublishConfig) -> list[str]:
             tree = build_tree(artifact, folder, repo_id, config.version, work_dir=work_dir, alongside=alongside)
             check_no_local_paths(tree, local_prefixes(folder, Path(config.mirror_dir)), repo_id)
             if config.target == "mirror":
-                report.append(publish_to_mirror(tree, Path(config.mirror_dir), repo_type, repo_id, config.version,
-                                                config.force))  # fmt: skip
+                report.append(
+                    publish_to_mirror(tree, Path(config.mirror_dir), repo_type, repo_id, config.version, config.force)
+                )
             else:
-                report.append(publish_to_hub(tree, repo_type, repo_id, config.version, force=config.force,
-                                             private=config.private, endpoint=endpoint))  # fmt: skip
+                report.append(
+                    publish_to_hub(
+                        tree,
+                        repo_type,
+                        repo_id,
+                        config.version,
+                        force=config.force,
+                        private=config.private,
+                        endpoint=endpoint,
+                    )
+                )
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     out_dir = Path(config.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if config.target == "mirror":
         (out_dir / "olah.toml").write_text(olah_config(Path(config.mirror_dir)))
-        report.append(f"serve the mirror offline: olah-cli -c {out_dir / 'olah.toml'}; then HF_ENDPOINT=http://127.0.0.1:8090 "
-                      f"and load_dataset('{config.repo_id('dataset')}', revision='{config.version}')")  # fmt: skip
+        report.append(
+            f"serve the mirror offline: olah-cli -c {out_dir / 'olah.toml'}; then HF_ENDPOINT=http://127.0.0.1:8090 "
+            f"and load_dataset('{config.repo_id('dataset')}', revision='{config.version}')"
+        )
     (out_dir / "report.txt").write_text("\n".join(report) + "\n")
     save_config(config, out_dir / "config.yaml", stage="publish")
     print("\n".join(report))

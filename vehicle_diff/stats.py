@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+
 def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and (unbiased) covariance of an (n, d) feature matrix, in float64."""
     features = np.asarray(features, dtype=np.float64)
@@ -34,5 +35,3 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 
 def frechet_distance_of_features(features1: np.ndarray, features2: np.ndarray) -> float:
     return frechet_distance(*feature_statistics(features1), *feature_statistics(features2))
-
-

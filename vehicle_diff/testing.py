@@ -29,8 +29,18 @@ def fake_generation(out_dir, count: int, seed: int = 0):
         file_name = f"images/{identity}/{identity}-{index % 10:04d}.png"
         (out_dir / file_name).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(out_dir / file_name, compress_level=1)
-        records.append({"image_id": f"{identity}-{index % 10:04d}", "identity": identity, "vehicle_id": index // 10, "color": "red",
-                        "file_name": file_name, "width": 64, "height": 64, "plan_index": index})  # fmt: skip
+        records.append(
+            {
+                "image_id": f"{identity}-{index % 10:04d}",
+                "identity": identity,
+                "vehicle_id": index // 10,
+                "color": "red",
+                "file_name": file_name,
+                "width": 64,
+                "height": 64,
+                "plan_index": index,
+            }
+        )
     pq.write_table(pa.Table.from_pylist(records), out_dir / "records.parquet")
     return out_dir
 

@@ -67,10 +67,18 @@ def build_sdxl(out_dir: Path) -> None:
 
     text_width, addition_time_embed_dim = 32, 8
     text_config = dict(
-        hidden_size=text_width, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        vocab_size=49408, max_position_embeddings=77, projection_dim=text_width, hidden_act="gelu",
-        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
-    )  # fmt: skip
+        hidden_size=text_width,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        vocab_size=49408,
+        max_position_embeddings=77,
+        projection_dim=text_width,
+        hidden_act="gelu",
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+    )
     unet = UNet2DConditionModel(
         sample_size=8,
         block_out_channels=(32, 64, 64),
@@ -97,9 +105,14 @@ def build_sdxl(out_dir: Path) -> None:
         force_upcast=True,
     )
     scheduler = EulerDiscreteScheduler(  # stabilityai/stable-diffusion-xl-base-1.0's scheduler config
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-        steps_offset=1, timestep_spacing="leading", prediction_type="epsilon",
-    )  # fmt: skip
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        steps_offset=1,
+        timestep_spacing="leading",
+        prediction_type="epsilon",
+    )
     pipe = StableDiffusionXLPipeline(
         vae=vae,
         text_encoder=CLIPTextModel(CLIPTextConfig(**text_config)),
@@ -139,21 +152,36 @@ def build_blip2(out_dir: Path) -> None:
     tokenizer = processor.tokenizer  # now holds the <image> token the processor added
     config = Blip2Config(
         vision_config=dict(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            image_size=image_size, patch_size=8,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=image_size,
+            patch_size=8,
         ),
         qformer_config=dict(
-            vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-            intermediate_size=64, encoder_hidden_size=32,
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            encoder_hidden_size=32,
         ),
         text_config=OPTConfig(
-            vocab_size=len(tokenizer), hidden_size=32, word_embed_proj_dim=32, num_hidden_layers=2, ffn_dim=64,
-            num_attention_heads=4, max_position_embeddings=128, bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            word_embed_proj_dim=32,
+            num_hidden_layers=2,
+            ffn_dim=64,
+            num_attention_heads=4,
+            max_position_embeddings=128,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
         ).to_dict(),
         num_query_tokens=num_query_tokens,
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-    )  # fmt: skip
+    )
     model = Blip2ForConditionalGeneration(config)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
