@@ -100,3 +100,16 @@ def test_a_crash_during_export_leaves_the_previous_dataset(tiny_dataset, tmp_pat
         vdd.export(loaded, target)
     assert sorted(p.name for p in (target / "data").iterdir()) == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".vehicle-diff.")]
+
+
+def test_a_stock_dataloader_reads_the_dataset_as_torch(tiny_dataset):
+    """Every column has a type a default collate handles: no all-null columns, ids contiguous from 0 in train."""
+    import datasets
+    import torch
+
+    train = datasets.load_dataset(str(tiny_dataset), split="train")
+    table = train.data.table
+    assert not [name for name in table.column_names if table.column(name).null_count == len(table)]
+    batch = next(iter(torch.utils.data.DataLoader(train.with_format("torch"), batch_size=4)))
+    assert batch["image"].shape[0] == 4 and batch["vehicle_id"].tolist() == train["vehicle_id"][:4]
+    assert sorted(set(train["vehicle_id"])) == list(range(len(set(train["vehicle_id"]))))

@@ -146,3 +146,19 @@ def test_two_processes_train_with_gloo(tiny_captions, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert load_file(tmp_path / "lora" / "pytorch_lora_weights.safetensors")
+
+
+def test_a_stock_reload_keeps_the_trained_alpha(tiny_captions, tmp_path):
+    """rank 4, alpha 8: the file's adapter metadata makes stock diffusers scale by 2, as training did."""
+    from vehicle_diff.models import load_sdxl_pipeline
+
+    out = main(tiny_args(tiny_captions, tmp_path / "lora", "--rank", "4", "--lora_alpha", "8", "--max_train_steps", "2",
+                         "--validation_prompts", "a car"))  # fmt: skip
+    pipe = load_sdxl_pipeline("tiny:sdxl")
+    pipe.load_lora_weights(str(out), weight_name="pytorch_lora_weights.safetensors")
+    adapter = next(iter(pipe.unet.peft_config))
+    assert pipe.unet.peft_config[adapter].lora_alpha == 8
+    scalings = {
+        m.scaling[adapter] for m in pipe.unet.modules() if isinstance(getattr(m, "scaling", None), dict) and m.scaling
+    }
+    assert scalings == {2.0}
