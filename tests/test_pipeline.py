@@ -162,11 +162,9 @@ def test_run_killed_mid_generate_then_rerun_equals_an_uninterrupted_run(demo_run
         str(out),
         "--no_verify_mirror",
     ]
-    from vehicle_diff import LAUNCH_THREAD_SETTINGS
+    from vehicle_diff import launch_environment
 
-    # the environment this test process started with: libraries imported by earlier tests set thread variables
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_THREAD_SETTINGS}
-    env.update({k: v for k, v in LAUNCH_THREAD_SETTINGS.items() if v is not None})
+    env = launch_environment()  # as this test process started: earlier tests' imports changed os.environ
     process = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env
     )

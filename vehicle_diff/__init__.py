@@ -3,11 +3,22 @@
 import os
 from importlib.metadata import PackageNotFoundError, version
 
-# Thread settings as this process was started, before any library import changes them (ultralytics sets
-# OMP_NUM_THREADS=1 when it is unset): `run` starts each stage with these, so a stage run by `run` computes
-# with the threads it would have alone (thread counts change float results in the last bits).
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_MAX_THREADS")
-LAUNCH_THREAD_SETTINGS = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+# The environment as this process was started, before library imports changed it (ultralytics sets
+# OMP_NUM_THREADS=1 when unset, OpenCV prepends its libraries to LD_LIBRARY_PATH ...). `run` starts each stage
+# with it, so a stage run by `run` computes exactly as it would alone (thread counts and BLAS builds change float
+# results in the last bits).
+LAUNCH_ENVIRONMENT = dict(os.environ)
+# settings a caller may change after start-up on purpose (model locations, hub switches): taken as they are now
+CONFIGURATION_PREFIXES = ("VEHICLE_DIFF_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "YOLO_", "CUDA_VISIBLE_DEVICES",
+                          "TORCH_HOME")  # fmt: skip
+
+
+def launch_environment() -> dict[str, str]:
+    """The start-up environment with the current configuration variables: what a stage started by hand gets."""
+    configuration = {k: v for k, v in os.environ.items() if k.startswith(CONFIGURATION_PREFIXES)}
+    started = {k: v for k, v in LAUNCH_ENVIRONMENT.items() if not k.startswith(CONFIGURATION_PREFIXES)}
+    return {**started, **configuration}
+
 
 try:
     __version__ = version("vehicle-diff")

@@ -215,15 +215,15 @@ def run_stage_isolated(stage: str, config, **kwargs) -> None:
     write. Bad input there is its one line, and `run` stops with the same exit status."""
     import multiprocessing
 
-    from . import LAUNCH_THREAD_SETTINGS
+    from . import launch_environment
 
     module, _, function = STAGE_CLASSES[stage]
     process = multiprocessing.get_context("spawn").Process(
         target=_stage_entry, args=(stage, module, function, config, kwargs), name=f"vehicle-diff {stage}"
     )
-    current = {name: os.environ.get(name) for name in LAUNCH_THREAD_SETTINGS}
+    current = dict(os.environ)
     try:  # the child inherits os.environ as it is at start()
-        set_environment(LAUNCH_THREAD_SETTINGS)
+        set_environment(launch_environment())
         process.start()
     finally:
         set_environment(current)
@@ -240,12 +240,10 @@ def run_stage_isolated(stage: str, config, **kwargs) -> None:
 
 
 def set_environment(values: dict) -> None:
-    """Set (or, for None, remove) environment variables."""
-    for name, value in values.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    """Make os.environ (and so the C environment a child inherits) exactly `values`."""
+    for name in set(os.environ) - set(values):
+        del os.environ[name]
+    os.environ.update(values)
 
 
 def _stage_entry(stage: str, module: str, function: str, config, kwargs: dict) -> None:
