@@ -162,3 +162,23 @@ def test_a_stock_reload_keeps_the_trained_alpha(tiny_captions, tmp_path):
         m.scaling[adapter] for m in pipe.unet.modules() if isinstance(getattr(m, "scaling", None), dict) and m.scaling
     }
     assert scalings == {2.0}
+
+
+def test_the_same_lora_saved_twice_has_the_same_bytes(tmp_path):
+    """safetensors orders a metadata map differently in each process; with one entry the bytes are fixed."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch; from safetensors.torch import save_file; from training.lora_files import keep_one_metadata_entry\n"
+        "save_file({'a': torch.ones(2)}, sys.argv[1], metadata={'format': 'pt', 'lora_adapter_metadata': '{}', 'x': '1'})\n"
+        "keep_one_metadata_entry(sys.argv[1])\n"
+    )
+    files = [tmp_path / f"{i}.safetensors" for i in range(4)]
+    for file in files:
+        subprocess.run([sys.executable, "-c", script, str(file)], check=True)
+    assert len({file.read_bytes() for file in files}) == 1
+    from safetensors import safe_open
+
+    with safe_open(str(files[0]), framework="pt") as handle:
+        assert handle.metadata() == {"lora_adapter_metadata": "{}"}

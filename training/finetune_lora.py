@@ -588,7 +588,10 @@ def finetune(config: FinetuneConfig) -> Path:
             layers[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
             # the adapter's config travels in the file's header, so a stock reload uses the trained alpha
             metadata[f"{name}_lora_adapter_metadata"] = model.peft_config["default"].to_dict()
+        from training.lora_files import KOHYA_LORA_FILE, keep_one_metadata_entry, save_kohya_lora
+
         StableDiffusionXLPipeline.save_lora_weights(out_dir, safe_serialization=True, **layers, **metadata)
+        keep_one_metadata_entry(out_dir / LORA_FILE)  # the same LoRA, the same bytes
         images = (
             (step - first_step)
             * config.train_batch_size
@@ -604,7 +607,6 @@ def finetune(config: FinetuneConfig) -> Path:
         }
         (out_dir / "training_stats.json").write_text(json.dumps(stats, indent=2))
         from training.checkpointing import plot_training_curves
-        from training.lora_files import KOHYA_LORA_FILE, save_kohya_lora
 
         save_kohya_lora(out_dir / LORA_FILE, out_dir / KOHYA_LORA_FILE)  # for ComfyUI / AUTOMATIC1111
         plot_training_curves(history, out_dir / "training_curves.png", title=f"finetune: LoRA rank {config.rank}")

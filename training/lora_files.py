@@ -83,3 +83,19 @@ def save_kohya_lora(diffusers_lora_file: str | Path, out_file: str | Path, *, lo
     out_file.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in kohya.items()}, str(out_file), metadata={"format": "pt"})
     return out_file
+
+
+def keep_one_metadata_entry(lora_file: str | Path) -> Path:
+    """Rewrite a diffusers LoRA file with `lora_adapter_metadata` as its only metadata entry. safetensors writes
+    its metadata map in an order that changes from process to process, so a file with two entries (diffusers adds
+    `format: pt`) has different bytes, and a different sha256, each time the same LoRA is saved; the records and
+    fingerprints that pin the LoRA by its sha256 need the same bytes. Loaders do not read `format`."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(lora_file), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    kept = {METADATA_KEY: metadata[METADATA_KEY]} if METADATA_KEY in metadata else None
+    save_file(tensors, str(lora_file), metadata=kept)
+    return Path(lora_file)
