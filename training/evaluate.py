@@ -382,14 +382,24 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 def evaluate(config: EvaluateConfig) -> Path:
+    """Evaluate into a folder of its own: a new one, or an earlier evaluation (replaced: evaluating again is
+    cheap and the result only depends on the model, the data and the settings); anything else is refused."""
+    from vehicle_diff.jobs import Job, folder_digest, output_settings
+
     from .reid_model import ReIDModel
 
+    model_dir, data_root = Path(config.model), Path(config.eval_data.split(":", 1)[-1].rsplit(":", 1)[0])
+    components = {"settings": output_settings(config, ignore=("model", "eval_data")),
+                  "model": folder_digest(model_dir) if model_dir.is_dir() else config.model,
+                  "eval_data": config.eval_data}  # fmt: skip
+    job = Job(config.output_dir, "evaluate", components, overwrite=True, inputs=[model_dir, data_root],
+              owned=["metrics.json", "metrics.md", "cmc.png", "retrieval.png", "track2.txt", "config.yaml"]).open()  # fmt: skip
     device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         model = ReIDModel.from_pretrained(config.model).to(device)
     except (OSError, ValueError) as error:
         raise UserInputError(f"--model {config.model}: not a re-ID model folder or repo ({error})") from error
-    out_dir = Path(config.output_dir)
+    out_dir = job.out_dir
     metrics, picture = evaluate_model(
         model,
         config.eval_data,
@@ -416,8 +426,9 @@ def evaluate(config: EvaluateConfig) -> Path:
         write_track2(model, config.track2_root, out_dir / "track2.txt", flip=config.flip, device=device)
     save_config(config, out_dir / "config.yaml", stage="evaluate")
     (out_dir / "metrics.md").write_text(metrics_markdown(metrics, config.model))
-    with atomic_path(out_dir / "metrics.json") as tmp:  # last: what `vehicle-diff run` takes as done
+    with atomic_path(out_dir / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2))
+    job.mark_done({"data": metrics["data"]})
     print(
         metrics_markdown(metrics, config.model) + f"\nmetrics: {out_dir / 'metrics.json'}\n"
         f"pictures: {out_dir / 'cmc.png'}, {out_dir / 'retrieval.png'}"

@@ -84,7 +84,14 @@ def main(argv: list[str] | None = None) -> None:
         return
     stage, *rest = argv
     if stage not in STAGES:
-        print(f"vehicle-diff: unknown stage {stage!r}\n\n{usage()}", file=sys.stderr)
+        import difflib
+
+        near = difflib.get_close_matches(stage, list(STAGES), n=1)
+        hint = f"did you mean {near[0]!r}? " if near else ""
+        print(
+            f"vehicle-diff: error: unknown stage {stage!r}; {hint}`vehicle-diff --help` lists the stages",
+            file=sys.stderr,
+        )
         sys.exit(2)
     try:
         module = importlib.import_module(STAGES[stage][0])  # seconds: torch, diffusers ...

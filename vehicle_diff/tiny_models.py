@@ -248,7 +248,13 @@ def build_timm(out_dir: Path, name: str) -> None:
 
 def build_zoo(out_dir: Path, seed: int = 0) -> Path:
     """Build every tiny model into `out_dir` (atomically: a temp folder renamed at the end). Returns `out_dir`."""
-    out_dir = Path(out_dir)
+    from .errors import UserInputError
+    from .jobs import check_output_path
+
+    out_dir = check_output_path(out_dir)  # never `.`, `/`, the home folder, a file ...
+    if out_dir.is_dir() and not (out_dir / MANIFEST).exists() and any(out_dir.iterdir()):
+        raise UserInputError(f"--output_dir {out_dir} already holds files that are not a tiny model zoo; "
+                             "choose a new or empty folder")  # fmt: skip
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(out_dir) + ".lock"):
         if (out_dir / MANIFEST).exists():
@@ -267,8 +273,8 @@ def build_zoo(out_dir: Path, seed: int = 0) -> Path:
                 builders[name]()
             manifest = {"zoo_version": ZOO_VERSION, "seed": seed, "models": list(ZOO_MODELS)}
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-            if out_dir.exists():  # an incomplete earlier build
-                shutil.rmtree(out_dir)
+            if out_dir.exists():  # empty (checked above): the zoo is renamed in whole, never built in place
+                out_dir.rmdir()
             tmp.rename(out_dir)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
