@@ -352,7 +352,7 @@ class EvaluateConfig:
     preset: str = field(default="paper", metadata={"help": "paper, tiny, or a YAML file"})
     model: str = field(default="vehicle-diff-output/reid", metadata={"help": "a ReIDModel folder or Hub repo"})
     eval_data: str = field(
-        default="vehicle-diff-output/dataset",
+        default="vehicle-diff-output/vehicle-diff",
         metadata={"help": "veri776:ROOT, cityflow:ROOT, vehicleid:ROOT[:SIZE], or a dataset[@REVISION]"},
     )
     flip: bool = field(default=False, metadata={"help": "also report flip test-time augmentation (mirrored average)"})

@@ -4,8 +4,8 @@ Data modes: `R` real only, `S` synthetic only, `D` both pooled (identities drawn
 batch half real, half synthetic identities). Synthetic identity labels start after the real ones. Loss: cross-
 entropy + circle loss on the main head and the same on the auxiliary head.
 
-    accelerate launch -m training.train_reid --real_data veri776:/data/VeRi --synthetic_data out/dataset --data_mode B
-    vehicle-diff train-reid --preset tiny --synthetic_data demo-output/dataset --data_mode S
+    accelerate launch -m training.train_reid --real_data veri776:/data/VeRi --synthetic_data out/vehicle-diff --data_mode B
+    vehicle-diff train-reid --preset tiny --synthetic_data demo-output/vehicle-diff --data_mode S
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ Safety: repo ids pass huggingface_hub's own validator and every mirror repo is p
 `--mirror_dir`; a mirror repo is created atomically (initialised beside it, then renamed) and publish touches no
 folder it did not create; the version is checked with `git check-ref-format` before anything is written.
 
-    vehicle-diff publish --dataset out/dataset --lora out/lora --reid out/reid --version v1.0 --target mirror --mirror_dir mirror
+    vehicle-diff publish --dataset out/vehicle-diff --lora out/lora --reid out/reid --version v1.0 --target mirror --mirror_dir mirror
 """
 
 from __future__ import annotations
