@@ -221,6 +221,8 @@ def sigint_during_import(args: list[str], stage_module: str) -> tuple[int, list[
         stderr=subprocess.PIPE,
         text=True,
         env=ENV,
+        # a background job of a non-interactive shell starts with SIGINT ignored, and Python then keeps ignoring it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in process.stderr], daemon=True).start()
