@@ -115,6 +115,12 @@ class FilterConfig:
         self.colors = [color.strip().lower() for color in self.colors]
 
     @property
+    def crop_settings(self) -> dict:
+        """The keyword arguments of `score_images` that come from this config (filter and select cut alike)."""
+        return {"colors": self.colors, "detection_confidence": self.detection_confidence,
+                "crop_margin": self.crop_margin, "crop_square": self.crop_square}  # fmt: skip
+
+    @property
     def thresholds(self) -> Thresholds:
         return Thresholds(
             self.detection_confidence,
@@ -174,10 +180,7 @@ def score_batch(
         detector,
         clip,
         color_texts,
-        colors=config.colors,
-        detection_confidence=config.detection_confidence,
-        crop_margin=config.crop_margin,
-        crop_square=config.crop_square,
+        **config.crop_settings,
     )
     scored = []
     for record, (_, error), score, crop in zip(records, loaded, scores, crops, strict=True):

@@ -119,10 +119,7 @@ def candidate_scores(
         detector,
         clip,
         color_texts,
-        colors=filter_config.colors,
-        detection_confidence=filter_config.detection_confidence,
-        crop_margin=filter_config.crop_margin,
-        crop_square=filter_config.crop_square,
+        **filter_config.crop_settings,
     )
     image_embeddings = clip.encode_images(images)
     prompt_embeddings = clip.encode_texts([request["prompt"] for request in requests])
@@ -153,10 +150,7 @@ def real_crop_features(files: list[Path], detector, clip, color_texts: np.ndarra
         detector,
         clip,
         color_texts,
-        colors=filter_config.colors,
-        detection_confidence=filter_config.detection_confidence,
-        crop_margin=filter_config.crop_margin,
-        crop_square=filter_config.crop_square,
+        **filter_config.crop_settings,
     )
     with_crops = [i for i, crop in enumerate(crops) if crop is not None]
     if len(with_crops) < 2:
