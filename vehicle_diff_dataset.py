@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
+from vehicle_diff.generation.catalog import BODY_STYLES
+from vehicle_diff.generation.prompts import VERI776_COLORS
 
-from generation.catalog import BODY_STYLES
-from generation.prompts import VERI776_COLORS
 from vehicle_diff.errors import UserInputError
 
 
@@ -229,8 +229,7 @@ def export(
     """Write Parquet shards `data/{split}-NNNNN-of-NNNNN.parquet` (cut by bytes; row groups as `datasets` writes
     them for images), a preview grid and the README card into `out_dir` (a staging folder: see `main`)."""
     from tqdm.auto import tqdm
-
-    from cards import dataset_info, render_dataset_card, save_context
+    from vehicle_diff.cards import dataset_info, render_dataset_card, save_context
 
     tmp = Path(out_dir)
     (tmp / "data").mkdir(parents=True, exist_ok=True)
@@ -442,8 +441,8 @@ def card_context(filtered: Path) -> dict:
 
     import pyarrow.parquet as pq
     import yaml
+    from vehicle_diff.cards import model_ref
 
-    from cards import model_ref
     from vehicle_diff import __version__
 
     def read_config(folder: Path) -> dict:

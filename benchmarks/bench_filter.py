@@ -13,7 +13,7 @@ def run():
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         small = fake_generation(Path(tmp) / "gen1k", 1000)
-        args = ["-m", "generation.filter", "--preset", "tiny", "--generated", str(small)]
+        args = ["-m", "vehicle_diff.generation.filter", "--preset", "tiny", "--generated", str(small)]
         batched_s = run_child([*args, "--batch_size", "32", "--output_dir", f"{tmp}/f32"])
         single_s = run_child([*args, "--batch_size", "1", "--output_dir", f"{tmp}/f1"])
         rows.append(
@@ -26,12 +26,12 @@ def run():
             )
         )
         small_rss = peak_rss_of_module(
-            "generation.filter",
+            "vehicle_diff.generation.filter",
             ["--preset", "tiny", "--generated", str(small), "--batch_size", "32", "--output_dir", f"{tmp}/rss1k"],
         )
         large = fake_generation(Path(tmp) / "gen10k", 10_000)
         large_rss = peak_rss_of_module(
-            "generation.filter",
+            "vehicle_diff.generation.filter",
             ["--preset", "tiny", "--generated", str(large), "--batch_size", "32", "--output_dir", f"{tmp}/f10k"],
         )
         kept = json.loads((Path(tmp) / "f10k" / "summary.json").read_text())["images"]

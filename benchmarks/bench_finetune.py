@@ -17,8 +17,8 @@ def bare_loop(captions: Path, steps: int) -> float:
     import torch
     import torch.nn.functional as F
     from peft import LoraConfig
+    from vehicle_diff.training.finetune_lora import CaptionedImages, collate, encode_prompt, lora_target_modules
 
-    from training.finetune_lora import CaptionedImages, collate, encode_prompt, lora_target_modules
     from vehicle_diff.models import load_sdxl_pipeline
 
     torch.manual_seed(0)
@@ -68,7 +68,8 @@ def bare_loop(captions: Path, steps: int) -> float:
 def sdxl_sizes() -> tuple[int, int]:
     """Bytes of SDXL's rank-4 up-block LoRA file and of one checkpoint (the adapters plus Adam's two moments,
     all fp32), from the parameter count on the meta device."""
-    from training.finetune_lora import FinetuneConfig, count_lora_parameters
+    from vehicle_diff.training.finetune_lora import FinetuneConfig, count_lora_parameters
+
     from vehicle_diff.config import resolve_config
 
     parameters = count_lora_parameters(resolve_config(FinetuneConfig, "finetune", "paper"))
@@ -76,10 +77,10 @@ def sdxl_sizes() -> tuple[int, int]:
 
 
 def run():
-    from generation.caption import main as caption
-    from generation.generate import main as generate
-    from generation.prompts import main as prompts
-    from training.finetune_lora import main as finetune
+    from vehicle_diff.generation.caption import main as caption
+    from vehicle_diff.generation.generate import main as generate
+    from vehicle_diff.generation.prompts import main as prompts
+    from vehicle_diff.training.finetune_lora import main as finetune
 
     with tempfile.TemporaryDirectory() as tmp:
         library = prompts(["--preset", "tiny", "--output_dir", f"{tmp}/prompts"])

@@ -11,7 +11,15 @@ IDENTITIES, PER_IDENTITY = 16, 8
 
 
 def run():
-    from generation.generate import GenerateConfig, batch_requests, load_pipeline, main, read_prompt_library, render
+    from vehicle_diff.generation.generate import (
+        GenerateConfig,
+        batch_requests,
+        load_pipeline,
+        main,
+        read_prompt_library,
+        render,
+    )
+
     from vehicle_diff.config import parse_config
 
     rows = []
@@ -62,7 +70,7 @@ def run():
             )
         )
 
-        args = ["-m", "generation.generate", *stage_args]
+        args = ["-m", "vehicle_diff.generation.generate", *stage_args]
         one_s = run_child([*args, "--output_dir", f"{tmp}/one"])
         two_s = run_child(
             [

@@ -45,8 +45,7 @@ def lora_training_step(
     from diffusers import UNet2DConditionModel
     from diffusers.training_utils import cast_training_params
     from peft import LoraConfig
-
-    from training.finetune_lora import lora_target_modules
+    from vehicle_diff.training.finetune_lora import lora_target_modules
 
     unet = UNet2DConditionModel(**config).to(device, dtype).requires_grad_(False)
     unet.add_adapter(

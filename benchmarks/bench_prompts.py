@@ -6,8 +6,8 @@ and rendering add on top. Target: the 4,940 library in well under 10 s.
 
 import time
 
-from generation.catalog import load_catalog
-from generation.prompts import VERI776_COLORS, library_rows, sample_identities
+from vehicle_diff.generation.catalog import load_catalog
+from vehicle_diff.generation.prompts import VERI776_COLORS, library_rows, sample_identities
 
 
 def run():

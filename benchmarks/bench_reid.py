@@ -18,7 +18,7 @@ QUERIES, GALLERY, DIM, IDS, CAMERAS = 1678, 11579, 2048, 200, 20
 
 
 def evaluator_rows():
-    from training.metrics import evaluate_rank, pairwise_distance
+    from vehicle_diff.training.metrics import evaluate_rank, pairwise_distance
 
     generator = torch.Generator().manual_seed(0)
     query, gallery = torch.randn(QUERIES, DIM, generator=generator), torch.randn(GALLERY, DIM, generator=generator)
@@ -83,7 +83,7 @@ def veri_scale_features():
 
 def timed_evaluation(kind: str, out_file: str) -> None:
     """One evaluation at VeRi-776 scale in this process ("plain" or "rerank"); its seconds go to out_file."""
-    from training.metrics import evaluate_rank, k_reciprocal_rerank, pairwise_distance
+    from vehicle_diff.training.metrics import evaluate_rank, k_reciprocal_rerank, pairwise_distance
 
     query, gallery, ids, cameras = veri_scale_features()
     started = time.perf_counter()
@@ -119,10 +119,11 @@ def rerank_rows():
 
 
 def training_rows():
+    from vehicle_diff.training.reid_data import read_source
+    from vehicle_diff.training.reid_model import ReIDModel, backbone_spec, reid_loss
+    from vehicle_diff.training.train_reid import ReIDImages, main, train_transform
+
     import vehicle_diff.testing as fixtures
-    from training.reid_data import read_source
-    from training.reid_model import ReIDModel, backbone_spec, reid_loss
-    from training.train_reid import ReIDImages, main, train_transform
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "veri"

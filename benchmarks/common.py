@@ -14,7 +14,7 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 
 
 def tiny_prompts(out_dir: Path, num_identities: int) -> Path:
-    from generation.prompts import main
+    from vehicle_diff.generation.prompts import main
 
     return main(["--preset", "tiny", "--num_identities", str(num_identities), "--output_dir", str(out_dir)])
 

@@ -109,7 +109,7 @@ def dataset_info(dataset, data_dir: Path) -> dict:
 
 
 def _template(name: str) -> str:
-    return str(files("cards") / name)
+    return str(files("vehicle_diff.cards") / name)
 
 
 def base_model_license(base: dict) -> dict:

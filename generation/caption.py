@@ -6,7 +6,7 @@ in batches, and writes an imagefolder that `datasets.load_dataset("imagefolder",
 fine-tuning script read: `DIR/train/*.png|jpg` + `DIR/train/metadata.jsonl` (`file_name`, `text`, `source`).
 
     vehicle-diff caption --input_images /data/VeRi/image_train --fraction 0.01 --output_dir out/captions
-    accelerate launch --num_processes 4 -m generation.caption --input_images /data/VeRi/image_train ...
+    accelerate launch --num_processes 4 -m vehicle_diff.generation.caption --input_images /data/VeRi/image_train ...
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 drop near-duplicates, and keep every score.
 
 Scoring runs the models once per image (sharded and resumable like generation) and stores boxes, confidences,
-crop files, CLIP color similarities and CLIP embeddings. Deciding is pure (`generation.scoring.decide`), so
+crop files, CLIP color similarities and CLIP embeddings. Deciding is pure (`vehicle_diff.generation.scoring.decide`), so
 `--rescore_only` re-applies other thresholds to the stored scores without loading any model.
 
     vehicle-diff filter --generated out/generated --output_dir out/filtered

@@ -7,7 +7,7 @@ one folder) claim the unfinished batches; a batch is finished when its record sh
 `vehicle_diff.jobs`), so a killed run resumes where it stopped and a changed input is never mixed in.
 
     vehicle-diff generate --prompts out/prompts --lora_weights out/lora --output_dir out/generated
-    accelerate launch --num_processes 8 -m generation.generate --prompts out/prompts --output_dir out/generated
+    accelerate launch --num_processes 8 -m vehicle_diff.generation.generate --prompts out/prompts --output_dir out/generated
 """
 
 from __future__ import annotations
@@ -300,7 +300,7 @@ def generate(config: GenerateConfig) -> Path:
     }
     if lora:
         render_settings["lora_scale"] = config.lora_scale
-    from cards import model_ref
+    from vehicle_diff.cards import model_ref
 
     base_model_name = model_ref(config.pretrained_model_name_or_path)["name"]  # a local folder: its name, no path
     pipe, progress, suffix = None, None, "." + config.image_format

@@ -29,17 +29,14 @@ def launch_two_processes(module: str, args: list[str]) -> subprocess.CompletedPr
     return subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
-def sigkill_after_shards(command: list[str], shards_dir, shards: int = 2, timeout_s: float = 120) -> int:
-    """Start `command`, SIGKILL it once `shards` record shards exist in `shards_dir`; returns how many exist."""
+def sigkill_after_shards(command: list[str], stage: str, shards_dir, shards: int = 2) -> int:
+    """Run `command` with a SIGKILL injected right after its `shards`-th record shard is written (a named fault
+    point, not a timer); returns how many shards exist then."""
     import signal
-    import time
 
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + timeout_s
-    while time.time() < deadline and len(list(shards_dir.glob("batch-*.jsonl"))) < shards:
-        time.sleep(0.01)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    env = {**os.environ, "VEHICLE_DIFF_KILL_AT": f"{stage}.shard_written:{shards}"}
+    result = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    assert result.returncode == -signal.SIGKILL, f"{command[2:4]} ended with {result.returncode} before the fault point"
     return len(list(shards_dir.glob("batch-*.jsonl")))
 
 
@@ -50,7 +47,7 @@ class CheckpointCrash(Exception):
 @contextmanager
 def crash_after_first_checkpoint():
     """Training inside the block dies right after its first checkpoint is complete."""
-    import training.checkpointing as checkpointing
+    import vehicle_diff.training.checkpointing as checkpointing
 
     save_checkpoint = checkpointing.save_checkpoint
 
@@ -90,7 +87,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_prompts(tiny_zoo, tmp_path_factory):
     """A tiny preset prompt library (8 identities)."""
-    from generation.prompts import main
+    from vehicle_diff.generation.prompts import main
 
     return main(["--preset", "tiny", "--output_dir", str(tmp_path_factory.mktemp("prompts"))])
 
@@ -122,7 +119,7 @@ def tiny_lora(tiny_zoo, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_generated(tiny_prompts, tmp_path_factory):
     """The tiny preset's generation output (8 identities x 3 images, 64 px)."""
-    from generation.generate import main
+    from vehicle_diff.generation.generate import main
 
     out = tmp_path_factory.mktemp("generated") / "gen"
     return main(["--preset", "tiny", "--prompts", str(tiny_prompts), "--output_dir", str(out)])
@@ -131,7 +128,7 @@ def tiny_generated(tiny_prompts, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_captions(tiny_generated, tmp_path_factory):
     """An imagefolder captioned by the tiny BLIP-2 (the generated tiny images stand in for target images)."""
-    from generation.caption import main
+    from vehicle_diff.generation.caption import main
 
     out = tmp_path_factory.mktemp("captions") / "captions"
     return main(
@@ -192,7 +189,7 @@ def synthetic_dataset(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_filtered(tiny_generated, tmp_path_factory):
-    from generation.filter import main
+    from vehicle_diff.generation.filter import main
 
     return main(
         [

@@ -6,8 +6,8 @@ import datasets
 import numpy as np
 import pytest
 from PIL import Image
+from vehicle_diff.generation.caption import caption_text, main, select_subset
 
-from generation.caption import caption_text, main, select_subset
 from tests.conftest import launch_two_processes, sigkill_after_shards
 from vehicle_diff.errors import UserInputError
 
@@ -79,9 +79,14 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tiny_zoo, target_folder,
     )  # enough work for the kill to land mid-run
 
     def command(out_dir):
-        return [sys.executable, "-m", "generation.caption", *args(target_folder, out_dir, "--batch_size", "1")]
+        return [
+            sys.executable,
+            "-m",
+            "vehicle_diff.generation.caption",
+            *args(target_folder, out_dir, "--batch_size", "1"),
+        ]
 
-    assert 2 <= sigkill_after_shards(command(tmp_path / "killed"), tmp_path / "killed" / ".shards") < 111, (
+    assert 2 <= sigkill_after_shards(command(tmp_path / "killed"), "caption", tmp_path / "killed" / ".shards") < 111, (
         "the kill should land mid-run"
     )
     subprocess.run(command(tmp_path / "killed"), check=True, capture_output=True)
@@ -119,7 +124,9 @@ def test_hf_dataset_input(tiny_zoo, tmp_path):
 
 
 def test_two_processes_split_the_batches(tiny_zoo, target_folder, tmp_path):
-    result = launch_two_processes("generation.caption", args(target_folder, tmp_path / "cap", "--batch_size", "2"))
+    result = launch_two_processes(
+        "vehicle_diff.generation.caption", args(target_folder, tmp_path / "cap", "--batch_size", "2")
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "caption [process 1]" in result.stderr
     lines = (tmp_path / "cap" / "train" / "metadata.jsonl").read_text().splitlines()

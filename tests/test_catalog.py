@@ -3,8 +3,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from generation.catalog import CatalogError, Prototype, canonical_body_style, load_catalog, parse_row
+from vehicle_diff.generation.catalog import CatalogError, Prototype, canonical_body_style, load_catalog, parse_row
 
 
 def write_csv(path, text):
@@ -142,8 +141,8 @@ def test_semicolon_separated_csv_gets_a_hint(tmp_path):
 
 
 def test_keys_are_short_enough_for_file_names_however_long_the_names(tmp_path):
-    from generation.catalog import MAX_KEY_BYTES, slug
-    from generation.prompts import identity_key
+    from vehicle_diff.generation.catalog import MAX_KEY_BYTES, slug
+    from vehicle_diff.generation.prompts import identity_key
 
     assert slug(2012, "Audi", "A5", "Coupe") == "2012-audi-a5-coupe"  # short keys are unchanged
     brand = "Bentley " + "Continental " * 25  # 308 characters

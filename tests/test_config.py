@@ -147,7 +147,7 @@ def test_help_shows_the_presets_values_and_a_help_of_its_own_for_no_flags(tmp_pa
 
 
 def test_the_real_configs_and_presets():
-    from generation.prompts import PromptsConfig
+    from vehicle_diff.generation.prompts import PromptsConfig
 
     config = resolve_config(PromptsConfig, "prompts", "tiny", {"seed": 3, "colors": ["Red", "blue"]})
     assert (config.num_identities, config.seed, config.colors, config.preset) == (8, 3, ["red", "blue"], "tiny")
@@ -159,9 +159,10 @@ def test_the_real_configs_and_presets():
 
 
 def test_every_shipped_preset_section_fits_its_stage():
+    from vehicle_diff.generation import caption, filter, generate, prompts, select
+    from vehicle_diff.training import evaluate, finetune_lora, train_reid
+
     import vehicle_diff_dataset
-    from generation import caption, filter, generate, prompts, select
-    from training import evaluate, finetune_lora, train_reid
     from vehicle_diff import pipeline, publish
 
     configs = {
@@ -249,10 +250,10 @@ def sigint_during_import(args: list[str], stage_module: str) -> tuple[int, list[
     [
         (
             "train-reid",
-            "training.train_reid",
+            "vehicle_diff.training.train_reid",
             "vehicle-diff train-reid: interrupted; re-run the same command to resume",
         ),
-        ("evaluate", "training.evaluate", "vehicle-diff evaluate: interrupted"),
+        ("evaluate", "vehicle_diff.training.evaluate", "vehicle-diff evaluate: interrupted"),
     ],
 )
 def test_ctrl_c_during_the_stage_import_is_one_line_and_exit_130(stage, module, line):
@@ -270,8 +271,8 @@ def test_ctrl_c_while_a_stage_runs(tmp_path):
         "run_main(main)\n"
     )
     for module, line in [
-        ("generation.generate", "vehicle-diff generate: interrupted; re-run the same command to resume"),
-        ("generation.prompts", "vehicle-diff prompts: interrupted"),
+        ("vehicle_diff.generation.generate", "vehicle-diff generate: interrupted; re-run the same command to resume"),
+        ("vehicle_diff.generation.prompts", "vehicle-diff prompts: interrupted"),
     ]:
         result = subprocess.run([sys.executable, "-c", script, module], capture_output=True, text=True, env=ENV)
         assert result.returncode == 130 and result.stderr.split("\n") == ["", line, ""], result.stderr

@@ -38,7 +38,7 @@ def test_veri_style_export(tiny_dataset, tmp_path):
     out = vdd.export_veri(loaded, tmp_path / "veri", id_offset=1000)
     names = (out / "name_train.txt").read_text().split()
     assert len(names) == len(loaded["train"])
-    from training.reid_data import parse_veri_name
+    from vehicle_diff.training.reid_data import parse_veri_name
 
     assert all(parse_veri_name(out / "image_train" / n)[0] >= 1000 for n in names)
     assert (out / "attributes_train.csv").read_text().startswith("image_name,vehicle_id,color,body_style")

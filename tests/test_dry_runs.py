@@ -5,8 +5,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from generation.caption import select_subset
+from vehicle_diff.generation.caption import select_subset
 
 NO_MODEL = "no/such-model"  # a dry run that loaded a model would fail on this id
 
@@ -38,7 +37,7 @@ def test_one_percent_is_rounded_as_the_paper_counts():
 
 
 def test_caption_dry_run_selects_378_of_veri(veri_layout, tmp_path):
-    from generation.caption import main
+    from vehicle_diff.generation.caption import main
 
     main(
         [
@@ -58,7 +57,7 @@ def test_caption_dry_run_selects_378_of_veri(veri_layout, tmp_path):
 
 
 def test_finetune_dry_run_counts_steps_warmup_and_the_sdxl_lora(tmp_path):
-    from training.finetune_lora import main
+    from vehicle_diff.training.finetune_lora import main
 
     train = tmp_path / "captions" / "train"
     train.mkdir(parents=True)
@@ -84,8 +83,8 @@ def test_finetune_dry_run_counts_steps_warmup_and_the_sdxl_lora(tmp_path):
 
 
 def test_generate_dry_run_plans_the_paper_dataset(tmp_path):
-    from generation.generate import main as generate
-    from generation.prompts import main as prompts
+    from vehicle_diff.generation.generate import main as generate
+    from vehicle_diff.generation.prompts import main as prompts
 
     library = prompts(["--preset", "paper", "--output_dir", str(tmp_path / "prompts")])
     generate(
@@ -108,7 +107,7 @@ def test_generate_dry_run_plans_the_paper_dataset(tmp_path):
 
 
 def test_filter_dry_run_reads_the_records_only(tmp_path):
-    from generation.filter import main
+    from vehicle_diff.generation.filter import main
 
     count = 148_200
     table = pa.table(
@@ -141,7 +140,7 @@ def test_filter_dry_run_reads_the_records_only(tmp_path):
 
 
 def test_reid_dry_run_trains_as_long_as_fast_reid_on_veri(veri_layout, tmp_path):
-    from training.train_reid import main
+    from vehicle_diff.training.train_reid import main
 
     main(
         [

@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from vehicle_diff.training.evaluate import COLORS, evaluate_model, main, retrieval_picture
+from vehicle_diff.training.metrics import evaluate_rank, pairwise_distance
+from vehicle_diff.training.reid_data import Sample, read_veri776
+from vehicle_diff.training.reid_model import ReIDModel
 
-from training.evaluate import COLORS, evaluate_model, main, retrieval_picture
-from training.metrics import evaluate_rank, pairwise_distance
-from training.reid_data import Sample, read_veri776
-from training.reid_model import ReIDModel
 from vehicle_diff.errors import UserInputError
 
 
@@ -49,8 +49,8 @@ def test_variants_pictures_and_metrics_of_the_features(model_folder, veri_folder
     # the plain variant is the protocol applied to the model's own features of the same images
     model = ReIDModel.from_pretrained(model_folder).eval()
     split = read_veri776(str(veri_folder))
-    from training.evaluate import eval_transform
-    from training.reid_data import load_image
+    from vehicle_diff.training.evaluate import eval_transform
+    from vehicle_diff.training.reid_data import load_image
 
     transform = eval_transform([32, 32])
     with torch.no_grad():
@@ -101,7 +101,7 @@ def test_vehicleid_draws_share_one_feature_pass(model_folder, tmp_path):
     assert metrics["data"].startswith("VehicleID-800 (3 draws")
     assert set(metrics["plain"]["mAP"]) == {"mean", "std"} and len(metrics["plain"]["cmc"]["mean"]) == 5
     assert picture["distance"].shape == (10, 5) and picture["variant"] == "plain"
-    from training.evaluate import cmc_plot
+    from vehicle_diff.training.evaluate import cmc_plot
 
     cmc_plot(metrics, tmp_path / "cmc.png", title="CMC: test_resnet on VehicleID-800")
     assert (tmp_path / "cmc.png").stat().st_size > 0

@@ -75,8 +75,8 @@ def test_export_replaces_its_own_earlier_output_and_veri_folder_whole(tiny_filte
 
 
 def test_filter_refuses_scores_of_images_that_were_regenerated(tiny_prompts, tmp_path):
-    from generation.filter import main as filter_main
-    from generation.generate import main as generate
+    from vehicle_diff.generation.filter import main as filter_main
+    from vehicle_diff.generation.generate import main as generate
 
     generated, filtered = tmp_path / "gen", tmp_path / "filtered"
     args = [
@@ -106,7 +106,7 @@ def test_torn_shards_of_a_killed_run_are_redone_not_trusted(tiny_prompts, tmp_pa
         return [
             sys.executable,
             "-m",
-            "generation.generate",
+            "vehicle_diff.generation.generate",
             "--preset",
             "tiny",
             "--prompts",
@@ -120,7 +120,7 @@ def test_torn_shards_of_a_killed_run_are_redone_not_trusted(tiny_prompts, tmp_pa
         ]
 
     killed = tmp_path / "killed"
-    assert 3 <= sigkill_after_shards(command(killed), killed / "records", shards=3) < 32
+    assert 3 <= sigkill_after_shards(command(killed), "generate", killed / "records", shards=3) < 32
     shards = sorted((killed / "records").glob("batch-*.jsonl"))
     text = shards[0].read_text()
     shards[0].write_text(text[: len(text) // 2])  # cut in the middle of a record
@@ -137,8 +137,7 @@ def test_torn_shards_of_a_killed_run_are_redone_not_trusted(tiny_prompts, tmp_pa
 
 def test_duplicate_identity_keys_are_refused_before_any_model_loads(tiny_prompts, tmp_path):
     import pyarrow as pa
-
-    from generation.generate import main as generate
+    from vehicle_diff.generation.generate import main as generate
 
     table = pq.read_table(tiny_prompts / "prompts.parquet")
     identities = table.column("identity").to_pylist()
@@ -165,7 +164,7 @@ def test_duplicate_identity_keys_are_refused_before_any_model_loads(tiny_prompts
 
 RECORDING_WORKER = """
 import json, os, sys
-import generation.generate as generate
+import vehicle_diff.generation.generate as generate
 render = generate.render
 def recording_render(pipe, prompts, seeds, **kwargs):
     with open(os.environ["RENDER_LOG"], "a") as log:
@@ -194,7 +193,7 @@ def test_two_plain_invocations_on_one_folder_share_the_work(tiny_prompts, tmp_pa
     rendered = [tuple(seeds) for seeds in map(eval, log.read_text().splitlines())]
     assert len(rendered) == len(set(rendered)) == 24  # every batch once, none twice
     subprocess.run(
-        [sys.executable, "-m", "generation.generate", *args, "--output_dir", str(tmp_path / "alone")],
+        [sys.executable, "-m", "vehicle_diff.generation.generate", *args, "--output_dir", str(tmp_path / "alone")],
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         check=True,
         capture_output=True,
@@ -215,7 +214,7 @@ def save_then_die(*args, **kwargs):
     if calls[0] == 2:  # the adapters of the second checkpoint are written; optimizer, manifest and rename are not
         os.kill(os.getpid(), signal.SIGKILL)
 safetensors.torch.save_file = save_then_die
-from training.finetune_lora import main
+from vehicle_diff.training.finetune_lora import main
 main(sys.argv[1:])
 """
 
@@ -241,7 +240,7 @@ def test_finetune_killed_while_writing_a_checkpoint_resumes_to_the_same_lora(tin
     )
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
     assert [p.name for p in killed.glob("checkpoint-*")] == ["checkpoint-2"]  # the torn one is invisible
-    from training.finetune_lora import main
+    from vehicle_diff.training.finetune_lora import main
 
     main([*args, "--output_dir", str(killed)])
     main([*args, "--output_dir", str(tmp_path / "straight")])
@@ -254,7 +253,7 @@ def test_finetune_killed_while_writing_a_checkpoint_resumes_to_the_same_lora(tin
 
 
 def test_a_damaged_latest_checkpoint_falls_back_and_names_resolve_like_diffusers(tiny_captions, tmp_path, capfd):
-    from training.finetune_lora import main
+    from vehicle_diff.training.finetune_lora import main
 
     args = [
         "--preset",

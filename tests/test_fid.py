@@ -2,8 +2,13 @@ import json
 
 import numpy as np
 import pytest
+from vehicle_diff.training.fid import (
+    WEIGHTS_FILE_NAMES,
+    feature_statistics,
+    frechet_distance,
+    frechet_distance_of_features,
+)
 
-from training.fid import WEIGHTS_FILE_NAMES, feature_statistics, frechet_distance, frechet_distance_of_features
 from vehicle_diff.errors import UserInputError
 
 
@@ -107,8 +112,7 @@ def test_fid_stage_equals_torchmetrics_and_torch_fidelity(fid_inputs, tmp_path):
     import torch
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
     from torchmetrics.image.fid import FrechetInceptionDistance
-
-    from training.fid import main
+    from vehicle_diff.training.fid import main
 
     root, weights, real, fake = fid_inputs
     out = main(
@@ -151,7 +155,7 @@ def test_fid_stage_equals_torchmetrics_and_torch_fidelity(fid_inputs, tmp_path):
 
 
 def test_fid_weights_are_found_in_the_hub_cache_or_refused_in_one_line(fid_inputs, tmp_path, monkeypatch):
-    from training.fid import main
+    from vehicle_diff.training.fid import main
 
     root, weights, _, _ = fid_inputs
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
@@ -183,8 +187,7 @@ def test_fid_weights_are_found_in_the_hub_cache_or_refused_in_one_line(fid_input
 
 def test_fid_refuses_files_that_are_not_the_inception_state_dict(tmp_path, fid_inputs):
     import torch
-
-    from training.fid import main
+    from vehicle_diff.training.fid import main
 
     root, _, _, _ = fid_inputs
     args = [

@@ -5,8 +5,8 @@ import sys
 
 import pyarrow.parquet as pq
 import pytest
+from vehicle_diff.generation.filter import main
 
-from generation.filter import main
 from tests.conftest import launch_two_processes, sigkill_after_shards
 from vehicle_diff.errors import UserInputError
 
@@ -78,7 +78,7 @@ def test_summary_and_contact_sheets(filtered):
 
 
 def test_rescore_only_applies_new_thresholds_without_models(filtered, damaged_generation, monkeypatch):
-    import generation.filter as stage
+    import vehicle_diff.generation.filter as stage
 
     def no_models(*args, **kwargs):
         raise AssertionError("a model was loaded")
@@ -107,9 +107,14 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path):
     generation = fake_generation(tmp_path / "generated", 300)  # enough work for the kill to land mid-run
 
     def command(out_dir):
-        return [sys.executable, "-m", "generation.filter", *tiny_args(generation, out_dir, "--batch_size", "1")]
+        return [
+            sys.executable,
+            "-m",
+            "vehicle_diff.generation.filter",
+            *tiny_args(generation, out_dir, "--batch_size", "1"),
+        ]
 
-    assert 2 <= sigkill_after_shards(command(tmp_path / "out"), tmp_path / "out" / "scores") < 300, (
+    assert 2 <= sigkill_after_shards(command(tmp_path / "out"), "filter", tmp_path / "out" / "scores") < 300, (
         "the kill should land mid-run"
     )
     subprocess.run(command(tmp_path / "out"), check=True, capture_output=True)
@@ -119,7 +124,7 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path):
 
 
 def test_two_processes_score_disjoint_batches(damaged_generation, filtered, tmp_path):
-    result = launch_two_processes("generation.filter", tiny_args(damaged_generation, tmp_path / "out"))
+    result = launch_two_processes("vehicle_diff.generation.filter", tiny_args(damaged_generation, tmp_path / "out"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "filter [process 1]" in result.stderr
     assert [r["image_id"] for r in rows(tmp_path / "out")] == [r["image_id"] for r in rows(filtered)]

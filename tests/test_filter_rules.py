@@ -2,8 +2,7 @@
 
 import numpy as np
 import pytest
-
-from generation.scoring import (
+from vehicle_diff.generation.scoring import (
     Thresholds,
     choose_box,
     close_identity_pairs,

@@ -5,9 +5,9 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from vehicle_diff.training.finetune_lora import CaptionedImages, augment, lora_target_modules, main, warmup_steps
 
 from tests.conftest import crash_after_first_checkpoint, launch_two_processes
-from training.finetune_lora import CaptionedImages, augment, lora_target_modules, main, warmup_steps
 from vehicle_diff.errors import UserInputError
 
 UNET_UP = "unet.up_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
@@ -142,7 +142,7 @@ def test_bad_training_sets_fail_before_any_model_loads(tiny_captions, tmp_path):
 
 def test_two_processes_train_with_gloo(tiny_captions, tmp_path):
     result = launch_two_processes(
-        "training.finetune_lora", tiny_args(tiny_captions, tmp_path / "lora", "--max_train_steps", "2")
+        "vehicle_diff.training.finetune_lora", tiny_args(tiny_captions, tmp_path / "lora", "--max_train_steps", "2")
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert load_file(tmp_path / "lora" / "pytorch_lora_weights.safetensors")
@@ -170,7 +170,7 @@ def test_the_same_lora_saved_twice_has_the_same_bytes(tmp_path):
     import sys
 
     script = (
-        "import sys, torch; from safetensors.torch import save_file; from training.lora_files import keep_one_metadata_entry\n"
+        "import sys, torch; from safetensors.torch import save_file; from vehicle_diff.training.lora_files import keep_one_metadata_entry\n"
         "save_file({'a': torch.ones(2)}, sys.argv[1], metadata={'format': 'pt', 'lora_adapter_metadata': '{}', 'x': '1'})\n"
         "keep_one_metadata_entry(sys.argv[1])\n"
     )

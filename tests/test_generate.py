@@ -4,8 +4,8 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 from safetensors.torch import load_file, save_file
+from vehicle_diff.generation.generate import batch_requests, image_prompt, image_seed, main, view_phrase_for
 
-from generation.generate import batch_requests, image_prompt, image_seed, main, view_phrase_for
 from tests.conftest import launch_two_processes, sigkill_after_shards
 from vehicle_diff.errors import UserInputError
 
@@ -122,9 +122,9 @@ def test_rerun_of_a_finished_run_changes_nothing(reference_run, tiny_prompts):
 def test_sigkill_then_rerun_equals_an_uninterrupted_run(tiny_prompts, tmp_path):
     def command(out_dir):
         flags = tiny_args(tiny_prompts, out_dir, "--batch_size", "1", "--images_per_identity", "6")
-        return [sys.executable, "-m", "generation.generate", *flags]
+        return [sys.executable, "-m", "vehicle_diff.generation.generate", *flags]
 
-    finished = sigkill_after_shards(command(tmp_path / "killed"), tmp_path / "killed" / "records", shards=3)
+    finished = sigkill_after_shards(command(tmp_path / "killed"), "generate", tmp_path / "killed" / "records", shards=3)
     assert 3 <= finished < 48, "the kill should land mid-run"
     assert not (tmp_path / "killed" / "records.parquet").exists()
     subprocess.run(command(tmp_path / "killed"), check=True, capture_output=True)
@@ -184,7 +184,7 @@ def test_dry_run_prints_the_plan_and_writes_only_the_plan(tiny_prompts, tmp_path
 
 
 def test_two_processes_split_the_batches(tiny_prompts, reference_run, tmp_path):
-    result = launch_two_processes("generation.generate", tiny_args(tiny_prompts, tmp_path / "gen"))
+    result = launch_two_processes("vehicle_diff.generation.generate", tiny_args(tiny_prompts, tmp_path / "gen"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "generate [process 1]" in result.stderr and "generate [process 0]" in result.stderr
     assert records(tmp_path / "gen") == records(reference_run)

@@ -4,8 +4,14 @@ against the published algorithm written one image at a time."""
 import numpy as np
 import pytest
 import torch
+from vehicle_diff.training.metrics import (
+    evaluate_rank,
+    k_reciprocal_rerank,
+    order_keys,
+    pairwise_distance,
+    stable_smallest,
+)
 
-from training.metrics import evaluate_rank, k_reciprocal_rerank, order_keys, pairwise_distance, stable_smallest
 from vehicle_diff.testing import reference_eval
 
 

@@ -143,11 +143,7 @@ def test_cli_lists_every_stage():
 
 
 def test_run_killed_mid_generate_then_rerun_equals_an_uninterrupted_run(demo_run, tmp_path):
-    """SIGKILL to the whole run (as a scheduler kills a job) while generate writes its batches."""
-    import os
-    import signal
-    import time
-
+    """SIGKILL to generate while it writes its batches, then the same `run` again."""
     out = tmp_path / "killed"
     command = [
         sys.executable,
@@ -165,14 +161,12 @@ def test_run_killed_mid_generate_then_rerun_equals_an_uninterrupted_run(demo_run
     from vehicle_diff import launch_environment
 
     env = launch_environment()  # as this test process started: earlier tests' imports changed os.environ
-    process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env
+    # generate is SIGKILLed right after its second record shard (a named fault point); run stops there
+    killed = subprocess.run(
+        command, capture_output=True, text=True, env={**env, "VEHICLE_DIFF_KILL_AT": "generate.shard_written:2"}
     )
-    deadline = time.time() + 400
-    while time.time() < deadline and len(list((out / "generated" / "records").glob("batch-*.jsonl"))) < 2:
-        time.sleep(0.01)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    assert killed.returncode != 0, killed.stdout[-2000:]
+    assert len(list((out / "generated" / "records").glob("batch-*.jsonl"))) == 2
     assert not (out / "generated" / "done.json").exists(), "the kill should land mid-generate"
     finished = subprocess.run(command, capture_output=True, text=True, env=env)
     assert finished.returncode == 0, finished.stderr[-3000:]

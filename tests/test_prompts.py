@@ -4,9 +4,9 @@ from collections import Counter
 
 import datasets
 import pytest
+from vehicle_diff.generation.catalog import Prototype, load_catalog
+from vehicle_diff.generation.prompts import TEMPLATES, build_prompt, identity_key, main, round_robin, sample_identities
 
-from generation.catalog import Prototype, load_catalog
-from generation.prompts import TEMPLATES, build_prompt, identity_key, main, round_robin, sample_identities
 from vehicle_diff.errors import UserInputError
 
 COLORS = ["red", "yellow", "green", "white", "black"]
@@ -154,7 +154,15 @@ def test_flags_override_the_preset(tmp_path):
 
 def test_command_line_exit_codes(tmp_path):
     ok = subprocess.run(
-        [sys.executable, "-m", "generation.prompts", "--preset", "tiny", "--output_dir", str(tmp_path / "p")],
+        [
+            sys.executable,
+            "-m",
+            "vehicle_diff.generation.prompts",
+            "--preset",
+            "tiny",
+            "--output_dir",
+            str(tmp_path / "p"),
+        ],
         capture_output=True,
         text=True,
     )

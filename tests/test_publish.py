@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -43,7 +42,7 @@ def git_out(repo: Path, *args: str) -> str:
 @pytest.fixture(scope="module")
 def trained_lora(tiny_captions, tmp_path_factory):
     """A LoRA from the finetune stage (card, context, validation grid), two steps long."""
-    from training.finetune_lora import main as finetune
+    from vehicle_diff.training.finetune_lora import main as finetune
 
     return finetune(
         [
@@ -64,7 +63,7 @@ def trained_lora(tiny_captions, tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_reid(tiny_dataset, tiny_zoo, tmp_path_factory):
     """A re-ID model trained (two steps) and evaluated on the exported tiny dataset."""
-    from training.train_reid import main as train
+    from vehicle_diff.training.train_reid import main as train
 
     return train(
         [
@@ -283,9 +282,9 @@ def test_ctrl_c_while_tagging_then_a_rerun_finishes(tiny_dataset, tmp_path, monk
     assert "already published" in main(dataset_args(tiny_dataset, tmp_path))[0]
 
 
-def test_a_publish_sigkilled_at_random_moments_finishes_on_rerun(tiny_dataset, tiny_reid, tmp_path):
-    """SIGKILL anywhere (in Python, in git, between the commit and the tag ...), then a plain re-run: the repos end
-    exactly as after an uninterrupted publish."""
+def test_a_publish_sigkilled_at_any_step_finishes_on_rerun(tiny_dataset, tiny_reid, tmp_path):
+    """SIGKILL at every named step of both repos (objects written, committed, tagged), and at random moments (in git
+    too), then a plain re-run: the repos end exactly as after an uninterrupted publish."""
 
     def command(mirror_dir: Path):
         return [
@@ -302,38 +301,41 @@ def test_a_publish_sigkilled_at_random_moments_finishes_on_rerun(tiny_dataset, t
             "--mirror_dir",
             str(mirror_dir),
             "--output_dir",
-            str(tmp_path / "r"),
+            str(mirror_dir.with_name(mirror_dir.name + "-report")),
         ]
+
+    def finish_and_compare(mirror: Path):
+        finished = subprocess.run(command(mirror), env=env, capture_output=True, text=True)
+        assert finished.returncode == 0, finished.stderr[-2000:]
+        for kind, name in (("datasets", "vehicle-diff"), ("models", "vehicle-diff-reid")):
+            clean, killed = (root / kind / "vehicle-diff" / name for root in (tmp_path / "clean", mirror))
+            assert git_out(killed, "rev-parse", "v1.0^{tree}") == git_out(clean, "rev-parse", "v1.0^{tree}")
+            assert git_out(killed, "rev-parse", "v1.0") == git_out(killed, "rev-parse", "main")
+            subprocess.run(["git", "-C", str(killed), "fsck", "--no-dangling"], check=True, capture_output=True)
+            assert git_out(killed, "status", "--porcelain") == ""
+            assert not list((killed / ".git").rglob("*.lock"))
+        again = subprocess.run(command(mirror), env=env, capture_output=True, text=True)
+        assert again.stdout.count("already published, unchanged") == 2
 
     env = python_env()
     assert subprocess.run(command(tmp_path / "clean"), env=env, capture_output=True).returncode == 0
-    rng, started_git = random.Random(0), tmp_path / "killed" / "datasets"
-    interrupted = []  # (killed while running, reid repo tagged yet) per attempt
-    for _ in range(6):
-        process = subprocess.Popen(
-            command(tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.time() + 120
-        while not started_git.exists() and process.poll() is None and time.time() < deadline:
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0, 0.6))
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        reid = tmp_path / "killed" / "models" / "vehicle-diff" / "vehicle-diff-reid"
-        tagged = (reid / ".git").is_dir() and bool(publish.rev_parse(reid, "refs/tags/v1.0"))
-        interrupted.append((process.returncode == -signal.SIGKILL, tagged))
-    assert sum(killed and not tagged for killed, tagged in interrupted) >= 3, interrupted  # kills landed mid-publish
-    finished = subprocess.run(command(tmp_path / "killed"), env=env, capture_output=True, text=True)
-    assert finished.returncode == 0, finished.stderr[-2000:]
-    for kind, name in (("datasets", "vehicle-diff"), ("models", "vehicle-diff-reid")):
-        clean, killed = (tmp_path / root / kind / "vehicle-diff" / name for root in ("clean", "killed"))
-        assert git_out(killed, "rev-parse", "v1.0^{tree}") == git_out(clean, "rev-parse", "v1.0^{tree}")
-        assert git_out(killed, "rev-parse", "v1.0") == git_out(killed, "rev-parse", "main")
-        subprocess.run(["git", "-C", str(killed), "fsck", "--no-dangling"], check=True, capture_output=True)
-        assert git_out(killed, "status", "--porcelain") == ""
-        assert not list((killed / ".git").rglob("*.lock"))
-    again = subprocess.run(command(tmp_path / "killed"), env=env, capture_output=True, text=True)
-    assert again.stdout.count("already published, unchanged") == 2
+    for point in ("publish_objects_written", "publish_committed", "publish_tagged"):
+        for arrival in (1, 2):  # the dataset repo, then the re-ID repo
+            mirror = tmp_path / f"{point}-{arrival}"
+            killed = subprocess.run(
+                command(mirror), env={**env, "VEHICLE_DIFF_KILL_AT": f"{point}:{arrival}"}, capture_output=True
+            )
+            assert killed.returncode == -signal.SIGKILL, (point, arrival, killed.stderr[-2000:])
+            finish_and_compare(mirror)
+    rng, mirror = random.Random(0), tmp_path / "random"
+    for _ in range(3):
+        process = subprocess.Popen(command(mirror), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            process.wait(timeout=rng.uniform(0.5, 3.0))
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+    finish_and_compare(mirror)
 
 
 def test_stale_git_locks_are_removed_only_when_no_git_works_in_the_repo(
@@ -554,8 +556,8 @@ def test_kohya_copy_gives_the_same_images_with_the_trained_alpha(tiny_zoo, tmp_p
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig, get_peft_model_state_dict
     from safetensors.torch import load_file
+    from vehicle_diff.training.lora_files import save_kohya_lora
 
-    from training.lora_files import save_kohya_lora
     from vehicle_diff.models import load_sdxl_pipeline
 
     pipe = load_sdxl_pipeline("tiny:sdxl")  # rank 4 trained with alpha 8: scale 2, recorded in the file's metadata
@@ -639,7 +641,7 @@ def test_cards_claim_what_the_tiny_preset_did(tiny_dataset, trained_lora, tiny_r
 
 
 def test_cards_for_the_paper_settings():
-    from cards import SDXL_BASE, model_ref, render_dataset_card, render_lora_card, render_reid_card
+    from vehicle_diff.cards import SDXL_BASE, model_ref, render_dataset_card, render_lora_card, render_reid_card
 
     sdxl = {"name": SDXL_BASE, "hub": True, "tiny": False, "local": False}
     detector, clip = model_ref("yolov5x6u.pt"), model_ref("hf-hub:timm/vit_large_patch14_clip_224.openai")

@@ -5,8 +5,8 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from vehicle_diff.training.reid_data import IdentityBatchSampler, Sample, read_source, subsample_synthetic
 
-from training.reid_data import IdentityBatchSampler, Sample, read_source, subsample_synthetic
 from vehicle_diff.errors import UserInputError
 
 

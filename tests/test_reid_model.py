@@ -2,8 +2,7 @@ import math
 
 import pytest
 import torch
-
-from training.reid_model import ReIDModel, backbone_spec, circle_loss
+from vehicle_diff.training.reid_model import ReIDModel, backbone_spec, circle_loss
 
 
 def circle_reference(embeddings, labels, m, gamma):

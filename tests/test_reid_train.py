@@ -1,12 +1,12 @@
 import json
 
 import pytest
+from vehicle_diff.training.evaluate import main as evaluate
+from vehicle_diff.training.reid_data import IdentityBatchSampler, parse_veri_name, read_source, read_veri776, relabel
+from vehicle_diff.training.reid_model import ReIDModel
+from vehicle_diff.training.train_reid import main
 
 from tests.conftest import crash_after_first_checkpoint, launch_two_processes
-from training.evaluate import main as evaluate
-from training.reid_data import IdentityBatchSampler, parse_veri_name, read_source, read_veri776, relabel
-from training.reid_model import ReIDModel
-from training.train_reid import main
 from vehicle_diff.errors import UserInputError
 
 
@@ -29,7 +29,7 @@ def test_hf_dataset_splits(synthetic_dataset):
 
 
 def test_relabel_offsets_synthetic_ids_past_real_ones():
-    from training.reid_data import Sample
+    from vehicle_diff.training.reid_data import Sample
 
     samples = [Sample("a", 7, 0), Sample("b", 3, 0), Sample("c", 7, 1)]
     assert [s.pid for s in relabel(samples, offset=10)] == [10, 11, 10]
@@ -143,7 +143,7 @@ def test_two_processes_train_with_ddp_on_gloo(synthetic_dataset, tiny_zoo, tmp_p
         "--output_dir",
         str(tmp_path / "reid"),
     )
-    result = launch_two_processes("training.train_reid", flags)
+    result = launch_two_processes("vehicle_diff.training.train_reid", flags)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "reid" / "training_stats.json").read_text())["steps"] == 2
 

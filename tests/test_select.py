@@ -1,8 +1,8 @@
 import json
 
 import pytest
+from vehicle_diff.generation.select import candidate_name, main, rank_candidates, sample_prompt_rows
 
-from generation.select import candidate_name, main, rank_candidates, sample_prompt_rows
 from vehicle_diff.errors import UserInputError
 
 

@@ -6,7 +6,7 @@ chose; `--train_text_encoder` gives the other). MSE on the scheduler's target, A
 schedule, 100 epochs of which the first 20 warm up. Output: `pytorch_lora_weights.safetensors` in diffusers'
 format, reloaded with stock `StableDiffusionXLPipeline.load_lora_weights` to render a validation grid, and a card.
 
-    accelerate launch -m training.finetune_lora --train_data_dir out/captions --output_dir out/lora
+    accelerate launch -m vehicle_diff.training.finetune_lora --train_data_dir out/captions --output_dir out/lora
     vehicle-diff finetune --preset tiny --train_data_dir out/captions --output_dir out/lora
 """
 
@@ -377,8 +377,13 @@ def finetune(config: FinetuneConfig) -> Path:
     from peft import LoraConfig, inject_adapter_in_model
     from peft.utils import get_peft_model_state_dict
     from tqdm.auto import tqdm
+    from vehicle_diff.training.checkpointing import (
+        adapter_checkpoint_hooks,
+        open_training_output,
+        resume,
+        save_checkpoint,
+    )
 
-    from training.checkpointing import adapter_checkpoint_hooks, open_training_output, resume, save_checkpoint
     from vehicle_diff.models import load_sdxl_pipeline, torch_dtype
 
     accelerator = Accelerator(
@@ -588,7 +593,7 @@ def finetune(config: FinetuneConfig) -> Path:
             layers[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
             # the adapter's config travels in the file's header, so a stock reload uses the trained alpha
             metadata[f"{name}_lora_adapter_metadata"] = model.peft_config["default"].to_dict()
-        from training.lora_files import KOHYA_LORA_FILE, keep_one_metadata_entry, save_kohya_lora
+        from vehicle_diff.training.lora_files import KOHYA_LORA_FILE, keep_one_metadata_entry, save_kohya_lora
 
         StableDiffusionXLPipeline.save_lora_weights(out_dir, safe_serialization=True, **layers, **metadata)
         keep_one_metadata_entry(out_dir / LORA_FILE)  # the same LoRA, the same bytes
@@ -606,7 +611,7 @@ def finetune(config: FinetuneConfig) -> Path:
             "peak_cuda_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None,
         }
         (out_dir / "training_stats.json").write_text(json.dumps(stats, indent=2))
-        from training.checkpointing import plot_training_curves
+        from vehicle_diff.training.checkpointing import plot_training_curves
 
         save_kohya_lora(out_dir / LORA_FILE, out_dir / KOHYA_LORA_FILE)  # for ComfyUI / AUTOMATIC1111
         plot_training_curves(history, out_dir / "training_curves.png", title=f"finetune: LoRA rank {config.rank}")
@@ -640,8 +645,8 @@ def validate(config: FinetuneConfig, out_dir: Path, device) -> dict:
     """Render the validation prompts with the base model, then reload the saved LoRA into the same stock
     pipeline and render them again (same seeds): side by side, each pair shows what the LoRA changed."""
     import numpy as np
+    from vehicle_diff.generation.generate import load_pipeline, render
 
-    from generation.generate import load_pipeline, render
     from vehicle_diff.contact_sheet import contact_sheet
     from vehicle_diff.io import atomic_path
 
@@ -692,9 +697,9 @@ def write_card(config: FinetuneConfig, out_dir: Path, data, validation: dict, **
     """README.md, and the facts it states as card_context.json, from which `publish` renders the card again with
     the repo id it publishes to. No path of this machine goes into either the card or its metadata."""
     import yaml
+    from vehicle_diff.cards import is_hub_id, model_ref, render_lora_card, save_context
+    from vehicle_diff.training.lora_files import KOHYA_LORA_FILE
 
-    from cards import is_hub_id, model_ref, render_lora_card, save_context
-    from training.lora_files import KOHYA_LORA_FILE
     from vehicle_diff import __version__
 
     def read(path: Path, loader):

@@ -4,7 +4,7 @@ Data modes: `R` real only, `S` synthetic only, `D` both pooled (identities drawn
 batch half real, half synthetic identities). Synthetic identity labels start after the real ones. Loss: cross-
 entropy + circle loss on the main head and the same on the auxiliary head.
 
-    accelerate launch -m training.train_reid --real_data veri776:/data/VeRi --synthetic_data out/vehicle-diff --data_mode B
+    accelerate launch -m vehicle_diff.training.train_reid --real_data veri776:/data/VeRi --synthetic_data out/vehicle-diff --data_mode B
     vehicle-diff train-reid --preset tiny --synthetic_data demo-output/vehicle-diff --data_mode S
 """
 
@@ -435,7 +435,8 @@ def write_card(
 ) -> None:
     """README.md, and the facts it states as card_context.json, from which `publish` renders the card again with
     the repo ids it publishes the model and its training data to. No path of this machine goes into the card."""
-    from cards import REAL_DATASETS, load_context, model_ref, render_reid_card, save_context
+    from vehicle_diff.cards import REAL_DATASETS, load_context, model_ref, render_reid_card, save_context
+
     from vehicle_diff import __version__
     from vehicle_diff.models import timm_hub_id
 

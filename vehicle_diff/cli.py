@@ -11,16 +11,34 @@ import sys
 STAGES = {
     "tiny-models": ("vehicle_diff.tiny_models", "build the offline tiny model zoo (the `tiny` preset's models)"),
     "run": ("vehicle_diff.pipeline", "every stage below in order, skipping finished ones (demo: --preset tiny)"),
-    "prompts": ("generation.prompts", "stage 1: sample identities from the vehicle catalog into a prompt library"),
-    "caption": ("generation.caption", "stage 2a: caption ~1% unlabeled target images with BLIP-2 (imagefolder)"),
-    "finetune": ("training.finetune_lora", "stage 2b: fine-tune an SDXL LoRA on the captions (accelerate)"),
-    "select": ("generation.select", "stage 3a: rank LoRA candidates / templates on the same prompts and seeds"),
-    "generate": ("generation.generate", "stage 3b: generate images per identity with SDXL (+ LoRA), resumable"),
-    "filter": ("generation.filter", "stage 3c: detect + crop vehicles, CLIP color check, near-duplicates"),
+    "prompts": (
+        "vehicle_diff.generation.prompts",
+        "stage 1: sample identities from the vehicle catalog into a prompt library",
+    ),
+    "caption": (
+        "vehicle_diff.generation.caption",
+        "stage 2a: caption ~1% unlabeled target images with BLIP-2 (imagefolder)",
+    ),
+    "finetune": (
+        "vehicle_diff.training.finetune_lora",
+        "stage 2b: fine-tune an SDXL LoRA on the captions (accelerate)",
+    ),
+    "select": (
+        "vehicle_diff.generation.select",
+        "stage 3a: rank LoRA candidates / templates on the same prompts and seeds",
+    ),
+    "generate": (
+        "vehicle_diff.generation.generate",
+        "stage 3b: generate images per identity with SDXL (+ LoRA), resumable",
+    ),
+    "filter": ("vehicle_diff.generation.filter", "stage 3c: detect + crop vehicles, CLIP color check, near-duplicates"),
     "export": ("vehicle_diff_dataset", "stage 4: the kept crops as a Parquet + card HF dataset (and VeRi-style)"),
-    "train-reid": ("training.train_reid", "stage 5a: train a timm re-ID model (CE + circle loss; R/S/D/B data)"),
-    "evaluate": ("training.evaluate", "stage 5b: mAP / CMC / mINP, re-ranking, retrieval picture"),
-    "fid": ("training.fid", "FID between two image folders (Inception-v3 weights supplied locally)"),
+    "train-reid": (
+        "vehicle_diff.training.train_reid",
+        "stage 5a: train a timm re-ID model (CE + circle loss; R/S/D/B data)",
+    ),
+    "evaluate": ("vehicle_diff.training.evaluate", "stage 5b: mAP / CMC / mINP, re-ranking, retrieval picture"),
+    "fid": ("vehicle_diff.training.fid", "FID between two image folders (Inception-v3 weights supplied locally)"),
     "publish": ("vehicle_diff.publish", "stage 6: versioned dataset / LoRA / re-ID repos (Hub or olah mirror)"),
 }
 # stages whose finished work survives an interruption, so running the same command again continues it

@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import UserInputError
+from .faults import fault_point
 from .io import atomic_path, sha256_file
 
 JOB_FILE = "job.json"
@@ -361,7 +362,9 @@ class Job:
     # -- batches
 
     def write_shard(self, batch_index: int, records: list[dict], side_files: Iterable[Path] = ()) -> Path:
-        return write_shard(self.shards_dir, batch_index, records, side_files)
+        path = write_shard(self.shards_dir, batch_index, records, side_files)
+        fault_point(f"{self.stage}.shard_written")
+        return path
 
     def valid_batches(
         self, num_batches: int, ids_of: Callable[[int], list] | None, id_key: str = "image_id"

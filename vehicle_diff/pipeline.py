@@ -62,15 +62,15 @@ def draw_target_images(out_dir: Path, count: int, seed: int = 0, size: int = 96)
 
 
 STAGE_CLASSES = {
-    "prompts": ("generation.prompts", "PromptsConfig", "build_library"),
-    "caption": ("generation.caption", "CaptionConfig", "caption"),
-    "finetune": ("training.finetune_lora", "FinetuneConfig", "finetune"),
-    "select": ("generation.select", "SelectConfig", "select_candidates"),
-    "generate": ("generation.generate", "GenerateConfig", "generate"),
-    "filter": ("generation.filter", "FilterConfig", "filter_images"),
+    "prompts": ("vehicle_diff.generation.prompts", "PromptsConfig", "build_library"),
+    "caption": ("vehicle_diff.generation.caption", "CaptionConfig", "caption"),
+    "finetune": ("vehicle_diff.training.finetune_lora", "FinetuneConfig", "finetune"),
+    "select": ("vehicle_diff.generation.select", "SelectConfig", "select_candidates"),
+    "generate": ("vehicle_diff.generation.generate", "GenerateConfig", "generate"),
+    "filter": ("vehicle_diff.generation.filter", "FilterConfig", "filter_images"),
     "export": ("vehicle_diff_dataset", "ExportConfig", "export_dataset"),
-    "train-reid": ("training.train_reid", "TrainReIDConfig", "train_reid"),
-    "evaluate": ("training.evaluate", "EvaluateConfig", "evaluate"),
+    "train-reid": ("vehicle_diff.training.train_reid", "TrainReIDConfig", "train_reid"),
+    "evaluate": ("vehicle_diff.training.evaluate", "EvaluateConfig", "evaluate"),
     "publish": ("vehicle_diff.publish", "PublishConfig", "publish"),
 }
 
@@ -196,8 +196,8 @@ def stage_is_complete(stage: str, config, configs: dict) -> bool:
     module = importlib.import_module(STAGE_CLASSES[stage][0])
     try:
         if stage == "select":
-            from generation.generate import lora_file
-            from generation.select import real_image_files
+            from vehicle_diff.generation.generate import lora_file
+            from vehicle_diff.generation.select import real_image_files
 
             loras = {c: None if c == "base" else lora_file(c) for c in config.candidates}
             real = real_image_files(config.real_images) if config.real_images else []

@@ -33,6 +33,7 @@ from pathlib import Path, PurePath
 
 from .config import parse_config, save_config
 from .errors import UserInputError
+from .faults import fault_point
 from .io import sha256_file
 
 LORA_FILE, KOHYA_LORA_FILE = "pytorch_lora_weights.safetensors", "pytorch_lora_weights_kohya.safetensors"
@@ -213,7 +214,7 @@ def build_tree(
     """Exactly what the repo will hold: the artifact's files (configs with local paths reduced), the card rendered
     for `repo_id`@`version` (linking the repos published `alongside` it where they are its inputs), a kohya copy
     of the LoRA if the folder has none, and `publish.json`."""
-    from cards import RENDERERS, load_context
+    from vehicle_diff.cards import RENDERERS, load_context
 
     _, patterns, required = ARTIFACTS[artifact]
     tree: dict[str, Path | bytes] = dict(collect_files(folder, patterns, required))
@@ -221,7 +222,7 @@ def build_tree(
         if name.endswith((".json", ".yaml", ".yml")):
             tree[name] = public_config(path)
     if artifact == "lora" and KOHYA_LORA_FILE not in tree:
-        from training.lora_files import save_kohya_lora
+        from vehicle_diff.training.lora_files import save_kohya_lora
 
         tree[KOHYA_LORA_FILE] = save_kohya_lora(folder / LORA_FILE, work_dir / f"{artifact}-{KOHYA_LORA_FILE}")
     context = load_context(folder)
@@ -434,6 +435,7 @@ def publish_to_mirror(
         ensure_mirror_repo(repo)
         clear_stale_git_locks(repo)
         tree_oid = write_tree(repo, tree, label)
+        fault_point("publish_objects_written")
         with progress(total=3, unit="step", desc=f"git commit {label}") as bar:
             tagged = rev_parse(repo, f"refs/tags/{version}")
             if tagged and rev_parse(repo, f"refs/tags/{version}^{{tree}}") == tree_oid:
@@ -449,8 +451,10 @@ def publish_to_mirror(
             else:
                 commit = git(repo, "commit-tree", tree_oid, *(["-p", head] if head else []), "-m", f"Publish {version}")
                 git(repo, "update-ref", "-m", f"publish {version}", "refs/heads/main", commit, head or "")
+            fault_point("publish_committed")
             bar.update(1)
             git(repo, "update-ref", "-m", f"publish {version}", f"refs/tags/{version}", commit, tagged or "")
+            fault_point("publish_tagged")
             bar.update(1)
             sync_working_tree(repo)
             bar.update(1)
