@@ -226,7 +226,8 @@ def sigint_during_import(args: list[str], stage_module: str) -> tuple[int, list[
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in process.stderr], daemon=True).start()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in process.stderr], daemon=True)
+    reader.start()
     seen, deadline = [], time.time() + 120
     while time.time() < deadline:
         try:
@@ -238,7 +239,7 @@ def sigint_during_import(args: list[str], stage_module: str) -> tuple[int, list[
             break
     process.send_signal(signal.SIGINT)
     returncode = process.wait(timeout=120)
-    time.sleep(0.2)
+    reader.join(timeout=120)  # stderr read to its end: every line the process wrote is in the queue
     while not lines.empty():
         seen.append(lines.get())
     assert not any(line.rstrip().endswith(f"| {stage_module}") for line in seen), "the import finished first"

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -298,15 +297,15 @@ def test_a_second_trainer_on_the_same_folder_is_refused(tiny_captions, tmp_path)
         "--checkpointing_steps",
         "100",
     ]
-    first = subprocess.Popen(
+    first = subprocess.Popen(  # held (SIGSTOP) right after it claimed the folder
         [sys.executable, "-m", "vehicle_diff.cli", *map(str, args)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env={**os.environ, "VEHICLE_DIFF_STOP_AT": "finetune.job_opened"},
     )
     try:
-        deadline = time.time() + 120
-        while not (tmp_path / "lora" / "job.json").exists() and time.time() < deadline:
-            time.sleep(0.05)
+        _, status = os.waitpid(first.pid, os.WUNTRACED)
+        assert os.WIFSTOPPED(status), status
         second = cli(*args)
         assert one_line_refusal(second) and "in use by another `finetune` run" in second.stderr, second.stderr
     finally:

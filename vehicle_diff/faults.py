@@ -1,29 +1,33 @@
-"""Named fault points: tests kill a process at an exact place instead of guessing when to send a signal.
+"""Named fault points: tests stop or kill a process at an exact place instead of guessing when to send a signal.
 
 `VEHICLE_DIFF_KILL_AT=NAME` SIGKILLs the process the first time it reaches `fault_point(NAME)`; `NAME:N` on the
-N-th time. Several points may be given, comma-separated. Unset (always, outside tests) it costs one dict lookup.
+N-th time; several points may be given, comma-separated. `VEHICLE_DIFF_STOP_AT` works the same way with SIGSTOP,
+so a test can hold a process at a known place (`os.waitpid(pid, os.WUNTRACED)` returns once it is there), act,
+then kill or continue it. Unset (always, outside tests) a point costs two dict lookups.
 """
 
 import os
 import signal
 from collections import Counter
 
-ENV = "VEHICLE_DIFF_KILL_AT"
+ACTIONS = {"VEHICLE_DIFF_KILL_AT": signal.SIGKILL, "VEHICLE_DIFF_STOP_AT": signal.SIGSTOP}
 _reached: Counter = Counter()
 
 
-def kill_points() -> dict[str, int]:
+def named_points(variable: str) -> dict[str, int]:
     points = {}
-    for item in filter(None, (part.strip() for part in os.environ.get(ENV, "").split(","))):
+    for item in filter(None, (part.strip() for part in os.environ.get(variable, "").split(","))):
         name, _, count = item.partition(":")
         points[name] = int(count or 1)
     return points
 
 
 def fault_point(name: str) -> None:
-    """SIGKILL this process here when the environment names this point (and this is the named arrival)."""
-    if ENV not in os.environ:
+    """Signal this process here when the environment names this point (and this is the named arrival)."""
+    variables = [variable for variable in ACTIONS if variable in os.environ]
+    if not variables:
         return
     _reached[name] += 1
-    if kill_points().get(name) == _reached[name]:
-        os.kill(os.getpid(), signal.SIGKILL)
+    for variable in variables:
+        if named_points(variable).get(name) == _reached[name]:
+            os.kill(os.getpid(), ACTIONS[variable])

@@ -323,6 +323,7 @@ class Job:
                             default=str,
                         )
                     )
+        fault_point(f"{self.stage}.job_opened")
         return self
 
     def _remove_owned(self) -> None:
