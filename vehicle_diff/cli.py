@@ -10,6 +10,7 @@ import sys
 # subcommand -> (module with `main(argv)`, one-line description)
 STAGES = {
     "tiny-models": ("vehicle_diff.tiny_models", "build the offline tiny model zoo (the `tiny` preset's models)"),
+    "toy-world": ("vehicle_diff.toy_world", "render the toy world's target cameras as a VeRi-776-layout dataset"),
     "run": ("vehicle_diff.pipeline", "every stage below in order, skipping finished ones (demo: --preset tiny)"),
     "prompts": (
         "vehicle_diff.generation.prompts",
