@@ -260,7 +260,7 @@ def job_for(config: GenerateConfig) -> Job:
         job_components(config, lora),
         overwrite=config.overwrite,
         inputs=[config.prompts, config.lora_weights],
-        owned=["images", "records.parquet", "config.yaml", "plan.json"],
+        owned=[*(f"images/*/*.{suffix}" for suffix in IMAGE_FORMATS), "records.parquet", "config.yaml"],
     )
 
 

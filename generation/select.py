@@ -238,7 +238,7 @@ def job_for(
         "select",
         components,
         inputs=[config.prompts],
-        owned=["ranking.json", "ranking.md", "selected.json", "contact_sheets", "config.yaml"],
+        owned=["ranking.json", "ranking.md", "selected.json", "contact_sheets/*.png", "config.yaml"],
     )
 
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+# `.NAME~HOST~PID~RANDOM.tmp`: the only temp files the job layer ever cleans up (never a user's `.draft.tmp`)
+TEMP_NAME = re.compile(r"\.(?P<name>.+)~(?P<host>[^~/]+)~(?P<pid>\d+)~(?P<random>[a-z0-9_]+)\.tmp")
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
