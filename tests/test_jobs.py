@@ -163,24 +163,46 @@ def test_replace_folder_swaps_whole_outputs_and_keeps_the_old_one_on_failure(tmp
 
         return into
 
-    replace_folder(out, "export", {"v": 1}, build("one"))
-    replace_folder(out, "export", {"v": 2}, build("two"))
+    own = {"owned": ["data.txt"], "overwrite": True}
+    replace_folder(out, "export", {"v": 1}, build("one"), **own)
+    replace_folder(out, "export", {"v": 2}, build("two"), **own)
     assert (out / "data.txt").read_text() == "two"
     with pytest.raises(RuntimeError):
-        replace_folder(out, "export", {"v": 3}, build("fail"))
+        replace_folder(out, "export", {"v": 3}, build("fail"), **own)
     assert (out / "data.txt").read_text() == "two"
     assert [p.name for p in tmp_path.iterdir()] == ["dataset"]  # no staging left behind
     stale = tmp_path / f".dataset~{socket.gethostname()}~{dead_pid()}~staging"
     stale.mkdir()
     (stale / "job.json").write_text(json.dumps({"stage": "export"}))
-    replace_folder(out, "export", {"v": 4}, build("four"))
+    replace_folder(out, "export", {"v": 4}, build("four"), **own)
     assert not stale.exists()
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("x")
     with pytest.raises(UserInputError, match="not an output of `export`"):
-        replace_folder(foreign, "export", {"v": 1}, build("x"))
+        replace_folder(foreign, "export", {"v": 1}, build("x"), **own)
     assert (foreign / "notes.txt").exists()
+
+
+def test_replace_folder_refuses_other_settings_without_overwrite_and_never_swallows_a_users_file(tmp_path):
+    out = tmp_path / "dataset"
+
+    def build(staging: Path):
+        (staging / "data").mkdir()
+        (staging / "data" / "train.parquet").write_text("rows")
+
+    replace_folder(out, "export", {"settings": {"eval_fraction": 0.1}}, build, owned=["data/*.parquet"])
+    with pytest.raises(UserInputError, match=r"changed: settings.eval_fraction: 0.1 -> 0.5.*--overwrite"):
+        replace_folder(out, "export", {"settings": {"eval_fraction": 0.5}}, build, owned=["data/*.parquet"])
+    (out / "NOTES.md").write_text("mine")
+    (out / "extra").mkdir()
+    (out / "extra" / "a.txt").write_text("mine")
+    with pytest.raises(UserInputError, match=r"NOTES.md \(and 1 more\) is not a file `export` wrote"):
+        replace_folder(
+            out, "export", {"settings": {"eval_fraction": 0.5}}, build, owned=["data/*.parquet"], overwrite=True
+        )
+    assert (out / "NOTES.md").read_text() == "mine" and (out / "extra" / "a.txt").read_text() == "mine"
+    assert json.loads((out / "job.json").read_text())["components"] == {"settings": {"eval_fraction": 0.1}}
 
 
 def test_a_held_folder_refuses_a_second_holder(tmp_path):

@@ -45,6 +45,21 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def read_parquet(path: str | Path, advice: str, columns: list[str] | None = None):
+    """A Parquet file as a pyarrow Table, or one line naming the file when it is cut short or not Parquet at all
+    (pyarrow's own message is a traceback from deep inside)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .errors import UserInputError
+
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError, ValueError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserInputError(f"{path}: not a readable Parquet file ({reason}); {advice}") from None
+
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 

@@ -635,13 +635,17 @@ def replace_folder(
     components: dict,
     build: Callable[[Path], dict | None],
     *,
+    owned: Iterable[str],
+    overwrite: bool = False,
     inputs: Iterable = (),
     flag: str = "--output_dir",
 ) -> Path:
     """Build a whole output folder in a staging sibling, then swap it in: the folder is always either the old
-    complete output or the new one. Only an earlier output of `stage` (its `job.json`) is ever replaced."""
+    complete output or the new one. Only an earlier output of `stage` (its `job.json`) is ever replaced, by the
+    same rules as a `Job`: another fingerprint needs `overwrite`, and since the swap replaces the folder whole,
+    a file in it that matches none of the `owned` patterns (someone else's) is named and refused."""
     out_dir = check_output_path(out_dir, inputs=inputs, flag=flag)
-    refuse_foreign_folder(out_dir, stage, flag)
+    check_replaceable(out_dir, stage, components, owned=owned, overwrite=overwrite, flag=flag)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(out_dir, stage)
     fingerprint = fingerprint_of(components)
@@ -668,7 +672,7 @@ def replace_folder(
         with atomic_path(staging / DONE_FILE) as tmp:
             tmp.write_text(json.dumps(done, indent=1, sort_keys=True, default=str))
         if out_dir.exists():
-            refuse_foreign_folder(out_dir, stage, flag)
+            check_replaceable(out_dir, stage, components, owned=owned, overwrite=overwrite, flag=flag)
             out_dir.rename(old)
         staging.rename(out_dir)
     finally:
@@ -677,6 +681,33 @@ def replace_folder(
     if old.exists():
         shutil.rmtree(old)
     return out_dir
+
+
+def check_replaceable(
+    out_dir: Path, stage: str, components: dict, *, owned: Iterable[str], overwrite: bool, flag: str
+) -> None:
+    """Refuse (before any work) to replace a folder that is not an earlier output of `stage`, one made from
+    other inputs or settings without `overwrite`, or one that holds files `stage` did not write."""
+    refuse_foreign_folder(out_dir, stage, flag)
+    existing = read_json(out_dir / JOB_FILE)
+    if existing is None:
+        return
+    if existing.get("fingerprint") != fingerprint_of(components) and not overwrite:
+        changes = changed_parts(existing.get("components", {}), components)
+        raise UserInputError(
+            f"{flag} {out_dir} holds a {stage} output made from other inputs or settings "
+            f"(changed: {'; '.join(changes[:4]) or 'the plan'}{' ...' if len(changes) > 4 else ''}). "
+            f"Re-run with the original settings, choose a new {flag}, or pass --overwrite to replace it."
+        )
+    patterns = [*owned, JOB_FILE, DONE_FILE]
+    foreign = [r for r in entries(out_dir) if r != LOCK_FILE and not any(matches(r, p) for p in patterns)]
+    if foreign:
+        foreign.sort()
+        raise UserInputError(
+            f"{flag} {out_dir}: {foreign[0]}{f' (and {len(foreign) - 1} more)' if len(foreign) > 1 else ''} is not "
+            f"a file `{stage}` wrote, and this folder is replaced whole; move it out of {out_dir}, then re-run "
+            "(nothing was changed)"
+        )
 
 
 def done_fingerprint(components: dict, result_settings: dict | None = None) -> str:
