@@ -83,7 +83,7 @@ class ImageSource:
 
     def __init__(self, config: CaptionConfig):
         if config.input_images:
-            self.files = list_images(config.input_images)
+            self.files = list_images(config.input_images, exclude=config.output_dir)
             self.names = [str(p.relative_to(config.input_images)) for p in self.files]
             self.dataset = None
         else:

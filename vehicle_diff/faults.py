@@ -1,7 +1,9 @@
 """Named fault points: tests kill a process at an exact place instead of guessing when to send a signal.
 
 `VEHICLE_DIFF_KILL_AT=NAME` SIGKILLs the process the first time it reaches `fault_point(NAME)`; `NAME:N` on the
-N-th time. Several points may be given, comma-separated. Unset (always, outside tests) it costs one dict lookup.
+N-th time. Several points may be given, comma-separated. `VEHICLE_DIFF_INTERRUPT_AT=NAME` sends SIGINT to the
+process's whole process group there instead, as Ctrl-C in a terminal does. Unset (always, outside tests) it costs
+one dict lookup.
 """
 
 import os
@@ -9,12 +11,13 @@ import signal
 from collections import Counter
 
 ENV = "VEHICLE_DIFF_KILL_AT"
+INTERRUPT_ENV = "VEHICLE_DIFF_INTERRUPT_AT"
 _reached: Counter = Counter()
 
 
-def kill_points() -> dict[str, int]:
+def kill_points(env: str = ENV) -> dict[str, int]:
     points = {}
-    for item in filter(None, (part.strip() for part in os.environ.get(ENV, "").split(","))):
+    for item in filter(None, (part.strip() for part in os.environ.get(env, "").split(","))):
         name, _, count = item.partition(":")
         points[name] = int(count or 1)
     return points
@@ -22,8 +25,10 @@ def kill_points() -> dict[str, int]:
 
 def fault_point(name: str) -> None:
     """SIGKILL this process here when the environment names this point (and this is the named arrival)."""
-    if ENV not in os.environ:
+    if ENV not in os.environ and INTERRUPT_ENV not in os.environ:
         return
     _reached[name] += 1
     if kill_points().get(name) == _reached[name]:
         os.kill(os.getpid(), signal.SIGKILL)
+    if kill_points(INTERRUPT_ENV).get(name) == _reached[name]:
+        os.killpg(os.getpgrp(), signal.SIGINT)

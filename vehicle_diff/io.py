@@ -63,17 +63,20 @@ def read_parquet(path: str | Path, advice: str, columns: list[str] | None = None
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
-def list_images(folder: str | Path, flag: str = "--input_images") -> list[Path]:
-    """Every file with an image suffix under `folder`, recursively, in a stable order (hidden entries skipped)."""
+def list_images(folder: str | Path, flag: str = "--input_images", exclude: str | Path | None = None) -> list[Path]:
+    """Every file with an image suffix under `folder`, recursively, in a stable order (hidden entries skipped).
+    `exclude`: the stage's own output folder when it lies inside `folder`; its outputs are not its input."""
     from .errors import UserInputError
 
     root = Path(folder)
     if not root.is_dir():
         raise UserInputError(f"{flag} {folder}: not a folder")
+    own = Path(exclude).resolve() if exclude else None
     return sorted(
         p
         for p in root.rglob("*")
         if p.is_file()
         and p.suffix.lower() in IMAGE_SUFFIXES
         and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        and not (own and p.resolve().is_relative_to(own))
     )

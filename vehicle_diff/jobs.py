@@ -372,6 +372,7 @@ class Job:
                 self._replace_plan(existing)
                 existing = None
             self._remove_partial_writes()
+            fault_point(f"{self.stage}.opened")
             if not existing:
                 with atomic_path(self.out_dir / JOB_FILE) as tmp:
                     tmp.write_text(

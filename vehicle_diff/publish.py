@@ -444,7 +444,13 @@ def write_tree(repo: Path, tree: dict[str, Path | bytes], label: str) -> str:
 
 
 def publish_to_mirror(
-    tree: dict[str, Path | bytes], mirror_dir: Path, repo_type: str, repo_id: str, version: str, force: bool
+    tree: dict[str, Path | bytes],
+    mirror_dir: Path,
+    repo_type: str,
+    repo_id: str,
+    version: str,
+    force: bool,
+    force_flag: str = "--force",
 ) -> str:
     """Commit `tree` to the mirror's git repo (branch main), tag it `version`, check the files out."""
     from filelock import FileLock
@@ -464,7 +470,8 @@ def publish_to_mirror(
                 return f"{label}@{version}: already published, unchanged"
             if tagged and not force:
                 raise UserInputError(
-                    f"{label}: version {version} exists with other content; use a new --version, or --force to move it"
+                    f"{label}: version {version} exists with other content; use a new --version, or {force_flag} to "
+                    "move it"
                 )
             head = rev_parse(repo, "refs/heads/main")
             if head and rev_parse(repo, "refs/heads/main^{tree}") == tree_oid:
@@ -560,6 +567,7 @@ def publish_to_hub(
     force: bool,
     private: bool,
     endpoint: str | None,
+    force_flag: str = "--force",
 ) -> str:
     """One commit with exactly `tree` (stale files deleted), then the tag. A re-run after an interruption finds
     the commit (same manifest on main) and only tags it."""
@@ -588,7 +596,8 @@ def publish_to_hub(
                 return f"{label}@{version}: already published, unchanged"
             if not force:
                 raise UserInputError(
-                    f"{label}: version {version} exists with other content; use a new --version, or --force to move it"
+                    f"{label}: version {version} exists with other content; use a new --version, or {force_flag} to "
+                    "move it"
                 )
         bar.update(1)
         main = next((ref.target_commit for ref in refs.branches if ref.name == "main"), None)
@@ -760,7 +769,8 @@ def report_job(config: PublishConfig, published: dict[str, dict[str, Path]]) -> 
     )
 
 
-def publish(config: PublishConfig) -> list[str]:
+def publish(config: PublishConfig, *, force_flag: str = "--force") -> list[str]:
+    """`force_flag`: how the refusal of a taken version names the way to move it (`run` spells it otherwise)."""
     artifacts = [a for a in ("dataset", "lora", "reid") if getattr(config, a)]
     published = {}
     for artifact in artifacts:  # every input is checked before anything is pushed
@@ -787,7 +797,9 @@ def publish(config: PublishConfig) -> list[str]:
             check_no_local_paths(tree, local_prefixes(folder, Path(config.mirror_dir)), repo_id)
             if config.target == "mirror":
                 report.append(
-                    publish_to_mirror(tree, Path(config.mirror_dir), repo_type, repo_id, config.version, config.force)
+                    publish_to_mirror(
+                        tree, Path(config.mirror_dir), repo_type, repo_id, config.version, config.force, force_flag
+                    )
                 )
             else:
                 report.append(
@@ -799,6 +811,7 @@ def publish(config: PublishConfig) -> list[str]:
                         force=config.force,
                         private=config.private,
                         endpoint=endpoint,
+                        force_flag=force_flag,
                     )
                 )
     finally:
