@@ -189,3 +189,17 @@ def test_two_processes_split_the_batches(tiny_prompts, reference_run, tmp_path):
     assert "generate [process 1]" in result.stderr and "generate [process 0]" in result.stderr
     assert records(tmp_path / "gen") == records(reference_run)
     assert images(tmp_path / "gen").keys() == images(reference_run).keys()
+
+
+def test_a_base_model_that_fails_to_load_leaves_nothing_that_blocks_the_corrected_command(tiny_prompts, tmp_path):
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "model_index.json").write_text("{}")
+    out = tmp_path / "gen"
+    command = [sys.executable, "-m", "vehicle_diff.cli", "generate", *tiny_args(tiny_prompts, out)]
+    failed = subprocess.run([*command, "--pretrained_model_name_or_path", str(broken)], capture_output=True, text=True)
+    assert failed.returncode == 2 and len(failed.stderr.strip().splitlines()) == 1, failed.stderr[-2000:]
+    assert "not a complete saved model (KeyError: missing key '_class_name')" in failed.stderr
+    corrected = subprocess.run([*command, "--images_per_identity", "1"], capture_output=True, text=True)
+    assert corrected.returncode == 0, corrected.stderr[-2000:]
+    assert len(records(out)) == 8
