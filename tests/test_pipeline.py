@@ -268,14 +268,18 @@ def test_a_copied_run_folder_is_recognised_and_a_taken_version_names_runs_overri
 
     copy = tmp_path / "copy"
     shutil.copytree(demo_run, copy, symlinks=True)
+    import yaml
+
+    settings = yaml.safe_load((copy / "run_config.yaml").read_text())["run"]  # as the last run of the folder
+    same = [f"--num_target_images={settings['num_target_images']}", f"--version={settings['version']}"]
+    same += ["--override", *settings["override"]] if settings["override"] else []
     repo = copy / "mirror" / "datasets" / "vehicle-diff" / "vehicle-diff"
     git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run([*git, "commit", "--allow-empty", "-qm", "another"], check=True)
-    subprocess.run([*git, "tag", "-f", "v1.0"], check=True, capture_output=True)
-    result = run_cli("run", "--preset", "tiny", "--output_dir", copy, "--no_verify_mirror")
-    assert result.stdout.count("complete with these settings and inputs, skipped") == 8, result.stdout[-3000:]
+    subprocess.run([*git, "tag", "-f", settings["version"]], check=True, capture_output=True)
+    result = run_cli("run", "--preset", "tiny", "--output_dir", copy, "--no_verify_mirror", *same)
+    assert result.stdout.count("complete with these settings and inputs, skipped") == 8, result.stderr[-3000:]
     assert result.returncode == 2
-    assert "version v1.0 exists with other content; use a new --version, or --override publish.force=true" in (
-        result.stderr
-    )
+    taken = f"version {settings['version']} exists with other content; use a new --version, or --override publish.force=true"
+    assert taken in result.stderr
     assert "--force" not in result.stderr.replace("publish.force", "")

@@ -438,9 +438,13 @@ class Job:
     def _remove_partial_writes(self) -> None:
         """Temp files (by `atomic_path`'s own name pattern) of writes a kill interrupted: never renamed, so
         nothing counts them as done. A live worker's temp files and any other name are left alone."""
-        now = time.time()
-        own, _ = inventory(self.out_dir, self.owned)
-        for relative in own:
+        now, folders = time.time(), owned_folders(self.owned)
+        for relative in entries(self.out_dir):
+            if not is_own_temp(relative):  # the name test first: a paper-scale folder holds ~150,000 images
+                continue
+            top = relative.split("/")[0]
+            if "/" in relative and not any(fnmatch.fnmatchcase(top, folder) for folder in folders):
+                continue  # not in a folder this stage writes (a user's folder inside the output)
             path = self.out_dir / relative
             writer = temp_file_writer(path) if path.exists() else None
             if writer is not None and not claim_is_alive(writer, now):
