@@ -68,7 +68,7 @@ def test_export_replaces_its_own_earlier_output_and_veri_folder_whole(tiny_filte
     ]
     main([*args, "--eval_fraction", "0"])
     assert len(list((tmp_path / "veri" / "image_train").iterdir())) == 24
-    main(args)  # a quarter of the identities held out: fewer train images, none left over from before
+    main([*args, "--overwrite"])  # identities held out: fewer train images, none left over from before
     rows = sum(pq.read_metadata(p).num_rows for p in (tmp_path / "ds" / "data").glob("train-*"))
     assert len(list((tmp_path / "veri" / "image_train").iterdir())) == rows == 18
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "veri"]  # no staging folder left
