@@ -528,13 +528,13 @@ def test_hub_api_path_and_streaming_with_range_requests(
     assert any(status == 206 and "/data/train-" in path for path, _, status in hub.range_requests)
 
     commits = len(hub.repo("datasets", "vehicle-diff/vehicle-diff")["commits"])
-    again = run("--dataset", str(tiny_dataset))
+    again = run("--dataset", str(tiny_dataset), "--overwrite")  # another report: --overwrite
     assert again.returncode == 0 and "already published, unchanged" in again.stdout
     assert len(hub.repo("datasets", "vehicle-diff/vehicle-diff")["commits"]) == commits  # nothing pushed
 
-    refused = run("--dataset", str(second_dataset))
+    refused = run("--dataset", str(second_dataset), "--overwrite")
     assert refused.returncode == 2 and "exists with other content" in refused.stderr
-    moved = run("--dataset", str(second_dataset), "--force")
+    moved = run("--dataset", str(second_dataset), "--force", "--overwrite")
     assert moved.returncode == 0, moved.stderr[-2000:]
     new_oid, new_files = hub.files("datasets", "vehicle-diff/vehicle-diff", "v1.0")
     assert new_oid != oid and not any(name.startswith("data/query-") for name in new_files)  # stale shards deleted

@@ -776,10 +776,10 @@ def publish(config: PublishConfig, *, force_flag: str = "--force") -> list[str]:
     for artifact in artifacts:  # every input is checked before anything is pushed
         _, patterns, required = ARTIFACTS[artifact]
         published[artifact] = collect_files(Path(getattr(config, artifact)), patterns, required)
-    job = report_job(config, published).open()  # the report folder too, before anything is pushed
     endpoint = config.hub_endpoint or os.environ.get("HF_ENDPOINT")
     if config.target == "hub":
         check_hub_access(endpoint)
+    job = report_job(config, published).open()  # the report folder too, before anything is pushed
     # what the cards may link to: the repos published by this run
     alongside = {
         artifact: {"repo_id": config.repo_id(artifact), "folder": str(Path(getattr(config, artifact)).resolve())}
