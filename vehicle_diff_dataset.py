@@ -122,12 +122,12 @@ def _rows(records: tuple, crops_root: Path, colors: tuple, vehicle_ids: dict):
 
 def read_kept_records(filtered: Path) -> list[dict]:
     """The filter's kept records, checked: the file exists, ids are unique, something is kept."""
-    import pyarrow.parquet as pq
+    from vehicle_diff.io import read_parquet
 
     path = Path(filtered) / "records.parquet"
     if not path.is_file():
         raise UserInputError(f"--filtered {filtered}: no records.parquet; run `vehicle-diff filter` first")
-    table = pq.read_table(path)
+    table = read_parquet(path, "re-run `vehicle-diff filter` with --overwrite to write it again")
     for column in ("image_id", "identity", "kept", "crop_file", "color", "vehicle_id"):
         if column not in table.column_names:
             raise UserInputError(f"{path}: not filter records (column {column!r} is missing)")
@@ -340,6 +340,9 @@ class ExportConfig:
     max_shard_size: str = field(default="500MB", metadata={"help": "Parquet shard size, as push_to_hub cuts them"})
     veri_dir: str | None = field(default=None, metadata={"help": "also write a VeRi-776 style copy here"})
     veri_id_offset: int = 1000
+    overwrite: bool = field(
+        default=False, metadata={"help": "replace an earlier export made from other records or settings"}
+    )
 
     def __post_init__(self):
         if not self.colors:
@@ -361,7 +364,23 @@ def job_components(config: ExportConfig) -> dict:
     records = Path(config.filtered) / "records.parquet"
     if not records.is_file():
         raise UserInputError(f"--filtered {config.filtered}: no records.parquet; run `vehicle-diff filter` first")
-    return {"settings": output_settings(config, ignore=("filtered",)), "filter_records_sha256": sha256_file(records)}
+    return {
+        # where the VeRi-style copy goes changes neither the dataset nor the copy: a moved folder is the same export
+        "settings": output_settings(config, ignore=("filtered", "veri_dir")),
+        "filter_records_sha256": sha256_file(records),
+    }
+
+
+# the files `export` writes; its folders are replaced whole, so anything else in them is refused, never lost
+DATASET_FILES = [
+    "data/*.parquet",
+    "README.md",
+    "preview.png",
+    "card_context.json",
+    "export_config.yaml",
+    "skipped.txt",
+]
+VERI_FILES = ["image_train/*.jpg", "name_train.txt", "attributes_train.csv"]
 
 
 def export_dataset(config: ExportConfig) -> Path:
@@ -370,21 +389,23 @@ def export_dataset(config: ExportConfig) -> Path:
     from vehicle_diff.config import save_config
     from vehicle_diff.jobs import (
         check_output_path,
+        check_replaceable,
         done_fingerprint,
         is_complete,
-        refuse_foreign_folder,
         replace_folder,
     )
 
     filtered = Path(config.filtered)
     out = check_output_path(config.output_dir, inputs=[filtered])
-    refuse_foreign_folder(out, "export")
+    components = job_components(config)
+    check_replaceable(out, "export", components, owned=DATASET_FILES, overwrite=config.overwrite, flag="--output_dir")
     if config.veri_dir:
         veri = check_output_path(config.veri_dir, inputs=[filtered, out], flag="--veri_dir")
-        refuse_foreign_folder(veri, "export-veri", "--veri_dir")
         if out.is_relative_to(veri):
             raise UserInputError(f"--veri_dir {config.veri_dir}: it would hold the dataset folder; choose another")
-    components = job_components(config)
+        check_replaceable(
+            veri, "export-veri", components, owned=VERI_FILES, overwrite=config.overwrite, flag="--veri_dir"
+        )
     if is_complete(out, "export", done_fingerprint(components)) and (
         not config.veri_dir or is_complete(config.veri_dir, "export-veri", done_fingerprint(components))
     ):
@@ -411,12 +432,23 @@ def export_dataset(config: ExportConfig) -> Path:
             def build_veri(veri_staging: Path) -> None:
                 export_veri(dataset, veri_staging, id_offset=config.veri_id_offset)
 
-            replace_folder(config.veri_dir, "export-veri", components, build_veri, inputs=[filtered], flag="--veri_dir")
+            replace_folder(
+                config.veri_dir,
+                "export-veri",
+                components,
+                build_veri,
+                owned=VERI_FILES,
+                overwrite=config.overwrite,
+                inputs=[filtered],
+                flag="--veri_dir",
+            )
         result.update(splits={split: len(table) for split, table in dataset.items()}, skipped=len(problems))
         shutil.rmtree(cache, ignore_errors=True)  # the staging's Arrow cache; the open memory maps stay valid
         return result
 
-    replace_folder(out, "export", components, build_into, inputs=[filtered])
+    replace_folder(
+        out, "export", components, build_into, owned=DATASET_FILES, overwrite=config.overwrite, inputs=[filtered]
+    )
     splits = ", ".join(f"{split} {count}" for split, count in result["splits"].items())
     print(
         f"Dataset: {out} ({splits}). Load it with datasets.load_dataset({str(out)!r})."

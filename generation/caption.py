@@ -83,7 +83,7 @@ class ImageSource:
 
     def __init__(self, config: CaptionConfig):
         if config.input_images:
-            self.files = list_images(config.input_images)
+            self.files = list_images(config.input_images, exclude=config.output_dir)
             self.names = [str(p.relative_to(config.input_images)) for p in self.files]
             self.dataset = None
         else:
@@ -156,7 +156,14 @@ def job_for(config: CaptionConfig, source: ImageSource | None = None, selected: 
         overwrite=config.overwrite,
         shards=".shards",
         inputs=[config.input_images],
-        owned=["train", "skipped.jsonl", "captions.json", "selection.json", "config.yaml", "plan.json"],
+        owned=[
+            "train/[0-9][0-9][0-9][0-9][0-9][0-9][0-9].*",  # the selected images, by their index
+            "train/metadata.jsonl",
+            "skipped.jsonl",
+            "captions.json",
+            "selection.json",
+            "config.yaml",
+        ],
     )
 
 

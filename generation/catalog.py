@@ -162,9 +162,9 @@ def read_rows(path: Path):
                     raise CatalogError(f"catalog {path} row {number}: expected a JSON object")
                 yield number, row
     elif suffix == ".parquet":
-        import pyarrow.parquet as pq
+        from vehicle_diff.io import read_parquet
 
-        table = pq.read_table(path)
+        table = read_parquet(path, "give the catalog as a whole .parquet, .csv or .jsonl file")
         missing = [c for c in COLUMNS if c not in table.column_names]
         if missing:
             raise CatalogError(f"catalog {path}: missing column(s) {missing}; expected columns {list(COLUMNS)}")

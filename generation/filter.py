@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -383,11 +382,11 @@ def job_for(config: FilterConfig, table=None) -> Job:
         shards="scores",
         result_settings=output_settings(config, ignore=("generated", "rescore_only")),
         owned=[
-            "crops",
+            "crops/*/*.png",
             "records.parquet",
             "summary.json",
             "summary.md",
-            "contact_sheets",
+            *(f"contact_sheets/{reason}.png" for reason in ("kept", *REJECT_REASONS)),
             "color_confusion.png",
             "config.yaml",
             "plan.json",
@@ -539,8 +538,8 @@ def decide_and_report(config: FilterConfig, job: Job, num_batches: int, ids_of, 
         tmp.write_text(json.dumps(summary, indent=2))
     with atomic_path(out_dir / "summary.md") as tmp:
         tmp.write_text(summary_markdown(summary))
-    if (out_dir / "contact_sheets").is_dir():  # ours: a reason that no longer occurs must not keep its sheet
-        shutil.rmtree(out_dir / "contact_sheets")
+    for reason in ("kept", *REJECT_REASONS):  # ours: a reason that no longer occurs must not keep its sheet
+        (out_dir / "contact_sheets" / f"{reason}.png").unlink(missing_ok=True)
     (out_dir / "color_confusion.png").unlink(missing_ok=True)
     write_contact_sheets(records_file, config, generated, out_dir)
     job.mark_done({"images": summary["images"], "kept": summary["kept"]})

@@ -121,13 +121,13 @@ def read_prompt_library(path: str) -> dict[str, list]:
     return library
 
 
-def lora_file(path: str) -> Path:
+def lora_file(path: str, flag: str = "--lora_weights") -> Path:
     """The LoRA safetensors file of a path that is the file itself or a folder holding one."""
     candidate = Path(path)
     if candidate.is_dir():
         candidate = candidate / "pytorch_lora_weights.safetensors"
     if not candidate.is_file():
-        raise UserInputError(f"--lora_weights {path}: no LoRA file (expected pytorch_lora_weights.safetensors)")
+        raise UserInputError(f"{flag} {path}: no LoRA file (expected pytorch_lora_weights.safetensors)")
     return candidate
 
 
@@ -260,7 +260,7 @@ def job_for(config: GenerateConfig) -> Job:
         job_components(config, lora),
         overwrite=config.overwrite,
         inputs=[config.prompts, config.lora_weights],
-        owned=["images", "records.parquet", "config.yaml", "plan.json"],
+        owned=[*(f"images/*/*.{suffix}" for suffix in IMAGE_FORMATS), "records.parquet", "config.yaml"],
     )
 
 

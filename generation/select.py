@@ -200,6 +200,7 @@ class SelectConfig:
     seeds_per_prompt: int = 2
     seed: int = 0
     yield_tolerance: float = field(default=0.9, metadata={"help": "eligible: yield >= this x the best yield"})
+    overwrite: bool = field(default=False, metadata={"help": "replace this stage's earlier outputs in --output_dir"})
 
     def __post_init__(self):
         check_ranges(self, non_negative=("seed",))
@@ -230,15 +231,17 @@ def job_for(
         "render": render,
         "scoring": scoring,
         "prompt_library_sha256": sha256_file(prompt_library_file(config.prompts)),
-        "candidates": {name: sha256_file(lora) if lora else None for name, lora in loras.items()},
+        # by content, in order: a moved or copied run folder holds the same candidates
+        "candidates": [sha256_file(lora) if lora else "base" for lora in loras.values()],
         "real_images": files_digest(Path(config.real_images), real_files) if real_files else None,
     }
     return Job(
         config.output_dir,
         "select",
         components,
+        overwrite=config.overwrite,
         inputs=[config.prompts],
-        owned=["ranking.json", "ranking.md", "selected.json", "contact_sheets", "config.yaml"],
+        owned=["ranking.json", "ranking.md", "selected.json", "contact_sheets/*.png", "config.yaml"],
     )
 
 
@@ -250,7 +253,7 @@ def select_candidates(config: SelectConfig, *, generate_config: GenerateConfig, 
 
     from vehicle_diff.contact_sheet import contact_sheet
 
-    loras = {c: None if c == "base" else lora_file(c) for c in config.candidates}
+    loras = {c: None if c == "base" else lora_file(c, "--candidates") for c in config.candidates}
     library = read_prompt_library(config.prompts)
     real_files = real_image_files(config.real_images) if config.real_images else []
     job = job_for(config, generate_config, filter_config, loras, real_files).open()
@@ -316,6 +319,7 @@ def select_candidates(config: SelectConfig, *, generate_config: GenerateConfig, 
             result = {
                 "candidate": name,
                 "lora_weights": str(lora) if lora else None,
+                "lora_sha256": sha256_file(lora) if lora else None,
                 "template_id": template_id,
                 "images": len(images),
                 "yield": float(np.mean([s["kept"] for s in scores])),
@@ -356,7 +360,8 @@ def select_candidates(config: SelectConfig, *, generate_config: GenerateConfig, 
     with atomic_path(out_dir / "ranking.md") as tmp:
         tmp.write_text(ranking_markdown(ranking, len(requests)))
     with atomic_path(out_dir / "selected.json") as tmp:
-        tmp.write_text(json.dumps({k: chosen[k] for k in ("candidate", "lora_weights", "template_id")}, indent=2))
+        chosen_keys = ("candidate", "lora_weights", "lora_sha256", "template_id")
+        tmp.write_text(json.dumps({k: chosen[k] for k in chosen_keys}, indent=2))
     save_config(config, out_dir / "config.yaml", stage="select")
     job.mark_done({k: chosen[k] for k in ("candidate", "template_id")})
     print(

@@ -151,3 +151,13 @@ def test_bad_input(tmp_path):
         )
     with pytest.raises(UserInputError, match="no images found"):
         main(["--preset", "tiny", "--input_images", str(tmp_path), "--output_dir", str(tmp_path / "c")])
+
+
+def test_an_output_folder_inside_its_input_folder_is_not_part_of_the_input(tiny_zoo, target_folder):
+    out = target_folder / "captions"
+    main(args(target_folder, out))
+    assert len(json.loads((out / "selection.json").read_text())["selected"]) == 11
+    main(args(target_folder, out))  # the same command again: its own outputs are not a changed input
+    main(args(target_folder, out, "--overwrite", "--seed", "1"))
+    selected = json.loads((out / "selection.json").read_text())["selected"]
+    assert len(selected) == 11 and not any(name.startswith("captions/") for name in selected)

@@ -1,3 +1,4 @@
+import re
 import shutil
 
 import datasets
@@ -113,3 +114,46 @@ def test_a_stock_dataloader_reads_the_dataset_as_torch(tiny_dataset):
     batch = next(iter(torch.utils.data.DataLoader(train.with_format("torch"), batch_size=4)))
     assert batch["image"].shape[0] == 4 and batch["vehicle_id"].tolist() == train["vehicle_id"][:4]
     assert sorted(set(train["vehicle_id"])) == list(range(len(set(train["vehicle_id"]))))
+
+
+def export_cli(*args, cwd=None):
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "vehicle_diff.cli", "export", "--preset", "tiny", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd)
+
+
+def test_export_into_its_earlier_output_follows_the_job_rules(tiny_dataset, tiny_filtered, tmp_path):
+    """Other settings are refused with what changed; `--overwrite` never swallows a file the user put there."""
+    target = tmp_path / "vehicle-diff"
+    shutil.copytree(tiny_dataset, target)
+    base = ["--filtered", tiny_filtered, "--output_dir", target]
+    changed = export_cli(*base, "--eval_fraction", "0.5")
+    assert changed.returncode == 2, changed.stderr
+    assert re.search(r"changed: settings.eval_fraction: [0-9.]+ -> 0.5\)", changed.stderr)
+    assert len(changed.stderr.splitlines()) == 1
+    (target / "NOTES.md").write_text("mine")
+    (target / "extra").mkdir()
+    (target / "extra" / "a.txt").write_text("mine")
+    refused = export_cli(*base, "--eval_fraction", "0.5", "--overwrite")
+    assert refused.returncode == 2 and "NOTES.md (and 1 more) is not a file `export` wrote" in refused.stderr
+    assert (target / "NOTES.md").read_text() == (target / "extra" / "a.txt").read_text() == "mine"
+    veri = export_cli(*base, "--veri_dir", tmp_path / "veri")  # only the VeRi copy is new: still the same dataset
+    assert veri.returncode == 2 and "NOTES.md (and 1 more)" in veri.stderr and not (tmp_path / "veri").exists()
+    (target / "NOTES.md").unlink()
+    shutil.rmtree(target / "extra")
+    assert export_cli(*base, "--eval_fraction", "0.5", "--overwrite").returncode == 0
+    assert datasets.load_dataset(str(target))["query"].num_rows > 0
+
+
+def test_a_truncated_filter_records_file_is_one_line(tiny_filtered, tmp_path):
+    copy = tmp_path / "filtered"
+    shutil.copytree(tiny_filtered, copy)
+    data = (copy / "records.parquet").read_bytes()
+    (copy / "records.parquet").write_bytes(data[: len(data) // 2])
+    result = export_cli("--filtered", copy, "--output_dir", tmp_path / "out")
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "records.parquet: not a readable Parquet file" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -67,7 +67,7 @@ def test_export_replaces_its_own_earlier_output_and_veri_folder_whole(tiny_filte
     ]
     main([*args, "--eval_fraction", "0"])
     assert len(list((tmp_path / "veri" / "image_train").iterdir())) == 24
-    main(args)  # a quarter of the identities held out: fewer train images, none left over from before
+    main([*args, "--overwrite"])  # identities held out: fewer train images, none left over from before
     rows = sum(pq.read_metadata(p).num_rows for p in (tmp_path / "ds" / "data").glob("train-*"))
     assert len(list((tmp_path / "veri" / "image_train").iterdir())) == rows == 18
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "veri"]  # no staging folder left
@@ -301,7 +301,7 @@ def test_a_second_trainer_on_the_same_folder_is_refused(tiny_captions, tmp_path)
         [sys.executable, "-m", "vehicle_diff.cli", *map(str, args)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env={**os.environ, "VEHICLE_DIFF_STOP_AT": "finetune.job_opened"},
+        env={**os.environ, "VEHICLE_DIFF_STOP_AT": "finetune.claimed"},
     )
     try:
         _, status = os.waitpid(first.pid, os.WUNTRACED)

@@ -189,3 +189,54 @@ def test_two_processes_split_the_batches(tiny_prompts, reference_run, tmp_path):
     assert "generate [process 1]" in result.stderr and "generate [process 0]" in result.stderr
     assert records(tmp_path / "gen") == records(reference_run)
     assert images(tmp_path / "gen").keys() == images(reference_run).keys()
+
+
+def test_a_base_model_that_fails_to_load_leaves_nothing_that_blocks_the_corrected_command(tiny_prompts, tmp_path):
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "model_index.json").write_text("{}")
+    out = tmp_path / "gen"
+    command = [sys.executable, "-m", "vehicle_diff.cli", "generate", *tiny_args(tiny_prompts, out)]
+    failed = subprocess.run([*command, "--pretrained_model_name_or_path", str(broken)], capture_output=True, text=True)
+    assert failed.returncode == 2 and len(failed.stderr.strip().splitlines()) == 1, failed.stderr[-2000:]
+    assert "not a complete saved model (KeyError: missing key '_class_name')" in failed.stderr
+    corrected = subprocess.run([*command, "--images_per_identity", "1"], capture_output=True, text=True)
+    assert corrected.returncode == 0, corrected.stderr[-2000:]
+    assert len(records(out)) == 8
+
+
+def test_overwrite_waits_for_no_one_and_two_plans_never_mix(tiny_prompts, tmp_path):
+    """`generate --seed 1 --overwrite` while another `generate` holds a batch: refused, naming that worker; the
+    first run then finishes its own plan, and the overwrite afterwards gives seed 1 throughout."""
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
+    out = tmp_path / "gen"
+    command = [sys.executable, "-m", "vehicle_diff.cli", "generate", *tiny_args(tiny_prompts, out)]
+    command += ["--images_per_identity", "1"]
+    first = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "VEHICLE_DIFF_STOP_AT": "generate.shard_written"},  # stopped while it holds batch 0
+    )
+    try:
+        stat = Path(f"/proc/{first.pid}/stat")
+        while first.poll() is None and stat.read_text().split(")")[1].split()[0] != "T":
+            time.sleep(0.05)  # polls for the named point, however long the models take to load
+        assert first.poll() is None
+        refused = subprocess.run([*command, "--seed", "1", "--overwrite"], capture_output=True, text=True)
+        assert refused.returncode == 2, refused.stderr[-2000:]
+        assert f"being written by another `generate` run (PID {first.pid} on" in refused.stderr
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert first.wait() == 0
+    seeds_of_plan_0 = [r["seed"] for r in records(out)]
+    assert len(seeds_of_plan_0) == 8 and '"seed": 0' in (out / "job.json").read_text()
+    again = subprocess.run([*command, "--seed", "1", "--overwrite"], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    seeds = [r["seed"] for r in records(out)]
+    assert len(seeds) == 8 and not set(seeds) & set(seeds_of_plan_0)
+    assert '"seed": 1' in (out / "job.json").read_text()

@@ -49,15 +49,15 @@ def test_a_foreign_folder_is_never_written_into(tmp_path):
 
 def test_another_fingerprint_is_refused_with_what_changed_and_overwrite_removes_only_owned(tmp_path):
     out = tmp_path / "out"
-    Job(out, "generate", {"settings": {"seed": 0}}, owned=["images"]).open()
+    Job(out, "generate", {"settings": {"seed": 0}}, owned=["images/*.png"]).open()
     (out / "images").mkdir()
     (out / "images" / "a.png").write_bytes(b"x")
     (out / "notes.txt").write_text("a user's file inside the folder")
     with pytest.raises(UserInputError, match=r"changed: settings.seed: 0 -> 1.*--overwrite"):
-        Job(out, "generate", {"settings": {"seed": 1}}, owned=["images"]).open()
+        Job(out, "generate", {"settings": {"seed": 1}}, owned=["images/*.png"]).open()
     with pytest.raises(UserInputError, match="is the output of `generate`, not `filter`"):
-        Job(out, "filter", {"settings": {"seed": 0}}, owned=["images"]).open()
-    Job(out, "generate", {"settings": {"seed": 1}}, owned=["images"], overwrite=True).open()
+        Job(out, "filter", {"settings": {"seed": 0}}, owned=["images/*.png"]).open()
+    Job(out, "generate", {"settings": {"seed": 1}}, owned=["images/*.png"], overwrite=True).open()
     assert not (out / "images").exists() and (out / "notes.txt").read_text().startswith("a user's")
     assert json.loads((out / "job.json").read_text())["components"] == {"settings": {"seed": 1}}
 
@@ -141,15 +141,15 @@ def test_claims_of_live_workers_hold_and_dead_ones_are_taken_over(tmp_path, monk
 
 def test_partial_writes_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
     out = tmp_path / "out"
-    Job(out, "generate", {"a": 1}, owned=[]).open()
+    Job(out, "generate", {"a": 1}, owned=["images/*.png"]).open()
     (out / "images").mkdir(parents=True)
     dead = out / "images" / f".a.png~{socket.gethostname()}~{dead_pid()}~x1.tmp"
     live = out / "images" / f".b.png~{socket.gethostname()}~{os.getppid()}~x2.tmp"
-    old_style = out / "images" / ".c.png.abc.tmp"
-    for path in (dead, live, old_style):
+    not_ours = out / "images" / ".c.png.abc.tmp"
+    for path in (dead, live, not_ours):
         path.write_bytes(b"half")
-    Job(out, "generate", {"a": 1}, owned=[]).open()
-    assert live.exists() and not dead.exists() and not old_style.exists()
+    Job(out, "generate", {"a": 1}, owned=["images/*.png"]).open()
+    assert live.exists() and not dead.exists() and not_ours.exists()
 
 
 def test_replace_folder_swaps_whole_outputs_and_keeps_the_old_one_on_failure(tmp_path):
@@ -163,24 +163,46 @@ def test_replace_folder_swaps_whole_outputs_and_keeps_the_old_one_on_failure(tmp
 
         return into
 
-    replace_folder(out, "export", {"v": 1}, build("one"))
-    replace_folder(out, "export", {"v": 2}, build("two"))
+    own = {"owned": ["data.txt"], "overwrite": True}
+    replace_folder(out, "export", {"v": 1}, build("one"), **own)
+    replace_folder(out, "export", {"v": 2}, build("two"), **own)
     assert (out / "data.txt").read_text() == "two"
     with pytest.raises(RuntimeError):
-        replace_folder(out, "export", {"v": 3}, build("fail"))
+        replace_folder(out, "export", {"v": 3}, build("fail"), **own)
     assert (out / "data.txt").read_text() == "two"
     assert [p.name for p in tmp_path.iterdir()] == ["dataset"]  # no staging left behind
     stale = tmp_path / f".dataset~{socket.gethostname()}~{dead_pid()}~staging"
     stale.mkdir()
     (stale / "job.json").write_text(json.dumps({"stage": "export"}))
-    replace_folder(out, "export", {"v": 4}, build("four"))
+    replace_folder(out, "export", {"v": 4}, build("four"), **own)
     assert not stale.exists()
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("x")
     with pytest.raises(UserInputError, match="not an output of `export`"):
-        replace_folder(foreign, "export", {"v": 1}, build("x"))
+        replace_folder(foreign, "export", {"v": 1}, build("x"), **own)
     assert (foreign / "notes.txt").exists()
+
+
+def test_replace_folder_refuses_other_settings_without_overwrite_and_never_swallows_a_users_file(tmp_path):
+    out = tmp_path / "dataset"
+
+    def build(staging: Path):
+        (staging / "data").mkdir()
+        (staging / "data" / "train.parquet").write_text("rows")
+
+    replace_folder(out, "export", {"settings": {"eval_fraction": 0.1}}, build, owned=["data/*.parquet"])
+    with pytest.raises(UserInputError, match=r"changed: settings.eval_fraction: 0.1 -> 0.5.*--overwrite"):
+        replace_folder(out, "export", {"settings": {"eval_fraction": 0.5}}, build, owned=["data/*.parquet"])
+    (out / "NOTES.md").write_text("mine")
+    (out / "extra").mkdir()
+    (out / "extra" / "a.txt").write_text("mine")
+    with pytest.raises(UserInputError, match=r"NOTES.md \(and 1 more\) is not a file `export` wrote"):
+        replace_folder(
+            out, "export", {"settings": {"eval_fraction": 0.5}}, build, owned=["data/*.parquet"], overwrite=True
+        )
+    assert (out / "NOTES.md").read_text() == "mine" and (out / "extra" / "a.txt").read_text() == "mine"
+    assert json.loads((out / "job.json").read_text())["components"] == {"settings": {"eval_fraction": 0.1}}
 
 
 def test_a_held_folder_refuses_a_second_holder(tmp_path):
@@ -192,3 +214,93 @@ def test_a_held_folder_refuses_a_second_holder(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "in use by another `finetune` run" in result.stdout
+
+
+def test_overwrite_refuses_a_users_file_inside_a_folder_the_stage_writes(tmp_path):
+    out = tmp_path / "out"
+    Job(out, "generate", {"seed": 0}, owned=["images/*/*.png"]).open()
+    (out / "images" / "red-car").mkdir(parents=True)
+    (out / "images" / "red-car" / "a.png").write_bytes(b"x")
+    (out / "images" / "MY_README.txt").write_text("mine")
+    with pytest.raises(
+        UserInputError, match=r"images/MY_README.txt is not a file `generate` wrote.*nothing was removed"
+    ):
+        Job(out, "generate", {"seed": 1}, owned=["images/*/*.png"], overwrite=True).open()
+    assert (out / "images" / "red-car" / "a.png").exists() and (out / "images" / "MY_README.txt").exists()
+    (out / "images" / "MY_README.txt").unlink()
+    Job(out, "generate", {"seed": 1}, owned=["images/*/*.png"], overwrite=True).open()
+    assert not (out / "images").exists()
+
+
+def test_owned_patterns_match_part_by_part():
+    assert jobs.matches("images/red/a.png", "images/*/*.png")
+    assert not jobs.matches("images/a.png", "images/*/*.png")
+    assert not jobs.matches("images/red/deep/a.png", "images/*/*.png")
+    assert jobs.matches("checkpoint-8/optimizer.bin", "checkpoint-*/**")
+    assert jobs.matches("checkpoint-8/sub/model.safetensors", "checkpoint-*/**")
+    assert not jobs.matches("checkpoints.txt", "checkpoint-*/**")
+
+
+def test_only_the_job_layers_own_temp_files_are_cleaned_up(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".draft.tmp").write_text("a user's draft")
+    with pytest.raises(UserInputError, match=r"not an output of `generate` \(.draft.tmp\)"):
+        Job(out, "generate", {"a": 1}, owned=["images/*.png"]).open()
+    (out / ".draft.tmp").unlink()
+    (out / "notes.tmp").write_text("a user's notes")
+    with pytest.raises(UserInputError, match=r"not an output of `generate` \(notes.tmp\)"):
+        Job(out, "generate", {"a": 1}, owned=["images/*.png"]).open()
+    (out / "notes.tmp").unlink()
+    job = Job(out, "generate", {"a": 1}, owned=["images/*.png"]).open()
+    ours = out / "images" / f".a.png~{socket.gethostname()}~{dead_pid()}~abc123_x.tmp"
+    ours.parent.mkdir()
+    ours.write_bytes(b"half")
+    theirs = [out / ".draft.tmp", out / "images" / ".draft.tmp", out / "user" / f".a~{socket.gethostname()}~1~x.tmp"]
+    for path in theirs:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("keep me")
+    job.open()
+    assert not ours.exists() and all(path.read_text() == "keep me" for path in theirs)
+
+
+def test_a_plan_that_wrote_nothing_yet_is_replaced_without_overwrite(tmp_path):
+    """A model that failed to load leaves only `job.json` (and the config): the corrected command goes on."""
+    out = tmp_path / "out"
+    Job(out, "filter", {"detector": "bad.pt"}, owned=["crops/*/*.png", "config.yaml"]).open()
+    (out / "config.yaml").write_text("detector: bad.pt\n")
+    Job(out, "filter", {"detector": "good.pt"}, owned=["crops/*/*.png", "config.yaml"]).open()
+    assert json.loads((out / "job.json").read_text())["components"] == {"detector": "good.pt"}
+    assert not (out / "config.yaml").exists()
+
+
+def test_overwrite_is_refused_while_a_live_worker_holds_a_claim(tmp_path):
+    out = tmp_path / "out"
+    job = Job(out, "generate", {"seed": 0}, owned=["images/*.png"]).open()
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / ".claims").mkdir()
+        claim = {"host": socket.gethostname(), "pid": worker.pid, "lease_until": time.time() + 60}
+        (out / ".claims" / "batch-0000000").write_text(json.dumps(claim))
+        with pytest.raises(UserInputError, match=f"being written by another `generate` run \\(PID {worker.pid}"):
+            Job(out, "generate", {"seed": 1}, owned=["images/*.png"], overwrite=True).open()
+    finally:
+        worker.kill()
+        worker.wait()
+    Job(out, "generate", {"seed": 1}, owned=["images/*.png"], overwrite=True).open()
+    with pytest.raises(UserInputError, match="replaced this run's plan"):
+        next(job.batches(2))  # the first worker's next batch: its plan is gone, it stops
+
+
+def test_a_worker_stops_before_merging_when_its_plan_was_replaced(tmp_path):
+    out = tmp_path / "out"
+    job = Job(out, "generate", {"seed": 0}, owned=[]).open()
+    for batch in job.batches(1):
+        job.write_shard(batch, [{"image_id": "a"}])
+    (out / "records" / "batch-0000000.jsonl").unlink()
+    Job(out, "generate", {"seed": 1}, owned=[], overwrite=True).open()
+    Job(out, "generate", {"seed": 1}, owned=[]).write_shard(0, [{"image_id": "b"}])
+    with pytest.raises(UserInputError, match="replaced this run's plan"):
+        job.merge(1, out / "records.parquet")
+    with pytest.raises(UserInputError, match="replaced this run's plan"):
+        job.mark_done()

@@ -212,3 +212,74 @@ def test_run_refuses_a_folder_that_is_not_a_run(tmp_path):
     with pytest.raises(UserInputError, match="not an output of `run`"):
         main(["--preset", "tiny", "--output_dir", str(tmp_path / "mine")])
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["thesis.tex"]
+
+
+def run_cli(*args, env_extra=None, **kwargs):
+    import os
+
+    from vehicle_diff import launch_environment
+
+    env = {**launch_environment(), **(env_extra or {})}
+    env.pop("VEHICLE_DIFF_KILL_AT", None)
+    command = [sys.executable, "-m", "vehicle_diff.cli", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, **env}, **kwargs)
+
+
+def test_vehicle_diff_alone_prints_usage_and_exits_2():
+    result = run_cli()
+    assert result.returncode == 2 and "usage: vehicle-diff STAGE" in result.stderr and result.stdout == ""
+
+
+def test_an_override_naming_a_missing_input_is_refused_before_any_stage(tmp_path):
+    result = run_cli(
+        "run", "--preset", "tiny", "--output_dir", tmp_path / "out", "--override", "select.candidates=[nope]"
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        "vehicle-diff run: error: --override select.candidates: 'nope': nope: no LoRA file "
+        "(expected pytorch_lora_weights.safetensors)"
+    ]
+    assert not (tmp_path / "out" / "prompts").exists()
+
+
+def test_ctrl_c_in_run_is_one_line_and_exit_130(tmp_path):
+    """SIGINT to the whole process group (what Ctrl-C in a terminal does) while the first stage runs."""
+    import signal
+
+    result = run_cli(
+        "run",
+        "--preset",
+        "tiny",
+        "--output_dir",
+        tmp_path / "out",
+        env_extra={"VEHICLE_DIFF_INTERRUPT_AT": "prompts.opened"},
+        start_new_session=True,  # the group that gets the SIGINT is the command's, not the test runner's
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert result.returncode == 130, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == ["vehicle-diff run: interrupted; re-run the same command to resume"], lines
+
+
+def test_a_copied_run_folder_is_recognised_and_a_taken_version_names_runs_override(demo_run, tmp_path):
+    """Every stage of a copy of a finished run is complete (fingerprints hold content, not paths); a version
+    tag that points elsewhere is refused with the setting `run` takes to move it."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(demo_run, copy, symlinks=True)
+    import yaml
+
+    settings = yaml.safe_load((copy / "run_config.yaml").read_text())["run"]  # as the last run of the folder
+    same = [f"--num_target_images={settings['num_target_images']}", f"--version={settings['version']}"]
+    same += ["--override", *settings["override"]] if settings["override"] else []
+    repo = copy / "mirror" / "datasets" / "vehicle-diff" / "vehicle-diff"
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "commit", "--allow-empty", "-qm", "another"], check=True)
+    subprocess.run([*git, "tag", "-f", settings["version"]], check=True, capture_output=True)
+    result = run_cli("run", "--preset", "tiny", "--output_dir", copy, "--no_verify_mirror", *same)
+    assert result.stdout.count("complete with these settings and inputs, skipped") == 8, result.stderr[-3000:]
+    assert result.returncode == 2
+    taken = f"version {settings['version']} exists with other content; use a new --version, or --override publish.force=true"
+    assert taken in result.stderr
+    assert "--force" not in result.stderr.replace("publish.force", "")

@@ -186,3 +186,25 @@ def test_command_line_exit_codes(tmp_path):
     assert bad.stderr.strip() == "vehicle-diff prompts: error: --num_identities must be positive (got -1)"
     unknown = subprocess.run([sys.executable, "-m", "vehicle_diff.cli", "nope"], capture_output=True, text=True)
     assert unknown.returncode == 2 and "unknown stage 'nope'" in unknown.stderr
+
+
+@pytest.mark.parametrize("content", [b"not parquet at all, a text file", b"PAR1\x00\x01truncated"])
+def test_a_corrupt_parquet_catalog_is_one_line(tmp_path, content):
+    catalog = tmp_path / "catalog.parquet"
+    catalog.write_bytes(content)
+    result = subprocess.run(
+        [sys.executable, "-m", "vehicle_diff.cli", "prompts", "--preset", "tiny", "--catalog", str(catalog),
+         "--output_dir", str(tmp_path / "p")],
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr[-2000:]
+    assert f"{catalog}: not a readable Parquet file" in result.stderr and not (tmp_path / "p").exists()
+
+
+def test_a_users_hidden_temp_file_in_the_output_folder_is_never_deleted(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / ".draft.tmp").write_text("draft")
+    with pytest.raises(UserInputError, match=r"not an output of `prompts` \(.draft.tmp\)"):
+        main(["--preset", "tiny", "--output_dir", str(tmp_path / "mine")])
+    assert (tmp_path / "mine" / ".draft.tmp").read_text() == "draft"

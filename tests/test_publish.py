@@ -120,7 +120,7 @@ def mirror(tiny_dataset, second_dataset, trained_lora, tiny_reid, tmp_path_facto
             "v1.0",
         ]
     )
-    main([*common, "--dataset", str(second_dataset), "--version", "v2.0"])
+    main([*common, "--dataset", str(second_dataset), "--version", "v2.0", "--output_dir", str(root / "report-v2")])
     return root / "repos"
 
 
@@ -244,7 +244,7 @@ def test_publishing_again_changes_nothing_and_versions_are_protected(mirror, tin
     report = main([*common, "--dataset", str(tiny_dataset), "--version", "v1.0"])
     assert "already published, unchanged" in report[0] and git_out(repo, "log", "--oneline", "--all") == before
     with pytest.raises(UserInputError, match="version v1.0 exists with other content"):
-        main([*common, "--dataset", str(second_dataset), "--version", "v1.0"])
+        main([*common, "--dataset", str(second_dataset), "--version", "v1.0", "--output_dir", str(tmp_path / "r2")])
     assert git_out(repo, "log", "--oneline", "--all") == before
     assert git_out(repo, "status", "--porcelain") == ""  # the checkout shows main
 
@@ -356,11 +356,11 @@ def test_stale_git_locks_are_removed_only_when_no_git_works_in_the_repo(
     monkeypatch.setattr(publish, "GIT_WAIT_S", 1)
     try:
         with pytest.raises(UserInputError, match=rf"git process\(es\) \[{busy.pid}\] still work in"):
-            main(dataset_args(second_dataset, tmp_path, "--version", "v2.0"))
+            main(dataset_args(second_dataset, tmp_path, "--version", "v2.0", "--output_dir", str(tmp_path / "r2")))
         assert all(lock.exists() for lock in locks)
     finally:
         busy.communicate(b"x")
-    assert "published to" in main(dataset_args(second_dataset, tmp_path, "--version", "v2.0"))[0]
+    assert "published to" in main(dataset_args(second_dataset, tmp_path, "--version", "v2.0", "--overwrite"))[0]
     assert not any(lock.exists() for lock in locks)
     assert git_out(repo, "rev-parse", "v2.0") == git_out(repo, "rev-parse", "main")
 
@@ -430,7 +430,7 @@ def test_the_mirror_never_escapes_its_folder_or_takes_over_one(tiny_dataset, tmp
 
 def test_force_moves_a_version(tiny_dataset, second_dataset, tmp_path):
     main(dataset_args(tiny_dataset, tmp_path))
-    assert "published to" in main(dataset_args(second_dataset, tmp_path, "--force"))[0]
+    assert "published to" in main(dataset_args(second_dataset, tmp_path, "--force", "--overwrite"))[0]
     repo = tmp_path / "m" / "datasets" / "vehicle-diff" / "vehicle-diff"
     assert not any(
         name.startswith("data/query-") for name in git_out(repo, "ls-tree", "-r", "--name-only", "v1.0").split()
@@ -528,13 +528,13 @@ def test_hub_api_path_and_streaming_with_range_requests(
     assert any(status == 206 and "/data/train-" in path for path, _, status in hub.range_requests)
 
     commits = len(hub.repo("datasets", "vehicle-diff/vehicle-diff")["commits"])
-    again = run("--dataset", str(tiny_dataset))
+    again = run("--dataset", str(tiny_dataset), "--overwrite")  # another report: --overwrite
     assert again.returncode == 0 and "already published, unchanged" in again.stdout
     assert len(hub.repo("datasets", "vehicle-diff/vehicle-diff")["commits"]) == commits  # nothing pushed
 
-    refused = run("--dataset", str(second_dataset))
+    refused = run("--dataset", str(second_dataset), "--overwrite")
     assert refused.returncode == 2 and "exists with other content" in refused.stderr
-    moved = run("--dataset", str(second_dataset), "--force")
+    moved = run("--dataset", str(second_dataset), "--force", "--overwrite")
     assert moved.returncode == 0, moved.stderr[-2000:]
     new_oid, new_files = hub.files("datasets", "vehicle-diff/vehicle-diff", "v1.0")
     assert new_oid != oid and not any(name.startswith("data/query-") for name in new_files)  # stale shards deleted
@@ -756,3 +756,52 @@ def test_cards_for_the_paper_settings():
     result = only_synthetic.data.eval_results[0]
     assert (result.dataset_type, result.dataset_split, result.dataset_revision) == ("org/vehicle-diff", "query", "v1.0")
     assert "/x/vehicle-diff" not in str(only_synthetic)
+
+
+@pytest.mark.parametrize(
+    "version", ["main", "Main", "master", "HEAD", "refs/heads/main", "deadbeef1", "convert/parquet"]
+)
+def test_versions_a_branch_or_commit_would_shadow_are_refused_before_any_commit(tiny_dataset, tmp_path, version):
+    with pytest.raises(UserInputError, match="clients would read it as a branch, a commit or a Hub ref"):
+        main(dataset_args(tiny_dataset, tmp_path, "--version", version))
+    assert not (tmp_path / "m").exists() and not (tmp_path / "r").exists()
+
+
+def test_version_main_is_one_line_on_the_command_line(tiny_dataset, tmp_path):
+    command = [sys.executable, "-m", "vehicle_diff.cli", "publish", *dataset_args(tiny_dataset, tmp_path)]
+    result = subprocess.run([*command, "--version", "main"], capture_output=True, text=True)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "--version 'main'" in result.stderr and not (tmp_path / "m").exists()
+
+
+def test_the_report_and_mirror_folders_follow_the_output_rules_before_any_push(
+    tiny_dataset, second_dataset, tmp_path, monkeypatch
+):
+    workdir = tmp_path / "cwd"
+    (workdir / "mine").mkdir(parents=True)
+    (workdir / "keep.txt").write_text("user data")
+    (workdir / "mine" / "report.txt").write_text("my own report")
+    (workdir / "a-file").write_text("x")
+    monkeypatch.chdir(workdir)
+    base = ["--preset", "tiny", "--dataset", str(tiny_dataset)]
+    for flags, message in [
+        (["--mirror_dir", str(tmp_path / "m"), "--output_dir", "."], "refusing to use"),
+        (["--mirror_dir", str(tmp_path / "m"), "--output_dir", "mine"], r"not an output of `publish` \(report.txt\)"),
+        (["--mirror_dir", str(tmp_path / "m"), "--output_dir", "a-file"], "is a file"),
+        (["--mirror_dir", ".", "--output_dir", str(tmp_path / "r")], "--mirror_dir .: refusing to use"),
+    ]:
+        with pytest.raises(UserInputError, match=message):
+            main([*base, *flags])
+    assert not (tmp_path / "m").exists() and not (tmp_path / "r").exists()
+    assert (workdir / "mine" / "report.txt").read_text() == "my own report"
+    assert sorted(p.name for p in workdir.iterdir()) == ["a-file", "keep.txt", "mine"]
+
+    args = ["--mirror_dir", str(tmp_path / "m"), "--output_dir", str(tmp_path / "r")]
+    main([*base, *args])
+    repo = tmp_path / "m" / "datasets" / "vehicle-diff" / "vehicle-diff"
+    before = git_out(repo, "log", "--oneline", "--all")
+    with pytest.raises(UserInputError, match=r"changed: .*settings.version: 'v1.0' -> 'v2.0'.*--overwrite"):
+        main(["--preset", "tiny", "--dataset", str(second_dataset), *args, "--version", "v2.0"])
+    assert git_out(repo, "log", "--oneline", "--all") == before  # refused before any push
+    main(["--preset", "tiny", "--dataset", str(second_dataset), *args, "--version", "v2.0", "--overwrite"])
+    assert "v2.0" in (tmp_path / "r" / "report.txt").read_text()

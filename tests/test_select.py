@@ -103,3 +103,37 @@ def test_bad_candidates_and_real_images(tiny_prompts, tmp_path):
                 str(tmp_path / "s"),
             ]
         )
+
+
+def test_select_recognises_a_moved_run_folder_and_follows_overwrite(tiny_prompts, tiny_lora, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_prompts, run / "prompts")
+    shutil.copytree(tiny_lora, run / "lora")
+
+    def select(root, *flags):
+        return main(
+            [
+                "--preset",
+                "tiny",
+                "--prompts",
+                str(root / "prompts"),
+                "--candidates",
+                "base",
+                str(root / "lora"),
+                "--output_dir",
+                str(root / "select"),
+                *flags,
+            ]
+        )
+
+    select(run, "--num_prompts", "2")
+    moved = tmp_path / "moved"
+    run.rename(moved)
+    out = select(moved, "--num_prompts", "2")  # the same candidates by content: the same plan
+    assert json.loads((out / "job.json").read_text())["components"]["candidates"][0] == "base"
+    with pytest.raises(UserInputError, match="changed: settings.num_prompts: 2 -> 1"):
+        select(moved, "--num_prompts", "1")
+    select(moved, "--num_prompts", "1", "--overwrite")
+    assert json.loads((out / "job.json").read_text())["components"]["settings"]["num_prompts"] == 1

@@ -28,7 +28,7 @@ def open_training_output(
 ) -> Job:
     """The main process claims the folder for this plan and holds its lock for the whole run: a second trainer
     on the same folder is refused, a folder made with other settings or data is refused (or `--overwrite`)."""
-    job = Job(out_dir, stage, components, overwrite=overwrite, owned=[*owned, "checkpoint-*"])
+    job = Job(out_dir, stage, components, overwrite=overwrite, owned=[*owned, "checkpoint-*/**"])
     if accelerator.is_main_process:
         job.open(hold=True)
         for stale in job.out_dir.glob(".checkpoint-*.staging"):  # a checkpoint a kill interrupted

@@ -98,9 +98,12 @@ def usage() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
+    if argv and argv[0] in ("-h", "--help"):
         print(usage())
         return
+    if not argv:  # no stage is a usage error, as with any command line tool: the usage on stderr, exit 2
+        print(usage(), file=sys.stderr)
+        sys.exit(2)
     stage, *rest = argv
     if stage not in STAGES:
         import difflib

@@ -1,16 +1,22 @@
-"""Named fault points: tests stop or kill a process at an exact place instead of guessing when to send a signal.
+"""Named fault points: tests stop, interrupt or kill a process at an exact place instead of guessing when to send
+a signal.
 
 `VEHICLE_DIFF_KILL_AT=NAME` SIGKILLs the process the first time it reaches `fault_point(NAME)`; `NAME:N` on the
-N-th time; several points may be given, comma-separated. `VEHICLE_DIFF_STOP_AT` works the same way with SIGSTOP,
-so a test can hold a process at a known place (`os.waitpid(pid, os.WUNTRACED)` returns once it is there), act,
-then kill or continue it. Unset (always, outside tests) a point costs two dict lookups.
+N-th time; several points may be given, comma-separated. `VEHICLE_DIFF_INTERRUPT_AT` sends SIGINT to the whole
+process group there instead, as Ctrl-C in a terminal does. `VEHICLE_DIFF_STOP_AT` SIGSTOPs the process (alive,
+holding what it holds), so a test can act while it is at a known place (`os.waitpid(pid, os.WUNTRACED)` returns
+once it is there), then kill or continue it. Unset (always, outside tests) a point costs three dict lookups.
 """
 
 import os
 import signal
 from collections import Counter
 
-ACTIONS = {"VEHICLE_DIFF_KILL_AT": signal.SIGKILL, "VEHICLE_DIFF_STOP_AT": signal.SIGSTOP}
+ACTIONS = {
+    "VEHICLE_DIFF_KILL_AT": lambda: os.kill(os.getpid(), signal.SIGKILL),
+    "VEHICLE_DIFF_INTERRUPT_AT": lambda: os.killpg(os.getpgrp(), signal.SIGINT),
+    "VEHICLE_DIFF_STOP_AT": lambda: os.kill(os.getpid(), signal.SIGSTOP),
+}
 _reached: Counter = Counter()
 
 
@@ -30,4 +36,4 @@ def fault_point(name: str) -> None:
     _reached[name] += 1
     for variable in variables:
         if named_points(variable).get(name) == _reached[name]:
-            os.kill(os.getpid(), ACTIONS[variable])
+            ACTIONS[variable]()

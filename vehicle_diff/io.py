@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+# `.NAME~HOST~PID~RANDOM.tmp`: the only temp files the job layer ever cleans up (never a user's `.draft.tmp`)
+TEMP_NAME = re.compile(r"\.(?P<name>.+)~(?P<host>[^~/]+)~(?P<pid>\d+)~(?P<random>[a-z0-9_]+)\.tmp")
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -41,20 +45,38 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def read_parquet(path: str | Path, advice: str, columns: list[str] | None = None):
+    """A Parquet file as a pyarrow Table, or one line naming the file when it is cut short or not Parquet at all
+    (pyarrow's own message is a traceback from deep inside)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .errors import UserInputError
+
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError, ValueError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserInputError(f"{path}: not a readable Parquet file ({reason}); {advice}") from None
+
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
-def list_images(folder: str | Path, flag: str = "--input_images") -> list[Path]:
-    """Every file with an image suffix under `folder`, recursively, in a stable order (hidden entries skipped)."""
+def list_images(folder: str | Path, flag: str = "--input_images", exclude: str | Path | None = None) -> list[Path]:
+    """Every file with an image suffix under `folder`, recursively, in a stable order (hidden entries skipped).
+    `exclude`: the stage's own output folder when it lies inside `folder`; its outputs are not its input."""
     from .errors import UserInputError
 
     root = Path(folder)
     if not root.is_dir():
         raise UserInputError(f"{flag} {folder}: not a folder")
+    own = Path(exclude).resolve() if exclude else None
     return sorted(
         p
         for p in root.rglob("*")
         if p.is_file()
         and p.suffix.lower() in IMAGE_SUFFIXES
         and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        and not (own and p.resolve().is_relative_to(own))
     )

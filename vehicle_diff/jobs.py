@@ -3,8 +3,10 @@ cooperating workers, self-validating shards, a deterministic merge and a done-ma
 
 An output folder belongs to one stage. Its first file is `job.json` (the stage, the fingerprint of everything
 the outputs depend on, and the parts it was computed from); its last is `done.json` (the same fingerprint).
-A folder that holds anything else and no `job.json` of this stage is never written into, and `--overwrite`
-removes only the entries the stage declares as its own.
+A folder that holds anything else and no `job.json` of this stage is never written into. A stage declares the
+files it writes as patterns (`images/*/*.png`, `checkpoint-*/**`); `--overwrite` removes exactly the files that
+match them, and refuses, naming the file, when a folder the stage writes into holds a file of someone else.
+The only temp files it ever cleans up carry `atomic_path`'s own name pattern and a dead writer.
 
 Work is cut into fixed batches. A worker claims a batch with an exclusive claim file (host, PID, lease) taken
 under the folder's lock, writes the batch's files, then its record shard (temp file + rename). A shard ends
@@ -18,6 +20,7 @@ hosts when its lease expires.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import hashlib
 import json
 import os
@@ -31,7 +34,7 @@ from pathlib import Path
 
 from .errors import UserInputError
 from .faults import fault_point
-from .io import atomic_path, sha256_file
+from .io import TEMP_NAME, atomic_path, sha256_file
 
 JOB_FILE = "job.json"
 DONE_FILE = "done.json"
@@ -157,18 +160,81 @@ def claim_is_alive(claim: dict, now: float) -> bool:
 
 
 def temp_file_writer(path: Path) -> dict | None:
-    """The host and PID that `atomic_path` put into a temp file's name, as a claim-like dict."""
-    parts = Path(path).name.split("~")
-    if len(parts) < 4 or not parts[-2].isdigit():
+    """The host and PID that `atomic_path` put into a temp file's name, as a claim-like dict; None for any other
+    name (a user's `.draft.tmp` is not ours)."""
+    match = TEMP_NAME.fullmatch(Path(path).name)
+    if match is None:
         return None
-    return {"host": parts[-3], "pid": int(parts[-2]), "lease_until": Path(path).stat().st_mtime + CLAIM_LEASE_S}
+    return {
+        "host": match["host"],
+        "pid": int(match["pid"]),
+        "lease_until": Path(path).stat().st_mtime + CLAIM_LEASE_S,
+    }
+
+
+def is_own_temp(path: Path) -> bool:
+    return TEMP_NAME.fullmatch(Path(path).name) is not None
+
+
+def matches(relative: str, pattern: str) -> bool:
+    """Whether a slash-separated relative path matches a pattern part by part (`*` stays inside one part,
+    `**` spans any number of parts), so `images/*/*.png` never matches `images/notes.txt`."""
+    return _match_parts(relative.split("/"), pattern.split("/"))
+
+
+def _match_parts(parts: list[str], pattern: list[str]) -> bool:
+    if not pattern:
+        return not parts
+    if pattern[0] == "**":
+        return any(_match_parts(parts[i:], pattern[1:]) for i in range(len(parts) + 1))
+    return bool(parts) and fnmatch.fnmatchcase(parts[0], pattern[0]) and _match_parts(parts[1:], pattern[1:])
+
+
+def owned_folders(patterns: Iterable[str]) -> list[str]:
+    """The top-level folders a stage writes into (the first part of its patterns that have several)."""
+    return sorted({pattern.split("/")[0] for pattern in patterns if "/" in pattern})
+
+
+def entries(out_dir: Path) -> Iterator[str]:
+    """Every file and link under `out_dir` as a relative slash path (links are not followed)."""
+    for folder, subfolders, files in os.walk(out_dir):
+        base = Path(folder).relative_to(out_dir)
+        for name in files + [d for d in subfolders if (Path(folder) / d).is_symlink()]:
+            yield (base / name).as_posix()
+
+
+def inventory(out_dir: Path, patterns: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(the files the stage wrote, the files of someone else inside the folders the stage writes into). A file
+    at the top that matches no pattern is someone else's too, but it is left where it is and not listed."""
+    patterns = list(patterns)
+    folders = owned_folders(patterns)
+    own, foreign = [], []
+    for relative in sorted(entries(out_dir)):
+        inside = "/" in relative and any(fnmatch.fnmatchcase(relative.split("/")[0], f) for f in folders)
+        if any(matches(relative, p) for p in patterns) or ((inside or "/" not in relative) and is_own_temp(relative)):
+            own.append(relative)
+        elif inside:
+            foreign.append(relative)
+    return own, foreign
+
+
+def remove_files(out_dir: Path, relatives: Iterable[str], patterns: Iterable[str]) -> None:
+    """Remove these files by name, then the folders of the stage's patterns that they leave empty."""
+    for relative in relatives:
+        (out_dir / relative).unlink(missing_ok=True)
+    folders = owned_folders(patterns)
+    for folder, _, _ in sorted(os.walk(out_dir), key=lambda item: -len(Path(item[0]).parts)):
+        relative = Path(folder).relative_to(out_dir)
+        top = relative.parts[0] if relative.parts else None
+        if top and any(fnmatch.fnmatchcase(top, f) for f in folders) and not any(Path(folder).iterdir()):
+            Path(folder).rmdir()
 
 
 def refuse_foreign_folder(out_dir: Path, stage: str, flag: str = "--output_dir") -> None:
     """A non-empty folder without this stage's `job.json` is someone else's: never write into it."""
     if not out_dir.is_dir():
         return
-    names = sorted(p.name for p in out_dir.iterdir() if p.name != LOCK_FILE and not p.name.endswith(".tmp"))
+    names = sorted(p.name for p in out_dir.iterdir() if p.name != LOCK_FILE and not is_own_temp(p))
     plan = read_json(out_dir / PLAN_FILE)
     if plan and plan.get("stage") == stage:
         names.remove(PLAN_FILE)  # a dry run's plan of this stage
@@ -251,13 +317,14 @@ class Job:
         result_settings: dict | None = None,
     ):
         """`components`: what the expensive, resumable work depends on (`job.json`). `result_settings`: cheap
-        settings applied afterwards (e.g. the filter's thresholds); they enter only the done-marker's fingerprint."""
+        settings applied afterwards (e.g. the filter's thresholds); they enter only the done-marker's fingerprint.
+        `owned`: patterns of the files the stage writes (see `matches`); the job layer adds its own."""
         self.out_dir = check_output_path(out_dir, inputs=inputs)
         self.stage, self.components, self.overwrite = stage, components, overwrite
         self.fingerprint = fingerprint_of(components)
         self.done_fingerprint = done_fingerprint(components, result_settings)
         self.shards_dir = self.out_dir / shards
-        self.owned = [*owned, shards, CLAIMS_DIR, DONE_FILE, JOB_FILE]
+        self.owned = [*owned, f"{shards}/*", f"{CLAIMS_DIR}/batch-*", DONE_FILE, JOB_FILE, PLAN_FILE]
         self._lock = None
 
     # -- the folder
@@ -302,17 +369,10 @@ class Job:
             refuse_foreign_folder(self.out_dir, self.stage)
             existing = read_json(self.out_dir / JOB_FILE)
             if existing and existing.get("fingerprint") != self.fingerprint:
-                if not self.overwrite:
-                    changes = changed_parts(existing.get("components", {}), self.components)
-                    raise UserInputError(
-                        f"--output_dir {self.out_dir} holds a {self.stage} output made from other inputs or settings "
-                        f"(changed: {'; '.join(changes[:4]) or 'the plan'}{' ...' if len(changes) > 4 else ''}). "
-                        "Re-run with the original settings to resume it, choose a new --output_dir, or pass "
-                        "--overwrite to replace this stage's outputs there."
-                    )
-                self._remove_owned()
+                self._replace_plan(existing)
                 existing = None
             self._remove_partial_writes()
+            fault_point(f"{self.stage}.opened")
             if not existing:
                 with atomic_path(self.out_dir / JOB_FILE) as tmp:
                     tmp.write_text(
@@ -323,25 +383,72 @@ class Job:
                             default=str,
                         )
                     )
-        fault_point(f"{self.stage}.job_opened")
+        fault_point(f"{self.stage}.claimed")  # the folder is this plan's, job.json written
         return self
 
-    def _remove_owned(self) -> None:
-        """`--overwrite`: remove exactly the entries this stage declares as its own, nothing else."""
-        for pattern in self.owned:
-            for path in self.out_dir.glob(pattern):
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink(missing_ok=True)
+    def live_claims(self) -> list[dict]:
+        """The claims of workers that are alive now (see `claim_is_alive`)."""
+        now, claims = time.time(), []
+        for path in sorted((self.out_dir / CLAIMS_DIR).glob("batch-*")):
+            claim = read_json(path)
+            if claim is not None and claim_is_alive(claim, now):
+                claims.append(claim)
+        return claims
+
+    def _replace_plan(self, existing: dict) -> None:
+        """Another plan's `job.json` is here. Replace it (removing what that plan wrote) with `--overwrite`, or
+        without it when that plan wrote nothing yet (a model that failed to load leaves only its plan); never
+        while one of its workers is alive, and never a file of someone else inside the stage's folders."""
+        live = self.live_claims()
+        if live:
+            workers = ", ".join(sorted({f"PID {c.get('pid')} on {c.get('host')}" for c in live}))
+            raise UserInputError(
+                f"--output_dir {self.out_dir} is being written by another `{self.stage}` run ({workers}) with other "
+                "settings; wait for it to finish or stop it before replacing its outputs, or choose a new --output_dir"
+            )
+        own, foreign = inventory(self.out_dir, self.owned)
+        plan_only = {JOB_FILE, PLAN_FILE, "config.yaml"}
+        work = [r for r in own if r not in plan_only and not r.startswith(f"{CLAIMS_DIR}/") and not is_own_temp(r)]
+        if work and not self.overwrite:
+            changes = changed_parts(existing.get("components", {}), self.components)
+            raise UserInputError(
+                f"--output_dir {self.out_dir} holds a {self.stage} output made from other inputs or settings "
+                f"(changed: {'; '.join(changes[:4]) or 'the plan'}{' ...' if len(changes) > 4 else ''}). "
+                "Re-run with the original settings to resume it, choose a new --output_dir, or pass "
+                "--overwrite to replace this stage's outputs there."
+            )
+        if foreign:
+            raise UserInputError(
+                f"--output_dir {self.out_dir}: {foreign[0]}{f' (and {len(foreign) - 1} more)' if len(foreign) > 1 else ''}"
+                f" is not a file `{self.stage}` wrote, inside a folder it writes; move it out of {self.out_dir}, "
+                "then re-run (nothing was removed)"
+            )
+        remove_files(self.out_dir, own, self.owned)
+
+    def check_plan(self) -> None:
+        """Stop this worker when the folder's plan is no longer its own (another run replaced it with
+        `--overwrite`): two plans never mix in one folder."""
+        job = read_json(self.out_dir / JOB_FILE)
+        if job is None or job.get("fingerprint") != self.fingerprint:
+            raise UserInputError(
+                f"--output_dir {self.out_dir}: another `{self.stage}` run replaced this run's plan there with other "
+                "settings; this run stopped. Re-run it into a new --output_dir, or with --overwrite once that "
+                "run has finished"
+            )
 
     def _remove_partial_writes(self) -> None:
-        """Temp files of writes a kill interrupted (never renamed, so nothing counts them as done); a live
-        worker's temp files are left alone."""
-        now = time.time()
-        for path in self.out_dir.rglob(".*.tmp"):
-            writer = temp_file_writer(path)
-            if writer is None or not claim_is_alive(writer, now):
+        """Temp files (by `atomic_path`'s own name pattern) of writes a kill interrupted: never renamed, so
+        nothing counts them as done. A live worker's temp files and any other name are left alone."""
+        now, folders = time.time(), owned_folders(self.owned)
+        for relative in entries(self.out_dir):
+            if not is_own_temp(relative):  # the name test first: a paper-scale folder holds ~150,000 images
+                continue
+            top = relative.split("/")[0]
+            if "/" in relative and not any(fnmatch.fnmatchcase(top, folder) for folder in folders):
+                continue  # not in a folder this stage writes (a user's folder inside the output)
+            path = self.out_dir / relative
+            writer = temp_file_writer(path) if path.exists() else None
+            if writer is not None and not claim_is_alive(writer, now):
                 path.unlink(missing_ok=True)
 
     @property
@@ -350,6 +457,7 @@ class Job:
 
     def mark_done(self, summary: dict | None = None) -> None:
         """The last file the stage writes: its fingerprint, so `run` trusts nothing else."""
+        self.check_plan()
         with atomic_path(self.out_dir / DONE_FILE) as tmp:
             tmp.write_text(
                 json.dumps(
@@ -428,6 +536,7 @@ class Job:
         """Take the batch's claim under the folder lock; a dead holder's claim is taken over."""
         now = time.time()
         with self.locked():
+            self.check_plan()
             if path.exists():
                 claim = read_json(path) or {}
                 if claim_is_alive(claim, now):
@@ -447,6 +556,7 @@ class Job:
 
     def records(self, num_batches: int, ids_of: Callable[[int], list] | None = None, id_key: str = "image_id"):
         """Every record, in batch order, each shard checked again; the plan's ids appear exactly once."""
+        self.check_plan()
         seen = set()
         for index in range(num_batches):
             path = shard_path(self.shards_dir, index)
@@ -531,13 +641,17 @@ def replace_folder(
     components: dict,
     build: Callable[[Path], dict | None],
     *,
+    owned: Iterable[str],
+    overwrite: bool = False,
     inputs: Iterable = (),
     flag: str = "--output_dir",
 ) -> Path:
     """Build a whole output folder in a staging sibling, then swap it in: the folder is always either the old
-    complete output or the new one. Only an earlier output of `stage` (its `job.json`) is ever replaced."""
+    complete output or the new one. Only an earlier output of `stage` (its `job.json`) is ever replaced, by the
+    same rules as a `Job`: another fingerprint needs `overwrite`, and since the swap replaces the folder whole,
+    a file in it that matches none of the `owned` patterns (someone else's) is named and refused."""
     out_dir = check_output_path(out_dir, inputs=inputs, flag=flag)
-    refuse_foreign_folder(out_dir, stage, flag)
+    check_replaceable(out_dir, stage, components, owned=owned, overwrite=overwrite, flag=flag)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(out_dir, stage)
     fingerprint = fingerprint_of(components)
@@ -564,7 +678,7 @@ def replace_folder(
         with atomic_path(staging / DONE_FILE) as tmp:
             tmp.write_text(json.dumps(done, indent=1, sort_keys=True, default=str))
         if out_dir.exists():
-            refuse_foreign_folder(out_dir, stage, flag)
+            check_replaceable(out_dir, stage, components, owned=owned, overwrite=overwrite, flag=flag)
             out_dir.rename(old)
         staging.rename(out_dir)
     finally:
@@ -573,6 +687,33 @@ def replace_folder(
     if old.exists():
         shutil.rmtree(old)
     return out_dir
+
+
+def check_replaceable(
+    out_dir: Path, stage: str, components: dict, *, owned: Iterable[str], overwrite: bool, flag: str
+) -> None:
+    """Refuse (before any work) to replace a folder that is not an earlier output of `stage`, one made from
+    other inputs or settings without `overwrite`, or one that holds files `stage` did not write."""
+    refuse_foreign_folder(out_dir, stage, flag)
+    existing = read_json(out_dir / JOB_FILE)
+    if existing is None:
+        return
+    if existing.get("fingerprint") != fingerprint_of(components) and not overwrite:
+        changes = changed_parts(existing.get("components", {}), components)
+        raise UserInputError(
+            f"{flag} {out_dir} holds a {stage} output made from other inputs or settings "
+            f"(changed: {'; '.join(changes[:4]) or 'the plan'}{' ...' if len(changes) > 4 else ''}). "
+            f"Re-run with the original settings, choose a new {flag}, or pass --overwrite to replace it."
+        )
+    patterns = [*owned, JOB_FILE, DONE_FILE]
+    foreign = [r for r in entries(out_dir) if r != LOCK_FILE and not any(matches(r, p) for p in patterns)]
+    if foreign:
+        foreign.sort()
+        raise UserInputError(
+            f"{flag} {out_dir}: {foreign[0]}{f' (and {len(foreign) - 1} more)' if len(foreign) > 1 else ''} is not "
+            f"a file `{stage}` wrote, and this folder is replaced whole; move it out of {out_dir}, then re-run "
+            "(nothing was changed)"
+        )
 
 
 def done_fingerprint(components: dict, result_settings: dict | None = None) -> str:

@@ -116,9 +116,15 @@ def clear_load_errors(model_id: str, flag: str, hint: str):
     """A failed hub look-up becomes one line: the model, the flag, the cause, and `hint` (how to provide it)."""
     try:
         yield
-    except (OSError, ValueError, RuntimeError) as error:
-        if Path(model_id).exists():
-            raise  # a local file that is broken: the library's own message says more than ours would
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as error:
+        if Path(model_id).exists():  # a local model that is broken: the library's reason, in one line
+            reason = f"KeyError: missing key {error}" if isinstance(error, KeyError) else _first_line(error)
+            raise UserInputError(
+                f"{flag} {model_id}: not a complete saved model ({reason}); point {flag} "
+                "at a folder the library saved whole (e.g. with save_pretrained)"
+            ) from error
+        if isinstance(error, (KeyError, TypeError)):
+            raise
         if looks_like_path(model_id):
             raise UserInputError(f"{flag} {model_id}: no such file or folder") from error
         offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "false", "")

@@ -17,6 +17,7 @@ import dataclasses
 import importlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from .config import parse_config, resolve_config
 from .errors import UserInputError
-from .io import atomic_path
+from .io import atomic_path, sha256_file
 
 
 def draw_target_images(out_dir: Path, count: int, seed: int = 0, size: int = 96) -> Path:
@@ -176,14 +177,38 @@ def resolve_stage_configs(config: RunConfig, out: Path) -> dict:
     return configs
 
 
-def with_selection(generate_config, out: Path):
-    """The generate config with the LoRA and template `select` chose (an explicit override wins)."""
+def with_selection(generate_config, select_config, out: Path):
+    """The generate config with the LoRA and template `select` chose (an explicit override wins). The LoRA is
+    found among this run's candidates by its sha256, so a moved or copied run folder points at its own copy."""
+    from vehicle_diff.generation.generate import lora_file
+
     chosen = json.loads((out / "select" / "selected.json").read_text())
+    lora = chosen["lora_weights"]
+    for candidate in select_config.candidates:
+        try:
+            if candidate != "base" and chosen.get("lora_sha256") == sha256_file(lora_file(candidate)):
+                lora = candidate
+        except UserInputError:  # a candidate that is gone: select would not be complete, it runs again
+            continue
     return dataclasses.replace(
         generate_config,
-        lora_weights=generate_config.lora_weights or chosen["lora_weights"],
+        lora_weights=generate_config.lora_weights or lora,
         template_id=generate_config.template_id or chosen["template_id"],
     )
+
+
+def check_given_inputs(configs: dict) -> None:
+    """Inputs an `--override` names that no stage of this run makes are checked before the first stage runs,
+    and named as the override the user typed (not the stage's own flag)."""
+    from vehicle_diff.generation.generate import lora_file
+
+    made_here = Path(configs["finetune"].output_dir).resolve()
+    for candidate in configs["select"].candidates:
+        if candidate != "base" and Path(candidate).resolve() != made_here:
+            lora_file(candidate, f"--override select.candidates: {candidate!r}:")
+    lora = configs["generate"].lora_weights
+    if lora and Path(lora).resolve() != made_here:
+        lora_file(lora, f"--override generate.lora_weights: {lora!r}:")
 
 
 def stage_is_complete(stage: str, config, configs: dict) -> bool:
@@ -227,7 +252,13 @@ def run_stage_isolated(stage: str, config, **kwargs) -> None:
         process.start()
     finally:
         set_environment(current)
-    process.join()
+    try:
+        process.join()
+    except KeyboardInterrupt:  # the stage stops too (Ctrl-C reaches it with `run`); `run` says the one line
+        if process.is_alive():
+            os.kill(process.pid, signal.SIGINT)
+        process.join()
+        raise
     if process.exitcode:
         code = process.exitcode if process.exitcode > 0 else 130 if process.exitcode == -2 else 1
         if code not in (2, 130):
@@ -249,6 +280,10 @@ def set_environment(values: dict) -> None:
 def _stage_entry(stage: str, module: str, function: str, config, kwargs: dict) -> None:
     from .cli import run_main
 
+    def stop_quietly(signum, frame):
+        raise SystemExit(130)  # cleans up like Ctrl-C; the line is `run`'s to print, once
+
+    signal.signal(signal.SIGINT, stop_quietly)
     work = getattr(importlib.import_module(module), function)
     run_main(lambda argv: work(config, **kwargs), [], prog=f"vehicle-diff run ({stage})")
 
@@ -272,11 +307,12 @@ def run_stages(config: RunConfig, out: Path) -> Path:
         if not (out / "target_images").is_dir():
             draw_target_images(out / "target_images", config.num_target_images)
     configs = resolve_stage_configs(config, out)
+    check_given_inputs(configs)
     timings, done = {}, []
     for stage in STAGE_CLASSES:
         stage_config = configs[stage]
         if stage == "generate":
-            stage_config = configs["generate"] = with_selection(stage_config, out)
+            stage_config = configs["generate"] = with_selection(stage_config, configs["select"], out)
         save_run_configs(config, configs, out / "run_config.yaml")
         if stage_is_complete(stage, stage_config, configs):
             print(f"== {stage}: complete with these settings and inputs, skipped ({stage_config.output_dir})")
@@ -287,11 +323,13 @@ def run_stages(config: RunConfig, out: Path) -> Path:
         extra = (
             {"generate_config": configs["generate"], "filter_config": configs["filter"]} if stage == "select" else {}
         )
+        if stage == "publish":
+            extra = {"force_flag": "--override publish.force=true"}
         run_stage_isolated(stage, stage_config, **extra)
         timings[stage] = round(time.perf_counter() - started, 1)
     if config.push_to_hub:
         hub = dataclasses.replace(configs["publish"], target="hub", output_dir=str(out / "publish-hub"))
-        run_stage_isolated("publish", hub)
+        run_stage_isolated("publish", hub, force_flag="--override publish.force=true")
     read_back = None
     if config.verify_mirror:
         read_back = read_back_through_olah(

@@ -34,7 +34,8 @@ from pathlib import Path, PurePath
 from .config import parse_config, save_config
 from .errors import UserInputError
 from .faults import fault_point
-from .io import sha256_file
+from .io import atomic_path, sha256_file
+from .jobs import Job, check_output_path, files_digest, output_settings
 
 LORA_FILE, KOHYA_LORA_FILE = "pytorch_lora_weights.safetensors", "pytorch_lora_weights_kohya.safetensors"
 # artifact -> (repo type, files that go into its repo (globs relative to the artifact folder), files it must have)
@@ -121,7 +122,27 @@ def check_version_tag(version: str) -> str:
         )
     if not valid:
         raise UserInputError(f"--version {version!r}: not a valid git tag name (see `git check-ref-format`); e.g. v1.0")
+    if ambiguous_revision(version):
+        raise UserInputError(
+            f"--version {version!r}: clients would read it as a branch, a commit or a Hub ref, not this tag "
+            "(revision= resolves a branch before a tag); choose a version name such as v1.0"
+        )
     return version
+
+
+# names a `revision=` resolves to something else than a tag: the repos' branch (and git's usual ones), HEAD,
+# full ref names and the Hub's own refs
+BRANCH_LIKE = {"main", "master", "head", "fetch_head", "orig_head"}
+
+
+def ambiguous_revision(version: str) -> bool:
+    """A tag that a branch or a commit id would shadow (`revision="main"` is the branch), or that looks like one
+    (`Main` on a case-insensitive filesystem, an abbreviated commit id, `refs/...`, the Hub's `convert/...`)."""
+    return (
+        version.casefold() in BRANCH_LIKE
+        or version.startswith(("refs/", "convert/", "pr/"))
+        or re.fullmatch(r"[0-9a-fA-F]{7,64}", version) is not None
+    )
 
 
 def collect_files(folder: Path, patterns: list[str], required: list[str]) -> dict[str, Path]:
@@ -423,7 +444,13 @@ def write_tree(repo: Path, tree: dict[str, Path | bytes], label: str) -> str:
 
 
 def publish_to_mirror(
-    tree: dict[str, Path | bytes], mirror_dir: Path, repo_type: str, repo_id: str, version: str, force: bool
+    tree: dict[str, Path | bytes],
+    mirror_dir: Path,
+    repo_type: str,
+    repo_id: str,
+    version: str,
+    force: bool,
+    force_flag: str = "--force",
 ) -> str:
     """Commit `tree` to the mirror's git repo (branch main), tag it `version`, check the files out."""
     from filelock import FileLock
@@ -443,7 +470,8 @@ def publish_to_mirror(
                 return f"{label}@{version}: already published, unchanged"
             if tagged and not force:
                 raise UserInputError(
-                    f"{label}: version {version} exists with other content; use a new --version, or --force to move it"
+                    f"{label}: version {version} exists with other content; use a new --version, or {force_flag} to "
+                    "move it"
                 )
             head = rev_parse(repo, "refs/heads/main")
             if head and rev_parse(repo, "refs/heads/main^{tree}") == tree_oid:
@@ -539,6 +567,7 @@ def publish_to_hub(
     force: bool,
     private: bool,
     endpoint: str | None,
+    force_flag: str = "--force",
 ) -> str:
     """One commit with exactly `tree` (stale files deleted), then the tag. A re-run after an interruption finds
     the commit (same manifest on main) and only tags it."""
@@ -567,7 +596,8 @@ def publish_to_hub(
                 return f"{label}@{version}: already published, unchanged"
             if not force:
                 raise UserInputError(
-                    f"{label}: version {version} exists with other content; use a new --version, or --force to move it"
+                    f"{label}: version {version} exists with other content; use a new --version, or {force_flag} to "
+                    "move it"
                 )
         bar.update(1)
         main = next((ref.target_commit for ref in refs.branches if ref.name == "main"), None)
@@ -692,6 +722,9 @@ class PublishConfig:
     hub_endpoint: str | None = field(default=None, metadata={"help": "default: HF_ENDPOINT or the Hub"})
     private: bool = False
     force: bool = field(default=False, metadata={"help": "move an existing version tag to new content"})
+    overwrite: bool = field(
+        default=False, metadata={"help": "replace an earlier report in --output_dir made for other inputs or settings"}
+    )
 
     def __post_init__(self):
         if self.target not in ("mirror", "hub"):
@@ -705,6 +738,14 @@ class PublishConfig:
             raise UserInputError("--target mirror needs git on PATH")
         if self.target == "mirror" and Path(self.mirror_dir).exists() and not Path(self.mirror_dir).is_dir():
             raise UserInputError(f"--mirror_dir {self.mirror_dir}: not a folder")
+        if self.target == "mirror":
+            check_output_path(self.mirror_dir, inputs=self.inputs(), flag="--mirror_dir")
+        check_output_path(
+            self.output_dir, inputs=[*self.inputs(), *([self.mirror_dir] if self.target == "mirror" else [])]
+        )
+
+    def inputs(self) -> list[str]:
+        return [getattr(self, artifact) for artifact in ARTIFACTS if getattr(self, artifact)]
 
     def repo_id(self, artifact: str) -> str:
         return f"{self.namespace}/{getattr(self, artifact + '_repo')}"
@@ -714,14 +755,31 @@ def main(argv: list[str] | None = None) -> list[str]:
     return publish(parse_config(PublishConfig, "publish", argv))
 
 
-def publish(config: PublishConfig) -> list[str]:
+def report_job(config: PublishConfig, published: dict[str, dict[str, Path]]) -> Job:
+    """`--output_dir` (the report, `olah.toml`) is an output folder like every stage's: fingerprinted by the
+    settings and the content of the files published, refused when it is someone else's or made for others."""
+    components = {
+        "settings": output_settings(config, ignore=("dataset", "lora", "reid", "mirror_dir", "hub_endpoint", "force")),
+        "published": {artifact: files_digest(Path(getattr(config, artifact)), files.values())
+                      for artifact, files in published.items()},
+    }  # fmt: skip
+    owned = ["report.txt", "olah.toml", "config.yaml"]
+    return Job(
+        config.output_dir, "publish", components, owned=owned, overwrite=config.overwrite, inputs=config.inputs()
+    )
+
+
+def publish(config: PublishConfig, *, force_flag: str = "--force") -> list[str]:
+    """`force_flag`: how the refusal of a taken version names the way to move it (`run` spells it otherwise)."""
     artifacts = [a for a in ("dataset", "lora", "reid") if getattr(config, a)]
+    published = {}
     for artifact in artifacts:  # every input is checked before anything is pushed
         _, patterns, required = ARTIFACTS[artifact]
-        collect_files(Path(getattr(config, artifact)), patterns, required)
+        published[artifact] = collect_files(Path(getattr(config, artifact)), patterns, required)
     endpoint = config.hub_endpoint or os.environ.get("HF_ENDPOINT")
     if config.target == "hub":
         check_hub_access(endpoint)
+    job = report_job(config, published).open()  # the report folder too, before anything is pushed
     # what the cards may link to: the repos published by this run
     alongside = {
         artifact: {"repo_id": config.repo_id(artifact), "folder": str(Path(getattr(config, artifact)).resolve())}
@@ -739,7 +797,9 @@ def publish(config: PublishConfig) -> list[str]:
             check_no_local_paths(tree, local_prefixes(folder, Path(config.mirror_dir)), repo_id)
             if config.target == "mirror":
                 report.append(
-                    publish_to_mirror(tree, Path(config.mirror_dir), repo_type, repo_id, config.version, config.force)
+                    publish_to_mirror(
+                        tree, Path(config.mirror_dir), repo_type, repo_id, config.version, config.force, force_flag
+                    )
                 )
             else:
                 report.append(
@@ -751,20 +811,23 @@ def publish(config: PublishConfig) -> list[str]:
                         force=config.force,
                         private=config.private,
                         endpoint=endpoint,
+                        force_flag=force_flag,
                     )
                 )
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
-    out_dir = Path(config.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = job.out_dir
     if config.target == "mirror":
-        (out_dir / "olah.toml").write_text(olah_config(Path(config.mirror_dir)))
+        with atomic_path(out_dir / "olah.toml") as tmp:
+            tmp.write_text(olah_config(Path(config.mirror_dir)))
         report.append(
             f"serve the mirror offline: olah-cli -c {out_dir / 'olah.toml'}; then HF_ENDPOINT=http://127.0.0.1:8090 "
             f"and load_dataset('{config.repo_id('dataset')}', revision='{config.version}')"
         )
-    (out_dir / "report.txt").write_text("\n".join(report) + "\n")
+    with atomic_path(out_dir / "report.txt") as tmp:
+        tmp.write_text("\n".join(report) + "\n")
     save_config(config, out_dir / "config.yaml", stage="publish")
+    job.mark_done({"version": config.version, "repos": [config.repo_id(a) for a in artifacts]})
     print("\n".join(report))
     return report
 
