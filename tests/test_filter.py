@@ -152,3 +152,16 @@ def test_missing_generation_and_rescore_before_scoring(tmp_path, damaged_generat
         main(tiny_args(tmp_path, tmp_path / "out"))
     with pytest.raises(UserInputError, match="has no filter scores"):
         main(tiny_args(damaged_generation, tmp_path / "out", "--rescore_only"))
+
+
+def test_the_fingerprint_reads_the_images_on_disk_not_the_hashes_in_the_records(tiny_generated, tmp_path):
+    from vehicle_diff.generation.filter import input_digest, read_generation_records
+
+    copy = tmp_path / "gen"
+    shutil.copytree(tiny_generated, copy)
+    table = read_generation_records(copy)
+    assert "image_sha256" in table.column_names
+    before = input_digest(table, copy)
+    files = table.column("file_name").to_pylist()
+    (copy / files[0]).write_bytes((copy / files[1]).read_bytes())  # replaced after generation, records unchanged
+    assert input_digest(read_generation_records(copy), copy) != before
