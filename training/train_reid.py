@@ -20,7 +20,7 @@ import torch
 from vehicle_diff.config import check_ranges, parse_config, save_config
 from vehicle_diff.errors import UserInputError
 
-from .reid_data import IdentityBatchSampler, load_image, read_source, relabel
+from .reid_data import IdentityBatchSampler, load_image, read_source, relabel, source_digest
 
 
 class ReIDImages(torch.utils.data.Dataset):
@@ -217,21 +217,6 @@ def job_components(config: TrainReIDConfig) -> dict:
     """The model depends on its settings and the content of its data (dataset folders or reader roots)."""
     from vehicle_diff.jobs import output_settings
 
-    def data_identity(spec: str | None):
-        if not spec:
-            return None
-        root = Path(spec.split(":", 1)[1] if ":" in spec and not Path(spec).exists() else spec)
-        if root.is_dir():
-            # the file list with sizes (hashing a whole real benchmark on every start would be slow)
-            files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
-            return [
-                spec.split(":", 1)[0] if ":" in spec else "folder",
-                len(files),
-                sum(p.stat().st_size for p in files),
-                sha256_text("\n".join(f"{p.relative_to(root)}:{p.stat().st_size}" for p in files)),
-            ]
-        return spec  # a hub dataset id, with its revision in the id
-
     return {
         "settings": output_settings(
             config,
@@ -244,16 +229,10 @@ def job_components(config: TrainReIDConfig) -> dict:
                 "eval_every_epochs",
             ),
         ),
-        "real_data": data_identity(config.real_data),
-        "synthetic_data": data_identity(config.synthetic_data),
-        "eval_data": data_identity(config.eval_data),
+        "real_data": source_digest(config.real_data),
+        "synthetic_data": source_digest(config.synthetic_data),
+        "eval_data": source_digest(config.eval_data),
     }
-
-
-def sha256_text(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def train_reid(config: TrainReIDConfig) -> Path:
