@@ -1,6 +1,8 @@
 """The identity sampler's epoch, the synthetic subsample and dataset revisions, on hand-made inputs."""
 
 import random
+import subprocess
+import sys
 from collections import Counter
 
 import numpy as np
@@ -193,6 +195,16 @@ def test_a_truncated_split_parquet_is_named_in_one_line(synthetic_dataset, tmp_p
     with pytest.raises(UserInputError, match=r"query-00000-of-00001\.parquet: not a readable Parquet file") as error:
         read_source(str(folder))
     assert "\n" not in str(error.value)
+    command = ["train-reid", "--preset", "tiny", "--synthetic_data", str(folder), "--data_mode", "S"]
+    result = subprocess.run(
+        [sys.executable, "-m", "vehicle_diff.cli", *command, "--output_dir", str(tmp_path / "reid")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"vehicle-diff train-reid: error: {error.value}"
+    ]
+    assert not (tmp_path / "reid").exists()
 
 
 def test_train_reid_fingerprints_the_content_of_its_data(veri_folder, tmp_path):
