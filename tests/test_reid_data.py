@@ -220,3 +220,17 @@ def test_train_reid_fingerprints_the_content_of_its_data(veri_folder, tmp_path):
     data = image.read_bytes()
     image.write_bytes(data[:-2] + bytes([data[-2] ^ 1, data[-1]]))  # same name, same size, other content
     assert job_components(config)["real_data"] != before["real_data"]
+
+
+def test_a_split_parquet_damaged_behind_its_footer_is_named_in_one_line(synthetic_dataset, tmp_path):
+    import shutil
+
+    folder = tmp_path / "vehicle-diff"
+    shutil.copytree(synthetic_dataset, folder)
+    gallery = folder / "data" / "gallery-00000-of-00001.parquet"
+    data = bytearray(gallery.read_bytes())
+    data[4:68] = bytes(range(64))  # the first page header: the footer, and so the metadata, stay whole
+    gallery.write_bytes(bytes(data))
+    with pytest.raises(UserInputError, match=r"gallery-00000-of-00001\.parquet: cannot be read") as error:
+        read_source(str(folder))
+    assert "\n" not in str(error.value)

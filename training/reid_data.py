@@ -138,10 +138,10 @@ def read_hf_dataset(name_or_path: str, revision: str | None = None) -> Split:
         data = datasets.load_dataset(name_or_path, revision=revision, **options)
     except (FileNotFoundError, ValueError, datasets.exceptions.DatasetNotFoundError, RevisionNotFoundError) as error:
         raise UserInputError(f"{shown}: cannot be loaded as a dataset ({error})") from error
-    except datasets.exceptions.DatasetGenerationError as error:  # a data file damaged past its footer
-        raise UserInputError(
-            f"{shown}: a data file cannot be read ({error.__cause__ or error}); export the dataset again"
-        ) from error
+    except datasets.exceptions.DatasetGenerationError as error:  # a data file damaged behind an intact footer
+        file, problem = unreadable_parquet(Path(name_or_path)) if options else (shown, str(error.__cause__ or error))
+        problem = " ".join(problem.split())  # one line
+        raise UserInputError(f"{file}: cannot be read ({problem}); export the dataset again") from None
     if "train" not in data or not {"image", "vehicle_id"} <= set(data["train"].column_names):
         raise UserInputError(f"{name_or_path}: needs a train split with `image` and `vehicle_id` columns")
 
@@ -178,6 +178,20 @@ def local_data_digest(folder: Path) -> str:
                 f"{file}: not a readable Parquet file ({error}); export the dataset again or restore the file"
             ) from None
     return folder_digest(folder)
+
+
+def unreadable_parquet(folder: Path) -> tuple[Path, str]:
+    """The first Parquet file under `folder` whose pages cannot be read, and why (only looked for once loading
+    failed: reading every page on each start would double the I/O)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for file in sorted(folder.rglob("*.parquet")):
+        try:
+            pq.read_table(file)
+        except (pa.ArrowException, OSError) as error:
+            return file, str(error)
+    return folder, "a data file is damaged"
 
 
 def source_digest(spec: str | None) -> str | list | None:
