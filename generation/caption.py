@@ -19,7 +19,7 @@ from pathlib import Path
 
 from vehicle_diff.config import check_ranges, parse_config, save_config
 from vehicle_diff.errors import UserInputError
-from vehicle_diff.io import atomic_path, list_images
+from vehicle_diff.io import atomic_path, list_images, open_rgb
 from vehicle_diff.jobs import Job, output_settings, write_plan
 
 
@@ -125,16 +125,13 @@ class ImageSource:
         """(RGB image, original bytes, suffix) or raises OSError/ValueError for an unreadable image."""
         import io
 
-        from PIL import Image
-
         if self.dataset is None:
             data, suffix = self.files[index].read_bytes(), self.files[index].suffix.lower()
         else:
             cell = self.dataset[index][self.column]
             data = cell["bytes"] if cell.get("bytes") else Path(cell["path"]).read_bytes()
             suffix = Path(cell.get("path") or "x.png").suffix.lower() or ".png"
-        with Image.open(io.BytesIO(data)) as image:
-            return image.convert("RGB"), data, suffix
+        return open_rgb(io.BytesIO(data)), data, suffix
 
 
 def job_for(config: CaptionConfig, source: ImageSource | None = None, selected: list[int] | None = None) -> Job:

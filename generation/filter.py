@@ -154,16 +154,20 @@ def read_generation_records(generated: str):
 
 
 def input_digest(table, generated: Path) -> str:
-    """The content the scores depend on: every image's id, seed and bytes (the recorded hash, or the file's)."""
+    """The content the scores depend on: every image's id, seed and the bytes of its file on disk. Not the hash
+    the generation record carries: an image replaced or damaged since generation is scored as it is now, so
+    its old scores must not be reused."""
     import hashlib
 
-    wanted = [c for c in ("image_id", "seed", "file_name", "image_sha256") if c in table.column_names]
+    from tqdm.auto import tqdm
+
+    wanted = [c for c in ("image_id", "seed", "file_name") if c in table.column_names]
     digest = hashlib.sha256()
-    for row in table.select(wanted).to_pylist():
-        image_hash = row.get("image_sha256")
-        if not image_hash:
-            file = generated / row["file_name"]
-            image_hash = sha256_file(file) if file.is_file() else "missing"
+    rows = table.select(wanted).to_pylist()
+    # the paper's 148,200 images take minutes to read: a bar on a terminal (none in logs and pipes)
+    for row in tqdm(rows, desc="hashing generated images", unit="img", leave=False, disable=None):
+        file = generated / row["file_name"]
+        image_hash = sha256_file(file) if file.is_file() else "missing"
         digest.update(f"{row['image_id']}\0{row.get('seed')}\0{image_hash}\n".encode())
     return digest.hexdigest()
 

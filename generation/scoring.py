@@ -203,12 +203,11 @@ def score_images(
 
 def load_image(path: Path):
     """The RGB image, or None and the reason it cannot be read."""
-    from PIL import Image
+    from vehicle_diff.io import open_rgb
 
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB"), None
-    except (OSError, ValueError, SyntaxError) as error:  # missing, truncated, not an image
+        return open_rgb(path), None
+    except (OSError, ValueError, SyntaxError) as error:  # missing, truncated, not an image, over the size limit
         return None, f"{type(error).__name__}: {error}"
 
 

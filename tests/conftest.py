@@ -40,6 +40,29 @@ def sigkill_after_shards(command: list[str], stage: str, shards_dir, shards: int
     return len(list(shards_dir.glob("batch-*.jsonl")))
 
 
+def run_killed_at(command: list[str], point: str) -> None:
+    """Run `command` with a SIGKILL injected at the named fault point `point` (`NAME` or `NAME:N`)."""
+    import signal
+
+    env = {**os.environ, "VEHICLE_DIFF_KILL_AT": point}
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert result.returncode == -signal.SIGKILL, (
+        f"ended with {result.returncode} before {point}: {result.stderr[-2000:]}"
+    )
+
+
+def decompression_bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A tiny PNG whose header claims `width` x `height` pixels (8-bit RGB) and whose data is a few bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
 class CheckpointCrash(Exception):
     pass
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from vehicle_diff.generation.caption import caption_text, main, select_subset
 
-from tests.conftest import launch_two_processes, sigkill_after_shards
+from tests.conftest import decompression_bomb_png, launch_two_processes, sigkill_after_shards
 from vehicle_diff.errors import UserInputError
 
 
@@ -32,13 +32,15 @@ def test_caption_text_prefix_and_whitespace():
 
 @pytest.fixture
 def target_folder(tmp_path):
-    """Ten small images in nested folders, a corrupt eleventh among them, and a text file."""
+    """Ten small images in nested folders, a corrupt eleventh and a decompression bomb among them, and a text
+    file."""
     rng = np.random.default_rng(0)
     for i in range(10):
         folder = tmp_path / "cams" / f"c{i % 3:03d}"
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(folder / f"{i:04d}.jpg")
     (tmp_path / "cams" / "c001" / "0005.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "cams" / "c002" / "0011.png").write_bytes(decompression_bomb_png())
     (tmp_path / "cams" / "notes.txt").write_text("ignored")
     return tmp_path / "cams"
 
@@ -66,9 +68,11 @@ def test_captions_an_imagefolder_and_lists_unreadable_files(tiny_zoo, target_fol
     )
     assert set(data["caption_model"]) == {"tiny:blip2"}
     skipped = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
-    assert [s["source"] for s in skipped] == ["c001/0005.jpg"]
+    assert [s["source"] for s in skipped] == ["c001/0005.jpg", "c002/0011.png"]
+    assert skipped[1]["error"].startswith("ImageTooLarge: Image size (10000000000 pixels) exceeds")
     selection = json.loads((out / "selection.json").read_text())
-    assert len(selection["selected"]) == 11 and selection["seed"] == 0
+    assert len(selection["selected"]) == 12 and selection["seed"] == 0
+    assert main(args(target_folder, tmp_path / "cap", "--prompt_prefix", "a photo of a vehicle,")) == out  # re-run
 
 
 def test_sigkill_then_rerun_equals_an_uninterrupted_run(tiny_zoo, target_folder, tmp_path):
@@ -86,7 +90,7 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tiny_zoo, target_folder,
             *args(target_folder, out_dir, "--batch_size", "1"),
         ]
 
-    assert 2 <= sigkill_after_shards(command(tmp_path / "killed"), "caption", tmp_path / "killed" / ".shards") < 111, (
+    assert 2 <= sigkill_after_shards(command(tmp_path / "killed"), "caption", tmp_path / "killed" / ".shards") < 112, (
         "the kill should land mid-run"
     )
     subprocess.run(command(tmp_path / "killed"), check=True, capture_output=True)

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 from vehicle_diff.generation.filter import main
 
-from tests.conftest import launch_two_processes, sigkill_after_shards
+from tests.conftest import decompression_bomb_png, launch_two_processes, sigkill_after_shards
 from vehicle_diff.errors import UserInputError
 
 
@@ -21,13 +21,14 @@ def rows(out_dir):
 
 @pytest.fixture(scope="module")
 def damaged_generation(tiny_generated, tmp_path_factory):
-    """The tiny generation with one truncated and one missing image in the middle."""
+    """The tiny generation with one truncated image, one missing and one decompression bomb in the middle."""
     copy = tmp_path_factory.mktemp("damaged") / "gen"
     shutil.copytree(tiny_generated, copy)
     records = pq.read_table(copy / "records.parquet").to_pylist()
     truncated = copy / records[5]["file_name"]
     truncated.write_bytes(truncated.read_bytes()[:100])
     (copy / records[9]["file_name"]).unlink()
+    (copy / records[13]["file_name"]).write_bytes(decompression_bomb_png())
     return copy
 
 
@@ -42,7 +43,9 @@ def test_every_image_gets_a_record_with_its_scores_and_decision(filtered, damage
     assert [r["image_id"] for r in records] == [g["image_id"] for g in generated]
     assert records[5]["reject_reason"] == "unreadable" and "Error" in records[5]["unreadable_error"]
     assert records[9]["reject_reason"] == "unreadable" and "No such file" in records[9]["unreadable_error"]
-    readable = [r for i, r in enumerate(records) if i not in (5, 9)]
+    assert records[13]["reject_reason"] == "unreadable"
+    assert records[13]["unreadable_error"].startswith("ImageTooLarge: Image size (10000000000 pixels) exceeds")
+    readable = [r for i, r in enumerate(records) if i not in (5, 9, 13)]
     assert all(r["kept"] == (r["reject_reason"] is None) for r in records)
     for record in readable:
         assert record["det_class"] in (2, 7) and 0 <= record["det_confidence"] <= 1
@@ -68,13 +71,13 @@ def test_every_image_gets_a_record_with_its_scores_and_decision(filtered, damage
 
 def test_summary_and_contact_sheets(filtered):
     summary = json.loads((filtered / "summary.json").read_text())
-    assert summary["images"] == 24 and summary["per_reason"]["unreadable"] == 2
+    assert summary["images"] == 24 and summary["per_reason"]["unreadable"] == 3
     assert sum(summary["per_reason"].values()) == 24
-    assert sum(sum(row.values()) for row in summary["color_confusion"].values()) == 22
+    assert sum(sum(row.values()) for row in summary["color_confusion"].values()) == 21
     assert (filtered / "contact_sheets" / "kept.png").is_file() and (
         filtered / "contact_sheets" / "unreadable.png"
     ).is_file()
-    assert "| unreadable | 2 |" in (filtered / "summary.md").read_text()
+    assert "| unreadable | 3 |" in (filtered / "summary.md").read_text()
 
 
 def test_rescore_only_applies_new_thresholds_without_models(filtered, damaged_generation, monkeypatch):
@@ -149,3 +152,16 @@ def test_missing_generation_and_rescore_before_scoring(tmp_path, damaged_generat
         main(tiny_args(tmp_path, tmp_path / "out"))
     with pytest.raises(UserInputError, match="has no filter scores"):
         main(tiny_args(damaged_generation, tmp_path / "out", "--rescore_only"))
+
+
+def test_the_fingerprint_reads_the_images_on_disk_not_the_hashes_in_the_records(tiny_generated, tmp_path):
+    from vehicle_diff.generation.filter import input_digest, read_generation_records
+
+    copy = tmp_path / "gen"
+    shutil.copytree(tiny_generated, copy)
+    table = read_generation_records(copy)
+    assert "image_sha256" in table.column_names
+    before = input_digest(table, copy)
+    files = table.column("file_name").to_pylist()
+    (copy / files[0]).write_bytes((copy / files[1]).read_bytes())  # replaced after generation, records unchanged
+    assert input_digest(read_generation_records(copy), copy) != before

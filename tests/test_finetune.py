@@ -1,5 +1,8 @@
 import json
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,8 +10,9 @@ from PIL import Image
 from safetensors.torch import load_file
 from vehicle_diff.training.finetune_lora import CaptionedImages, augment, lora_target_modules, main, warmup_steps
 
-from tests.conftest import crash_after_first_checkpoint, launch_two_processes
+from tests.conftest import crash_after_first_checkpoint, launch_two_processes, run_killed_at
 from vehicle_diff.errors import UserInputError
+from vehicle_diff.io import sha256_file
 
 UNET_UP = "unet.up_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
 
@@ -182,3 +186,55 @@ def test_the_same_lora_saved_twice_has_the_same_bytes(tmp_path):
 
     with safe_open(str(files[0]), framework="pt") as handle:
         assert handle.metadata() == {"lora_adapter_metadata": "{}"}
+
+
+def finetune_command(captions, out_dir, *extra) -> list[str]:
+    return [sys.executable, "-m", "vehicle_diff.training.finetune_lora", *tiny_args(captions, out_dir, *extra)]
+
+
+def test_killed_twice_the_same_command_resumes_to_the_uninterrupted_result(tiny_captions, tmp_path):
+    """The tiny preset trains 8 steps with a checkpoint every 4: the first kill lands mid-run, the second after
+    the checkpoint of the last step, which must not be trained again (an epoch here is 6 steps)."""
+    flags = ["--validation_prompts", "a car"]
+    straight = finetune_command(tiny_captions, tmp_path / "straight", *flags)
+    subprocess.run(straight, check=True, capture_output=True)
+    command = finetune_command(tiny_captions, tmp_path / "resumed", *flags)
+    run_killed_at(command, "checkpoint.committed")  # right after checkpoint-4
+    run_killed_at(command, "checkpoint.committed")  # resumed from 4, killed right after checkpoint-8
+    subprocess.run(command, check=True, capture_output=True)
+
+    a, b = tmp_path / "straight", tmp_path / "resumed"
+    assert sha256_file(b / "pytorch_lora_weights.safetensors") == sha256_file(a / "pytorch_lora_weights.safetensors")
+    stats = [json.loads((out / "training_stats.json").read_text()) for out in (a, b)]
+    assert stats[0]["steps"] == stats[1]["steps"] == 8
+    assert sha256_file(b / "training_curves.png") == sha256_file(a / "training_curves.png")
+    assert (b / "README.md").read_text() == (a / "README.md").read_text()
+    resumed_from = json.loads((b / "done.json").read_text())["summary"]["resumed_from"]
+    assert [(Path(r["checkpoint"]).name, r["step"]) for r in resumed_from] == [("checkpoint-4", 4), ("checkpoint-8", 8)]
+    assert json.loads((a / "done.json").read_text())["summary"]["resumed_from"] == []
+
+
+def test_a_checkpoint_of_another_rank_is_refused_in_one_line(tiny_captions, tmp_path):
+    flags = ["--max_train_steps", "2", "--checkpointing_steps", "2", "--validation_seeds", "0"]
+    subprocess.run(finetune_command(tiny_captions, tmp_path / "rank4", *flags), check=True, capture_output=True)
+    checkpoint = tmp_path / "rank4" / "checkpoint-2"
+    command = finetune_command(
+        tiny_captions, tmp_path / "rank8", *flags, "--rank", "8", "--resume_from_checkpoint", str(checkpoint)
+    )
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(checkpoint) in lines[0] and "another training plan" in lines[0]
+    assert "rank: 4 -> 8" in lines[0]
+
+
+def test_none_starts_afresh_and_latest_is_the_default(tmp_path):
+    from dataclasses import fields
+
+    from vehicle_diff.training.checkpointing import find_checkpoint
+    from vehicle_diff.training.finetune_lora import FinetuneConfig
+    from vehicle_diff.training.train_reid import TrainReIDConfig
+
+    for config in (FinetuneConfig, TrainReIDConfig):
+        assert next(f.default for f in fields(config) if f.name == "resume_from_checkpoint") == "latest"
+    assert find_checkpoint(tmp_path, "none") is None

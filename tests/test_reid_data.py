@@ -1,6 +1,8 @@
 """The identity sampler's epoch, the synthetic subsample and dataset revisions, on hand-made inputs."""
 
 import random
+import subprocess
+import sys
 from collections import Counter
 
 import numpy as np
@@ -154,3 +156,81 @@ def test_dataset_revision_is_pinned(monkeypatch, synthetic_dataset, tmp_path):
     assert calls[-1] == (str(with_at), None)
     with pytest.raises(UserInputError, match="NAME@REVISION"):
         read_source("ORG/vehicle-diff@")
+
+
+def write_split(path, ids, per_id=2, seed=0):
+    import datasets
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    rows = [
+        {"image": Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)), "vehicle_id": pid, "camera": i}
+        for pid in ids
+        for i in range(per_id)
+    ]
+    datasets.Dataset.from_list(rows).cast_column("image", datasets.Image()).to_parquet(str(path))
+
+
+def test_a_replaced_train_parquet_is_read_as_it_is_now(synthetic_dataset, tmp_path):
+    import os
+    import shutil
+
+    folder = tmp_path / "vehicle-diff"
+    shutil.copytree(synthetic_dataset, folder)
+    train = folder / "data" / "train-00000-of-00001.parquet"
+    assert len(read_source(str(folder)).train) == 24
+    stat = train.stat()
+    write_split(train, range(5))  # another export's train split, under the same name and time stamp
+    os.utime(train, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert len(read_source(str(folder)).train) == 10
+
+
+def test_a_truncated_split_parquet_is_named_in_one_line(synthetic_dataset, tmp_path):
+    import shutil
+
+    folder = tmp_path / "vehicle-diff"
+    shutil.copytree(synthetic_dataset, folder)
+    query = folder / "data" / "query-00000-of-00001.parquet"
+    query.write_bytes(query.read_bytes()[: query.stat().st_size // 2])
+    with pytest.raises(UserInputError, match=r"query-00000-of-00001\.parquet: not a readable Parquet file") as error:
+        read_source(str(folder))
+    assert "\n" not in str(error.value)
+    command = ["train-reid", "--preset", "tiny", "--synthetic_data", str(folder), "--data_mode", "S"]
+    result = subprocess.run(
+        [sys.executable, "-m", "vehicle_diff.cli", *command, "--output_dir", str(tmp_path / "reid")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"vehicle-diff train-reid: error: {error.value}"
+    ]
+    assert not (tmp_path / "reid").exists()
+
+
+def test_train_reid_fingerprints_the_content_of_its_data(veri_folder, tmp_path):
+    import shutil
+
+    from vehicle_diff.training.train_reid import TrainReIDConfig, job_components
+
+    root = tmp_path / "VeRi"
+    shutil.copytree(veri_folder, root)
+    config = TrainReIDConfig(real_data=f"veri776:{root}", data_mode="R")
+    before = job_components(config)
+    image = root / "image_train" / "0001_c001_00000001_0.jpg"
+    data = image.read_bytes()
+    image.write_bytes(data[:-2] + bytes([data[-2] ^ 1, data[-1]]))  # same name, same size, other content
+    assert job_components(config)["real_data"] != before["real_data"]
+
+
+def test_a_split_parquet_damaged_behind_its_footer_is_named_in_one_line(synthetic_dataset, tmp_path):
+    import shutil
+
+    folder = tmp_path / "vehicle-diff"
+    shutil.copytree(synthetic_dataset, folder)
+    gallery = folder / "data" / "gallery-00000-of-00001.parquet"
+    data = bytearray(gallery.read_bytes())
+    data[4:68] = bytes(range(64))  # the first page header: the footer, and so the metadata, stay whole
+    gallery.write_bytes(bytes(data))
+    with pytest.raises(UserInputError, match=r"gallery-00000-of-00001\.parquet: cannot be read") as error:
+        read_source(str(folder))
+    assert "\n" not in str(error.value)

@@ -1,4 +1,7 @@
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from vehicle_diff.training.evaluate import main as evaluate
@@ -6,8 +9,9 @@ from vehicle_diff.training.reid_data import IdentityBatchSampler, parse_veri_nam
 from vehicle_diff.training.reid_model import ReIDModel
 from vehicle_diff.training.train_reid import main
 
-from tests.conftest import crash_after_first_checkpoint, launch_two_processes
+from tests.conftest import crash_after_first_checkpoint, launch_two_processes, run_killed_at
 from vehicle_diff.errors import UserInputError
+from vehicle_diff.io import sha256_file
 
 
 def test_veri_names_and_layout_errors(veri_folder, tmp_path):
@@ -159,3 +163,53 @@ def test_bad_input(tmp_path, synthetic_dataset):
         )
     with pytest.raises(UserInputError, match="image_train: missing"):
         main(tiny("--real_data", f"veri776:{tmp_path}", "--data_mode", "R", "--output_dir", str(tmp_path / "r")))
+
+
+def train_reid_command(synthetic_dataset, out_dir, *extra) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "vehicle_diff.training.train_reid",
+        *tiny("--synthetic_data", str(synthetic_dataset), "--data_mode", "S", "--output_dir", str(out_dir), *extra),
+    ]
+
+
+def test_killed_twice_the_same_command_resumes_to_the_uninterrupted_result(synthetic_dataset, tiny_zoo, tmp_path):
+    """3 steps an epoch, 4 in all, a checkpoint every 2: the first kill lands mid-epoch, the second after the
+    checkpoint of the last step (taken after its evaluation), which must not be trained again."""
+    flags = ["--max_train_steps", "4", "--checkpointing_steps", "2"]
+    subprocess.run(
+        train_reid_command(synthetic_dataset, tmp_path / "straight", *flags), check=True, capture_output=True
+    )
+    command = train_reid_command(synthetic_dataset, tmp_path / "resumed", *flags)
+    run_killed_at(command, "checkpoint.committed")  # right after checkpoint-2
+    run_killed_at(command, "checkpoint.committed")  # resumed from 2, killed right after checkpoint-4
+    subprocess.run(command, check=True, capture_output=True)
+
+    a, b = tmp_path / "straight", tmp_path / "resumed"
+    assert sha256_file(b / "model.safetensors") == sha256_file(a / "model.safetensors")
+    metrics = json.loads((b / "metrics.json").read_text())
+    assert [m["epoch"] for m in metrics] == [1, 2] and metrics == json.loads((a / "metrics.json").read_text())
+    stats = [json.loads((out / "training_stats.json").read_text()) for out in (a, b)]
+    for key in ("steps", "num_classes", "real_images", "synthetic_images"):
+        assert stats[0][key] == stats[1][key]
+    assert stats[1]["steps"] == 4
+    assert sha256_file(b / "training_curves.png") == sha256_file(a / "training_curves.png")
+    card = (b / "README.md").read_text()
+    assert card == (a / "README.md").read_text() and "Not evaluated" not in card
+    resumed_from = json.loads((b / "done.json").read_text())["summary"]["resumed_from"]
+    assert [(Path(r["checkpoint"]).name, r["step"]) for r in resumed_from] == [("checkpoint-2", 2), ("checkpoint-4", 4)]
+
+
+def test_a_checkpoint_of_another_architecture_is_refused_in_one_line(synthetic_dataset, tiny_zoo, tmp_path):
+    flags = ["--max_train_steps", "2", "--checkpointing_steps", "2"]
+    subprocess.run(train_reid_command(synthetic_dataset, tmp_path / "resnet", *flags), check=True, capture_output=True)
+    checkpoint = tmp_path / "resnet" / "checkpoint-2"
+    other = ["--backbone", "tiny:timm-densenet", "--resume_from_checkpoint", str(checkpoint)]
+    result = subprocess.run(
+        train_reid_command(synthetic_dataset, tmp_path / "densenet", *flags, *other), capture_output=True, text=True
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(checkpoint) in lines[0] and "another training plan" in lines[0]
+    assert "backbone" in lines[0]

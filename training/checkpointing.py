@@ -2,11 +2,16 @@
 and the training-curves plot.
 
 A checkpoint is `OUT/checkpoint-STEP` (diffusers' naming). It is written by accelerate's `save_state` into a
-staging folder, then `trainer_state.json` (the step, as JSON) and `manifest.json` (every file's sha256) are
-added and the folder is renamed into place: a kill at any moment leaves either no checkpoint-STEP or a whole
-one. On resume the manifest is checked; a damaged checkpoint is named and skipped for the previous one.
+staging folder, then `trainer_state.json` and `manifest.json` (every file's sha256) are added and the folder is
+renamed into place: a kill at any moment leaves either no checkpoint-STEP or a whole one. On resume the
+manifest is checked; a damaged checkpoint is named and skipped for the previous one.
 
-`--resume_from_checkpoint latest | checkpoint-STEP | PATH` (PATH may be another run's checkpoint).
+`trainer_state.json` holds the step, the fingerprint of the training plan (and its parts, to say what changed)
+and the run's progress so far (loss history, evaluations, seconds trained): a resumed run continues its
+history instead of starting a new one, so it writes what an uninterrupted run writes.
+
+`--resume_from_checkpoint latest` (the default: the same command continues a killed run) | `checkpoint-STEP` |
+PATH (another run's checkpoint of the same plan) | `none` (start from step 0).
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ import shutil
 from pathlib import Path
 
 from vehicle_diff.errors import UserInputError
+from vehicle_diff.faults import fault_point
 from vehicle_diff.io import atomic_path, sha256_file
-from vehicle_diff.jobs import Job, warn
+from vehicle_diff.jobs import Job, changed_parts, warn
 
 STATE_FILE = "trainer_state.json"
 MANIFEST_FILE = "manifest.json"
@@ -64,10 +70,10 @@ def checkpoints(out_dir: Path) -> list[Path]:
     return sorted(found, key=checkpoint_step)
 
 
-def find_checkpoint(out_dir: Path, spec: str | None) -> Path | None:
-    """`latest` = the newest whole checkpoint of this run (damaged ones are skipped with a warning); a name
-    `checkpoint-STEP` is looked up in this run; anything else is a path."""
-    if not spec:
+def find_checkpoint(out_dir: Path, spec: str) -> Path | None:
+    """`latest` = the newest whole checkpoint of this run (damaged ones are skipped with a warning); `none` =
+    no checkpoint; a name `checkpoint-STEP` is looked up in this run; anything else is a path."""
+    if spec == "none":
         return None
     if spec == "latest":
         for candidate in reversed(checkpoints(out_dir)):
@@ -79,7 +85,7 @@ def find_checkpoint(out_dir: Path, spec: str | None) -> Path | None:
     path = Path(out_dir) / spec if checkpoint_step(Path(spec)) is not None and "/" not in spec else Path(spec)
     if not path.is_dir():
         raise UserInputError(
-            f"--resume_from_checkpoint {spec}: no checkpoint folder {path}; use latest, "
+            f"--resume_from_checkpoint {spec}: no checkpoint folder {path}; use latest, none, "
             "checkpoint-STEP or the path of a checkpoint folder"
         )
     problem = checkpoint_problem(path)
@@ -88,22 +94,43 @@ def find_checkpoint(out_dir: Path, spec: str | None) -> Path | None:
     return path
 
 
-def resume(accelerator, out_dir: Path, spec: str | None) -> int:
-    """Restore models (or adapters), optimizer, scheduler, RNG and the step; returns the step (0 = fresh)."""
-    path = find_checkpoint(out_dir, spec)
+def checkpoint_to_resume(job: Job, spec: str) -> Path | None:
+    """The checkpoint `spec` names, checked before any model loads. A checkpoint of another plan (other settings,
+    data, LoRA rank or architecture) is refused: resuming from it would silently train a different model, or
+    fail deep inside torch."""
+    path = find_checkpoint(job.out_dir, spec)
     if path is None:
-        if spec:
-            accelerator.print(f"No checkpoint in {out_dir} yet; starting from step 0.")
-        return 0
+        return None
+    saved = json.loads((path / STATE_FILE).read_text())
+    if saved.get("fingerprint") != job.fingerprint:
+        changes = changed_parts(saved.get("components") or {}, job.components)
+        raise UserInputError(
+            f"--resume_from_checkpoint {spec}: {path} is a checkpoint of another training plan (changed: "
+            f"{'; '.join(changes[:3]) or 'the plan is not recorded'}{' ...' if len(changes) > 3 else ''}); "
+            "give a checkpoint of this plan, or --resume_from_checkpoint none to start from step 0"
+        )
+    return path
+
+
+def resume(accelerator, path: Path | None) -> tuple[int, dict]:
+    """Restore models (or adapters), optimizer, scheduler, RNG, the step and the progress saved with them.
+    Returns (step, progress); step 0 and an empty progress for a fresh start. The progress lists the
+    checkpoints this run resumed from (its provenance)."""
+    if path is None:
+        return 0, {}
     accelerator.load_state(str(path))
-    step = json.loads((path / STATE_FILE).read_text())["step"]
+    saved = json.loads((path / STATE_FILE).read_text())
+    step, progress = saved["step"], saved.get("progress") or {}
+    source = {"checkpoint": str(path.resolve()), "step": step, "manifest_sha256": sha256_file(path / MANIFEST_FILE)}
+    progress = {**progress, "resumed_from": [*progress.get("resumed_from", []), source]}
     accelerator.print(f"Resumed from {path} at step {step}.")
-    return step
+    return step, progress
 
 
-def save_checkpoint(accelerator, out_dir: Path, step: int, total_limit: int) -> Path:
-    """Write checkpoint-STEP complete-or-invisible and keep the newest `total_limit` (all processes call it)."""
-    out_dir = Path(out_dir)
+def save_checkpoint(accelerator, job: Job, step: int, total_limit: int, progress: dict) -> Path:
+    """Write checkpoint-STEP complete-or-invisible, with the plan's fingerprint and the run's progress, and keep
+    the newest `total_limit` (all processes call it)."""
+    out_dir = job.out_dir
     final, staging = out_dir / f"checkpoint-{step}", out_dir / f".checkpoint-{step}.staging"
     if accelerator.is_main_process and staging.exists():
         shutil.rmtree(staging)
@@ -111,14 +138,16 @@ def save_checkpoint(accelerator, out_dir: Path, step: int, total_limit: int) -> 
     accelerator.save_state(str(staging))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        state = {"step": step, "fingerprint": job.fingerprint, "components": job.components, "progress": progress}
         with atomic_path(staging / STATE_FILE) as tmp:
-            tmp.write_text(json.dumps({"step": step}))
+            tmp.write_text(json.dumps(state, indent=1, default=str))
         files = {p.relative_to(staging).as_posix(): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()}
         with atomic_path(staging / MANIFEST_FILE) as tmp:
             tmp.write_text(json.dumps(files, indent=1))
-        if final.exists():  # the same step again (a resumed run): the new one replaces it whole
+        if final.exists():  # the same step again (a run started afresh): the new one replaces it whole
             shutil.rmtree(final)
         staging.rename(final)
+        fault_point("checkpoint.committed")
         for old in checkpoints(out_dir)[:-total_limit]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()

@@ -24,7 +24,7 @@ from vehicle_diff.errors import UserInputError
 from vehicle_diff.io import atomic_path
 
 from .metrics import evaluate_rank, k_reciprocal_rerank, pairwise_distance
-from .reid_data import Sample, load_image, read_source, read_vehicleid
+from .reid_data import Sample, load_image, read_source, read_vehicleid, source_digest
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 RERANK = {"k1": 20, "k2": 6, "lambda_value": 0.3}  # Zhong et al.'s setting, the one papers report
@@ -391,7 +391,7 @@ def evaluate(config: EvaluateConfig) -> Path:
     model_dir, data_root = Path(config.model), Path(config.eval_data.split(":", 1)[-1].rsplit(":", 1)[0])
     components = {"settings": output_settings(config, ignore=("model", "eval_data")),
                   "model": folder_digest(model_dir) if model_dir.is_dir() else config.model,
-                  "eval_data": config.eval_data}  # fmt: skip
+                  "eval_data": source_digest(config.eval_data)}  # fmt: skip
     job = Job(config.output_dir, "evaluate", components, overwrite=True, inputs=[model_dir, data_root],
               owned=["metrics.json", "metrics.md", "cmc.png", "retrieval.png", "track2.txt", "config.yaml"]).open()  # fmt: skip
     device = "cuda" if torch.cuda.is_available() else "cpu"

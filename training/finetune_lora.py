@@ -228,8 +228,9 @@ class FinetuneConfig:
     )
     checkpointing_steps: int = 500
     checkpoints_total_limit: int = 3
-    resume_from_checkpoint: str | None = field(
-        default=None, metadata={"help": "latest, checkpoint-STEP, or the path of a checkpoint folder"}
+    resume_from_checkpoint: str = field(
+        default="latest",
+        metadata={"help": "latest (continue this run), checkpoint-STEP, a checkpoint folder, or none (start afresh)"},
     )
     seed: int = 0
     dataloader_num_workers: int = 0
@@ -379,6 +380,7 @@ def finetune(config: FinetuneConfig) -> Path:
     from tqdm.auto import tqdm
     from vehicle_diff.training.checkpointing import (
         adapter_checkpoint_hooks,
+        checkpoint_to_resume,
         open_training_output,
         resume,
         save_checkpoint,
@@ -412,6 +414,7 @@ def finetune(config: FinetuneConfig) -> Path:
         ],
     )
     out_dir = job.out_dir
+    resume_point = checkpoint_to_resume(job, config.resume_from_checkpoint)  # checked before any model loads
     set_seed(config.seed)
 
     # frozen models: the base pipeline's parts, loaded with the stock loader
@@ -532,16 +535,20 @@ def finetune(config: FinetuneConfig) -> Path:
     if config.train_text_encoder:
         text_encoders = trained[1:]
     adapter_checkpoint_hooks(accelerator, trained)
-    step = resume(accelerator, out_dir, config.resume_from_checkpoint)
+    step, progress = resume(accelerator, resume_point)
 
     if accelerator.is_main_process:
         save_config(config, out_dir / "config.yaml", stage="finetune")
-    history = []
+    # the loss curve and training time of the steps before the checkpoint continue, not restart
+    history, seconds_before = progress.get("history", []), progress.get("seconds", 0.0)
+    resumed_from = progress.get("resumed_from", [])
     bar = tqdm(
         total=max_train_steps, initial=step, desc="finetune", unit="step", disable=not accelerator.is_local_main_process
     )
-    first_epoch, first_step, started = step // steps_per_epoch, step, time.perf_counter()
-    for epoch in range(first_epoch, num_epochs):
+    first_epoch, started = step // steps_per_epoch, time.perf_counter()
+    # a checkpoint of the last step has nothing left to train, though its epoch may look unfinished
+    end_epoch = num_epochs if step < max_train_steps else first_epoch
+    for epoch in range(first_epoch, end_epoch):
         dataset.epoch = epoch
         loader.set_epoch(epoch)
         skip = (step - epoch * steps_per_epoch) * config.gradient_accumulation_steps if epoch == first_epoch else 0
@@ -576,13 +583,20 @@ def finetune(config: FinetuneConfig) -> Path:
                 bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{learning_rate:.2e}")
                 history.append({"step": step, "loss": loss.item(), "learning_rate": learning_rate})
                 if step % config.checkpointing_steps == 0:
-                    save_checkpoint(accelerator, out_dir, step, config.checkpoints_total_limit)
+                    seconds = seconds_before + time.perf_counter() - started
+                    save_checkpoint(
+                        accelerator,
+                        job,
+                        step,
+                        config.checkpoints_total_limit,
+                        {"history": history, "seconds": seconds, "resumed_from": resumed_from},
+                    )
                 if step >= max_train_steps:
                     break
         if step >= max_train_steps:
             break
     bar.close()
-    seconds = time.perf_counter() - started
+    seconds = seconds_before + time.perf_counter() - started
     accelerator.wait_for_everyone()
 
     if accelerator.is_main_process:
@@ -597,14 +611,9 @@ def finetune(config: FinetuneConfig) -> Path:
 
         StableDiffusionXLPipeline.save_lora_weights(out_dir, safe_serialization=True, **layers, **metadata)
         keep_one_metadata_entry(out_dir / LORA_FILE)  # the same LoRA, the same bytes
-        images = (
-            (step - first_step)
-            * config.train_batch_size
-            * config.gradient_accumulation_steps
-            * accelerator.num_processes
-        )
+        images = step * config.train_batch_size * config.gradient_accumulation_steps * accelerator.num_processes
         stats = {
-            "steps": step - first_step,
+            "steps": step,
             "seconds": round(seconds, 3),
             "images_per_second": round(images / max(seconds, 1e-9), 3),
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -627,7 +636,7 @@ def finetune(config: FinetuneConfig) -> Path:
             target_modules=target_modules,
             num_tensors=sum(len(v) for v in layers.values()),
         )
-        job.mark_done({"steps": step})
+        job.mark_done({"steps": step, "resumed_from": resumed_from})
         print(
             f"LoRA: {out_dir / LORA_FILE} ({step} steps)\nValidation grid: {out_dir / 'validation.png'}\n"
             f"Card: {out_dir / 'README.md'}"

@@ -128,10 +128,20 @@ def read_hf_dataset(name_or_path: str, revision: str | None = None) -> Split:
     from huggingface_hub.errors import RevisionNotFoundError
 
     shown = f"{name_or_path}@{revision}" if revision else name_or_path
+    options = {}
+    if revision is None and Path(name_or_path).is_dir():
+        # datasets' cache knows a local folder by its name and card, not by its files: a Parquet file replaced by
+        # another export would be read from the cache of the old one. A cache per content reads what is there.
+        content = local_data_digest(Path(name_or_path))
+        options["cache_dir"] = str(Path(datasets.config.HF_DATASETS_CACHE) / "vehicle-diff-by-content" / content[:16])
     try:
-        data = datasets.load_dataset(name_or_path, revision=revision)
+        data = datasets.load_dataset(name_or_path, revision=revision, **options)
     except (FileNotFoundError, ValueError, datasets.exceptions.DatasetNotFoundError, RevisionNotFoundError) as error:
         raise UserInputError(f"{shown}: cannot be loaded as a dataset ({error})") from error
+    except datasets.exceptions.DatasetGenerationError as error:  # a data file damaged behind an intact footer
+        file, problem = unreadable_parquet(Path(name_or_path)) if options else (shown, str(error.__cause__ or error))
+        problem = " ".join(problem.split())  # one line
+        raise UserInputError(f"{file}: cannot be read ({problem}); export the dataset again") from None
     if "train" not in data or not {"image", "vehicle_id"} <= set(data["train"].column_names):
         raise UserInputError(f"{name_or_path}: needs a train split with `image` and `vehicle_id` columns")
 
@@ -147,6 +157,59 @@ def read_hf_dataset(name_or_path: str, revision: str | None = None) -> Split:
 
     has_cameras = all("camera" in data[split].column_names for split in ("query", "gallery") if split in data)
     return Split(relabel(samples("train")), samples("query"), samples("gallery"), shown, cameras=has_cameras)
+
+
+def local_data_digest(folder: Path) -> str:
+    """sha256 of a local dataset folder's files, after checking that each Parquet file is whole: a truncated
+    or damaged one is named here, in one line, instead of failing deep inside datasets (or, worse, being read
+    from an old cache)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from vehicle_diff.jobs import folder_digest
+
+    for file in sorted(folder.rglob("*.parquet")):
+        if any(part.startswith(".") for part in file.relative_to(folder).parts):
+            continue
+        try:
+            pq.read_metadata(file)
+        except (pa.ArrowException, OSError) as error:
+            raise UserInputError(
+                f"{file}: not a readable Parquet file ({error}); export the dataset again or restore the file"
+            ) from None
+    return folder_digest(folder)
+
+
+def unreadable_parquet(folder: Path) -> tuple[Path, str]:
+    """The first Parquet file under `folder` whose pages cannot be read, and why (only looked for once loading
+    failed: reading every page on each start would double the I/O)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for file in sorted(folder.rglob("*.parquet")):
+        try:
+            pq.read_table(file)
+        except (pa.ArrowException, OSError) as error:
+            return file, str(error)
+    return folder, "a data file is damaged"
+
+
+def source_digest(spec: str | None) -> str | list | None:
+    """What a data source holds, for fingerprints: the content of its files (a benchmark's root folder or a
+    dataset folder), or the spec itself for a Hub dataset (its revision pinned in the spec)."""
+    if not spec:
+        return None
+    kind, _, rest = spec.partition(":")
+    if kind in ("veri776", "cityflow", "vehicleid"):
+        root = Path(rest.rpartition(":")[0] if kind == "vehicleid" and rest.rpartition(":")[2].isdigit() else rest)
+        if not root.is_dir():
+            raise UserInputError(f"{spec}: {root} is not a folder")
+        from vehicle_diff.jobs import folder_digest
+
+        return [kind, folder_digest(root)]
+    if Path(spec).is_dir():
+        return ["folder", local_data_digest(Path(spec))]
+    return spec
 
 
 def relabel(samples: list[Sample], offset: int = 0) -> list[Sample]:

@@ -20,7 +20,7 @@ import torch
 from vehicle_diff.config import check_ranges, parse_config, save_config
 from vehicle_diff.errors import UserInputError
 
-from .reid_data import IdentityBatchSampler, load_image, read_source, relabel
+from .reid_data import IdentityBatchSampler, load_image, read_source, relabel, source_digest
 
 
 class ReIDImages(torch.utils.data.Dataset):
@@ -98,8 +98,9 @@ class TrainReIDConfig:
     mixed_precision: str = "no"
     checkpointing_steps: int = 1000
     checkpoints_total_limit: int = 2
-    resume_from_checkpoint: str | None = field(
-        default=None, metadata={"help": "latest, checkpoint-STEP, or the path of a checkpoint folder"}
+    resume_from_checkpoint: str = field(
+        default="latest",
+        metadata={"help": "latest (continue this run), checkpoint-STEP, a checkpoint folder, or none (start afresh)"},
     )
     eval_every_epochs: int = 10
     flip_test: bool = field(default=False, metadata={"help": "average features with the mirrored image at evaluation"})
@@ -217,21 +218,6 @@ def job_components(config: TrainReIDConfig) -> dict:
     """The model depends on its settings and the content of its data (dataset folders or reader roots)."""
     from vehicle_diff.jobs import output_settings
 
-    def data_identity(spec: str | None):
-        if not spec:
-            return None
-        root = Path(spec.split(":", 1)[1] if ":" in spec and not Path(spec).exists() else spec)
-        if root.is_dir():
-            # the file list with sizes (hashing a whole real benchmark on every start would be slow)
-            files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
-            return [
-                spec.split(":", 1)[0] if ":" in spec else "folder",
-                len(files),
-                sum(p.stat().st_size for p in files),
-                sha256_text("\n".join(f"{p.relative_to(root)}:{p.stat().st_size}" for p in files)),
-            ]
-        return spec  # a hub dataset id, with its revision in the id
-
     return {
         "settings": output_settings(
             config,
@@ -244,16 +230,10 @@ def job_components(config: TrainReIDConfig) -> dict:
                 "eval_every_epochs",
             ),
         ),
-        "real_data": data_identity(config.real_data),
-        "synthetic_data": data_identity(config.synthetic_data),
-        "eval_data": data_identity(config.eval_data),
+        "real_data": source_digest(config.real_data),
+        "synthetic_data": source_digest(config.synthetic_data),
+        "eval_data": source_digest(config.eval_data),
     }
-
-
-def sha256_text(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def train_reid(config: TrainReIDConfig) -> Path:
@@ -266,7 +246,7 @@ def train_reid(config: TrainReIDConfig) -> Path:
     from timm.data import resolve_data_config
     from tqdm.auto import tqdm
 
-    from .checkpointing import open_training_output, resume, save_checkpoint
+    from .checkpointing import checkpoint_to_resume, open_training_output, resume, save_checkpoint
     from .evaluate import evaluate_model
     from .reid_model import ReIDModel, backbone_spec, reid_loss
 
@@ -294,6 +274,7 @@ def train_reid(config: TrainReIDConfig) -> Path:
         ],
     )
     out_dir = job.out_dir
+    resume_point = checkpoint_to_resume(job, config.resume_from_checkpoint)  # checked before any model loads
     set_seed(config.seed)
     num_classes = len({s.pid for s in samples})
 
@@ -325,11 +306,19 @@ def train_reid(config: TrainReIDConfig) -> Path:
         num_warmup_steps=warmup * accelerator.num_processes,
     )
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
-    step = resume(accelerator, out_dir, config.resume_from_checkpoint)
+    step, progress = resume(accelerator, resume_point)
     if accelerator.is_main_process:
         save_config(config, out_dir / "config.yaml", stage="train-reid")
 
-    history, curve = [], []
+    # evaluations, loss curve and training time before the checkpoint continue, not restart
+    history, curve = progress.get("metrics", []), progress.get("history", [])
+    seconds_before, resumed_from = progress.get("seconds", 0.0), progress.get("resumed_from", [])
+
+    def save_progress():
+        seconds = seconds_before + time.perf_counter() - started
+        state = {"metrics": history, "history": curve, "seconds": seconds, "resumed_from": resumed_from}
+        save_checkpoint(accelerator, job, step, config.checkpoints_total_limit, state)
+
     bar = tqdm(
         total=max_train_steps,
         initial=step,
@@ -337,8 +326,10 @@ def train_reid(config: TrainReIDConfig) -> Path:
         unit="step",
         disable=not accelerator.is_local_main_process,
     )
-    first_epoch, first_step, started = step // steps_per_epoch, step, time.perf_counter()
-    for epoch in range(first_epoch, num_epochs):
+    first_epoch, started = step // steps_per_epoch, time.perf_counter()
+    # a checkpoint of the last step has nothing left to train, though its epoch may look unfinished
+    end_epoch = num_epochs if step < max_train_steps else first_epoch
+    for epoch in range(first_epoch, end_epoch):
         sampler.set_epoch(epoch)
         sampler.skip = step - epoch * steps_per_epoch if epoch == first_epoch else 0
         # its own generator: creating the iterator must not draw from the global RNG that checkpoints restore
@@ -368,10 +359,10 @@ def train_reid(config: TrainReIDConfig) -> Path:
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch)
             curve.append({"step": step, "loss": loss.item(), "learning_rate": lr_scheduler.get_last_lr()[0]})
-            if step % config.checkpointing_steps == 0:
-                save_checkpoint(accelerator, out_dir, step, config.checkpoints_total_limit)
             if step >= max_train_steps:
                 break
+            if step % config.checkpointing_steps == 0 and step < (epoch + 1) * steps_per_epoch:
+                save_progress()  # mid-epoch; an epoch's last step is saved after its evaluation, below
         last_epoch = epoch + 1 == num_epochs or step >= max_train_steps
         if (epoch + 1) % config.eval_every_epochs == 0 or last_epoch:
             accelerator.wait_for_everyone()
@@ -391,18 +382,20 @@ def train_reid(config: TrainReIDConfig) -> Path:
                     f"epoch {epoch + 1}: mAP {metrics[metrics['reported']]['mAP']:.4f}, "
                     f"rank-1 {metrics[metrics['reported']]['rank1']:.4f} ({metrics['reported']} features)"
                 )
+        if step % config.checkpointing_steps == 0:
+            save_progress()
         if step >= max_train_steps:
             break
     bar.close()
-    seconds = time.perf_counter() - started
+    seconds = seconds_before + time.perf_counter() - started
     accelerator.wait_for_everyone()
 
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(model)
         final.save_pretrained(out_dir)
-        images_seen = (step - first_step) * config.ids_per_batch * config.images_per_id * accelerator.num_processes
+        images_seen = step * config.ids_per_batch * config.images_per_id * accelerator.num_processes
         stats = {
-            "steps": step - first_step,
+            "steps": step,
             "seconds": round(seconds, 3),
             "images_per_second": round(images_seen / max(seconds, 1e-9), 2),
             "num_classes": num_classes,
@@ -417,7 +410,7 @@ def train_reid(config: TrainReIDConfig) -> Path:
             curve, out_dir / "training_curves.png", title=f"train-reid: {architecture}, data {config.data_mode}"
         )
         write_card(config, out_dir, history[-1] if history else None, stats, eval_data, architecture)
-        job.mark_done({"steps": step})
+        job.mark_done({"steps": step, "resumed_from": resumed_from})
         accelerator.print(
             f"Re-ID model: {out_dir} (load it with ReIDModel.from_pretrained). Metrics: {out_dir / 'metrics.json'}"
         )

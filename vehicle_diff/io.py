@@ -80,3 +80,26 @@ def list_images(folder: str | Path, flag: str = "--input_images", exclude: str |
         and not any(part.startswith(".") for part in p.relative_to(root).parts)
         and not (own and p.resolve().is_relative_to(own))
     )
+
+
+class ImageTooLarge(ValueError):
+    """An image whose header claims more pixels than PIL's limit: a decompression bomb, or too big to decode."""
+
+
+def open_rgb(source):
+    """The image at `source` (a path or a binary file object) as RGB. An image over PIL's pixel limit
+    (`PIL.Image.MAX_IMAGE_PIXELS`) raises `ImageTooLarge` before it is decoded: a 74-byte PNG can claim
+    100000 x 100000 pixels, and decoding it would exhaust memory, so callers list it as unreadable, like a
+    truncated file, instead of crashing on it at every re-run."""
+    import warnings
+
+    from PIL import Image
+
+    with warnings.catch_warnings():  # PIL only warns between the limit and twice the limit
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(source)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+            raise ImageTooLarge(f"{error} PIL.Image.MAX_IMAGE_PIXELS sets the limit.") from None
+    with image:
+        return image.convert("RGB")
