@@ -107,3 +107,7 @@ def test_the_command_refuses_bad_input_in_one_line_and_never_writes_into_a_users
     assert built.returncode == 0, built.stderr[-2000:]
     assert f"veri776:{tmp_path / 'w'}" in built.stdout
     assert read_veri776(str(tmp_path / "w")).query
+    other = cli("--identities", "5", "--output_dir", tmp_path / "w")
+    assert other.returncode == 2 and "changed" in other.stderr and "--overwrite" in other.stderr, other.stderr
+    assert cli("--identities", "5", "--output_dir", tmp_path / "w", "--overwrite").returncode == 0
+    assert len({p.name[:4] for p in (tmp_path / "w" / "image_test").iterdir()}) == 3

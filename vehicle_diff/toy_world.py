@@ -364,6 +364,7 @@ def crop(render_: Render, margin: float = 0.06) -> Image.Image:
 # -- the target dataset: VeRi-776's layout, seen by target cameras -------------------------------------------------
 
 GROUND_TRUTH = "ground_truth.jsonl"  # what the world knows and the stages never read
+WORLD_FILES = ["image_train/*.jpg", "image_query/*.jpg", "image_test/*.jpg", GROUND_TRUTH]
 
 
 def sample_target_identities(count: int, seed: int) -> list[dict]:
@@ -444,6 +445,7 @@ class ToyWorldConfig:
     seed: int = 0
     image_width: int = 128
     image_height: int = 96
+    overwrite: bool = False  # replace an earlier world of other settings in --output_dir
 
     def __post_init__(self):
         from .config import check_ranges
@@ -462,6 +464,8 @@ def build_target_dataset(config: ToyWorldConfig) -> Path:
         lambda staging: write_target_dataset(
             staging, identities=config.identities, seed=config.seed, size=(config.image_width, config.image_height)
         ),
+        owned=WORLD_FILES,
+        overwrite=config.overwrite,
     )
     print(f"toy world target dataset: {out_dir} (use it as veri776:{out_dir})")
     return out_dir
