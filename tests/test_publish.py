@@ -526,6 +526,29 @@ def test_hub_api_path_and_streaming_with_range_requests(
     splits = {s["name"]: s["num_examples"] for s in card_header(files["README.md"].decode())["dataset_info"]["splits"]}
     assert int(streamed.stdout.split("ROWS")[1]) == splits["train"]
     assert any(status == 206 and "/data/train-" in path for path, _, status in hub.range_requests)
+    assert "streaming=True" in files["README.md"].decode()  # the Hub card says how to stream
+
+    # binaries took the LFS path (batch API + PUT, committed by sha256), the card and configs the regular one
+    import hashlib
+
+    uploaded = set(hub.lfs_uploads)
+    for name, data in [*files.items(), *lora_files.items()]:
+        assert (hashlib.sha256(data).hexdigest() in uploaded) == name.endswith((".parquet", ".safetensors", ".png"))
+
+    # an unknown version fails as on the Hub, even with another version of the repo in the cache
+    script = (
+        "import datasets\n"
+        "datasets.load_dataset('vehicle-diff/vehicle-diff', revision='v1.0')\n"
+        "try:\n"
+        "    datasets.load_dataset('vehicle-diff/vehicle-diff', revision='v9.9')\n"
+        "except Exception as error:\n"
+        "    print('FAILED', type(error).__name__)\n"
+        "else:\n"
+        "    print('SERVED')\n"
+    )
+    env = python_env(mirror_client_env(endpoint, tmp_path / "hf-versions"))
+    versions = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert versions.returncode == 0 and "FAILED" in versions.stdout, versions.stdout + versions.stderr[-3000:]
 
     commits = len(hub.repo("datasets", "vehicle-diff/vehicle-diff")["commits"])
     again = run("--dataset", str(tiny_dataset))
@@ -538,6 +561,43 @@ def test_hub_api_path_and_streaming_with_range_requests(
     assert moved.returncode == 0, moved.stderr[-2000:]
     new_oid, new_files = hub.files("datasets", "vehicle-diff/vehicle-diff", "v1.0")
     assert new_oid != oid and not any(name.startswith("data/query-") for name in new_files)  # stale shards deleted
+
+
+def test_the_test_server_answers_unknown_revisions_and_bad_card_metadata_as_the_hub_does(fake_hub, monkeypatch):
+    from huggingface_hub import HfApi, constants, hf_hub_download
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the server is local
+    hub, endpoint = fake_hub
+    api = HfApi(endpoint=endpoint, token="hf_test")
+    api.create_repo("org/data", repo_type="dataset")
+    api.upload_file(path_or_fileobj=b"hello", path_in_repo="a.txt", repo_id="org/data", repo_type="dataset")
+    with pytest.raises(RevisionNotFoundError):
+        api.dataset_info("org/data", revision="v9.9")
+    with pytest.raises(RevisionNotFoundError):
+        hf_hub_download("org/data", "a.txt", repo_type="dataset", revision="v9.9", endpoint=endpoint, token=False)
+    with pytest.raises(RepositoryNotFoundError):
+        api.dataset_info("org/missing")
+
+    from tests.hub_server import yaml_errors
+
+    def card(header: str) -> str:
+        return f"---\n{header}\n---\n# card\n"
+
+    assert yaml_errors(card("license: apache-2.0\nsize_categories:\n- n<1K"), "dataset") == []
+    assert yaml_errors(card("size_categories:\n- tiny"), "dataset")
+    assert yaml_errors(card("task_categories:\n- vehicle-stuff"), "dataset")
+    assert yaml_errors(card("license: other"), "model")  # needs license_name
+    assert yaml_errors(card("license: mit\nlicense: mit"), "model")  # duplicate key
+    assert yaml_errors(card("base_model: not a repo id"), "model")
+    assert yaml_errors(card("model-index:\n- results: [1]"), "model")
+    with pytest.raises(ValueError, match="size_categories"):
+        api.upload_file(
+            path_or_fileobj=card("size_categories:\n- tiny").encode(),
+            path_in_repo="README.md",
+            repo_id="org/data",
+            repo_type="dataset",
+        )
 
 
 def test_the_test_servers_ranges_are_exact():
