@@ -610,18 +610,26 @@ def test_the_test_servers_ranges_are_exact():
     assert byte_range("items=1-2", 10) is False
 
 
-def test_kohya_copy_gives_the_same_images_with_the_trained_alpha(tiny_zoo, tmp_path):
+def test_kohya_copy_is_native_sdxl_kohya_and_loads_to_the_same_unet(tiny_zoo, tmp_path):
+    """The kohya copy has sd-scripts' SGM key names (input_blocks / middle_block / output_blocks, ResBlock inner
+    names), the trained alpha and the metadata SDXL UIs classify by; diffusers' own SGM mapping loads it into the
+    UNet the trained adapter means (for a LoRA on attention, resnet and embedding layers of every block), and the
+    same fused UNet as the diffusers file for the finetune stage's LoRA."""
     import torch
     from diffusers import StableDiffusionXLPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig, get_peft_model_state_dict
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from safetensors import safe_open
     from safetensors.torch import load_file
+    from vehicle_diff.training.finetune_lora import lora_target_modules
     from vehicle_diff.training.lora_files import save_kohya_lora
 
     from vehicle_diff.models import load_sdxl_pipeline
 
     pipe = load_sdxl_pipeline("tiny:sdxl")  # rank 4 trained with alpha 8: scale 2, recorded in the file's metadata
-    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    targets = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "ff.net.2", "conv1", "conv2", "time_emb_proj"]
+    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=targets))
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, parameter in pipe.unet.named_parameters():
@@ -635,32 +643,86 @@ def test_kohya_copy_gives_the_same_images_with_the_trained_alpha(tiny_zoo, tmp_p
         unet_lora_adapter_metadata=pipe.unet.peft_config["default"].to_dict(),
     )
     diffusers_file = tmp_path / "lora" / "pytorch_lora_weights.safetensors"
-    kohya_file = save_kohya_lora(diffusers_file, tmp_path / "kohya" / "lora_kohya.safetensors")
+    kohya_file = save_kohya_lora(
+        diffusers_file, tmp_path / "kohya" / "lora_kohya.safetensors", unet_config=dict(pipe.unet.config)
+    )
     unit_alpha = save_kohya_lora(diffusers_file, tmp_path / "kohya" / "alpha4.safetensors", lora_alpha=4)
 
-    kohya = load_file(kohya_file)
+    with safe_open(str(kohya_file), framework="pt") as handle:
+        kohya = {key: handle.get_tensor(key) for key in handle.keys()}
+        metadata = handle.metadata()
     downs = [k for k in kohya if k.endswith(".lora_down.weight")]
+    modules = {k.removesuffix(".lora_down.weight") for k in downs}
     assert downs and all(k.startswith("lora_unet_") and "." not in k.split(".")[0] for k in kohya)
-    assert all(kohya[k.replace(".lora_down.weight", ".alpha")].item() == 8.0 for k in downs)
+    assert not any(part in k for k in kohya for part in ("down_blocks", "mid_block_", "up_blocks"))
+    # SDXL's SGM layout (sd-scripts' names): 2 resnets + attentions per down block, downsamplers between
+    for module in (
+        "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q",  # down block 1, first attention
+        "lora_unet_input_blocks_8_1_transformer_blocks_1_attn2_to_out_0",  # down block 2, second layer
+        "lora_unet_input_blocks_1_0_in_layers_2",  # down block 0, first resnet's conv1
+        "lora_unet_input_blocks_5_0_emb_layers_1",  # time_emb_proj
+        "lora_unet_middle_block_1_transformer_blocks_0_ff_net_2",
+        "lora_unet_middle_block_2_out_layers_3",  # mid block second resnet's conv2
+        "lora_unet_output_blocks_0_1_proj_in",
+        "lora_unet_output_blocks_5_1_transformer_blocks_0_attn1_to_v",  # up block 1, last layer
+        "lora_unet_output_blocks_8_0_in_layers_2",  # the last up block (no attention)
+    ):
+        assert module in modules, module
+    assert all(kohya[f"{m}.alpha"].item() == 8.0 for m in modules)
     assert len(kohya) == 3 * len(downs)  # down, up, alpha per module
+    assert metadata["ss_base_model_version"].startswith("sdxl_") and metadata["ss_v2"] == "False"
+    assert (metadata["ss_network_module"], metadata["ss_network_dim"], metadata["ss_network_alpha"]) == (
+        "networks.lora",
+        "4",
+        "8",
+    )
+    assert metadata["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
+    assert metadata["modelspec.sai_model_spec"] == "1.0.0" and metadata["modelspec.resolution"] == "1024x1024"
+    assert {"modelspec.implementation", "modelspec.title"} <= set(metadata)
+    again = save_kohya_lora(diffusers_file, tmp_path / "again.safetensors", unet_config=dict(pipe.unet.config))
+    assert again.read_bytes() == kohya_file.read_bytes()
 
-    def render(file: Path | None):
+    def fused_unet(file: Path | None) -> dict:
         fresh = load_sdxl_pipeline("tiny:sdxl")
         if file is not None:
             fresh.load_lora_weights(str(file.parent), weight_name=file.name)  # stock loader
-        return fresh(
-            "a red car",
-            num_inference_steps=2,
-            height=64,
-            width=64,
-            output_type="np",
-            generator=torch.Generator().manual_seed(0),
-        ).images
+            fresh.fuse_lora()
+            fresh.unload_lora_weights()
+        return {k: v.clone() for k, v in fresh.unet.state_dict().items()}
 
-    reference, plain = render(diffusers_file), render(None)
-    assert abs(reference - plain).max() > 1e-3  # the LoRA changes the image
-    assert abs(render(kohya_file) - reference).max() < 1e-5
-    assert abs(render(unit_alpha) - reference).max() > 1e-4  # a wrong alpha would show
+    # the trained adapter merged by peft itself: what every file must mean
+    for module in pipe.unet.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.merge()
+    trained = {k.replace(".base_layer", ""): v for k, v in pipe.unet.state_dict().items() if "lora_" not in k}
+    native, plain = fused_unet(kohya_file), fused_unet(None)
+    assert native.keys() == trained.keys()
+    assert max((trained[k] - plain[k]).abs().max() for k in plain) > 1e-3  # the LoRA changes the UNet
+    assert max((native[k] - trained[k]).abs().max() for k in trained) < 1e-5
+    wrong = fused_unet(unit_alpha)
+    assert max((wrong[k] - trained[k]).abs().max() for k in trained) > 1e-4  # a wrong alpha would show
+
+    # the finetune stage's LoRA (attention projections of the up blocks): the same UNet as the diffusers file
+    pipe = load_sdxl_pipeline("tiny:sdxl")
+    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=lora_target_modules("up_blocks")))
+    with torch.no_grad():
+        for name, parameter in pipe.unet.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    StableDiffusionXLPipeline.save_lora_weights(
+        tmp_path / "up",
+        unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet)),
+        safe_serialization=True,
+        unet_lora_adapter_metadata=pipe.unet.peft_config["default"].to_dict(),
+    )
+    diffusers_file = tmp_path / "up" / "pytorch_lora_weights.safetensors"
+    kohya_file = save_kohya_lora(
+        diffusers_file, tmp_path / "up" / "kohya.safetensors", unet_config=dict(pipe.unet.config)
+    )
+    assert all(k.startswith("lora_unet_output_blocks_") for k in load_file(kohya_file))
+    reference, native = fused_unet(diffusers_file), fused_unet(kohya_file)
+    assert max((reference[k] - plain[k]).abs().max() for k in plain) > 1e-3
+    assert max((native[k] - reference[k]).abs().max() for k in reference) < 1e-5
 
 
 def test_cards_claim_what_the_tiny_preset_did(tiny_dataset, trained_lora, tiny_reid):

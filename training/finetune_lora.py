@@ -646,7 +646,13 @@ def finetune(config: FinetuneConfig) -> Path:
         (out_dir / "training_stats.json").write_text(json.dumps(stats, indent=2))
         from vehicle_diff.training.checkpointing import plot_training_curves
 
-        save_kohya_lora(out_dir / LORA_FILE, out_dir / KOHYA_LORA_FILE)  # for ComfyUI / AUTOMATIC1111
+        save_kohya_lora(  # native SDXL kohya: ComfyUI, AUTOMATIC1111, sd-scripts
+            out_dir / LORA_FILE,
+            out_dir / KOHYA_LORA_FILE,
+            unet_config=dict(accelerator.unwrap_model(unet).config),
+            resolution=config.resolution,
+            prediction_type=noise_scheduler.config.prediction_type,
+        )
         plot_training_curves(history, out_dir / "training_curves.png", title=f"finetune: LoRA rank {config.rank}")
         validation = validate(config, out_dir, accelerator.device)
         write_card(
