@@ -368,7 +368,12 @@ def render_reid_card(
         synthetic=synthetic,
         evaluation=evaluation,
         real_datasets=REAL_DATASETS,
-        **{k: v for k, v in context.items() if k not in ("synthetic_data", "eval_data")},
+        # cards saved before the timm-format facts existed render without them
+        **{
+            "timm_args": {},
+            "embedding_dim": None,
+            **{k: v for k, v in context.items() if k not in ("synthetic_data", "eval_data")},
+        },
     )
 
 

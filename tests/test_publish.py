@@ -158,7 +158,16 @@ def test_round_trip_through_olah_with_the_real_clients_and_the_cards_snippets(
         namespace = {}
         exec(cards["vehicle-diff/vehicle-diff-reid"].split("```python\\n", 1)[1].split("```", 1)[0], namespace)
         out["reid_features"] = list(namespace["features"].shape)
-        out["timm_backbone"] = type(namespace["backbone"]).__name__
+        out["timm_model"] = type(namespace["model"]).__name__
+        import torch
+        from vehicle_diff.training.reid_model import ReIDModel
+        reid = ReIDModel.from_pretrained("vehicle-diff/vehicle-diff-reid", revision="v1.0")
+        expected = reid.extract(namespace["batch"])  # the tiny preset evaluates without flip
+        out["reid_cosine"] = torch.nn.functional.cosine_similarity(namespace["features"], expected).min().item()
+        dataset_card = open(hf_hub_download("vehicle-diff/vehicle-diff", "README.md", repo_type="dataset",
+                                            revision="v1.0")).read()
+        out["mirror_card_streams"] = "streaming=True" in dataset_card
+        out["mirror_card_names_olah"] = "olah" in dataset_card
         out["reid_revision"] = resolved_revision("vehicle-diff/vehicle-diff-reid", "v1.0")
         print("RESULT" + json.dumps(out))
     """)
@@ -181,7 +190,9 @@ def test_round_trip_through_olah_with_the_real_clients_and_the_cards_snippets(
     } <= set(out["lora_files"])
     assert {"config.json", "model.safetensors", "reid_heads.safetensors", "README.md"} <= set(out["reid_files"])
     assert out["lora_adapters"]["unet"] and out["lora_image"] > 0
-    assert out["reid_features"][0] == 1 and out["timm_backbone"] == "ResNet"
+    assert out["reid_features"][0] == 1 and out["timm_model"] == "ResNet"
+    assert out["reid_cosine"] >= 0.9999  # timm's one call gives the features the card's metrics come from
+    assert out["mirror_card_names_olah"] and not out["mirror_card_streams"]  # olah cannot serve streaming
     tag_commit = git_out(mirror / "models" / "vehicle-diff" / "vehicle-diff-reid", "rev-parse", "v1.0")
     assert out["reid_revision"] == tag_commit
     # offline here, from the cache the child filled: the same commit
@@ -761,6 +772,43 @@ def test_cards_claim_what_the_tiny_preset_did(tiny_dataset, trained_lora, tiny_r
     reid = card_header((tiny_reid / "README.md").read_text())
     assert "base_model" not in reid and reid["library_name"] == "timm" and reid["license"] == "apache-2.0"
 
+    # provenance: every model's exact revision as its stage resolved it, the paper and the code on every card
+    from vehicle_diff.cards import CODE_REPOSITORY, PAPER
+
+    jobs = {
+        name: json.loads((folder / "job.json").read_text())["components"]
+        for name, folder in (("lora", trained_lora), ("reid", tiny_reid))
+    }
+    lora_card, reid_card = (trained_lora / "README.md").read_text(), (tiny_reid / "README.md").read_text()
+    for card in (dataset_card, lora_card, reid_card):
+        assert PAPER["title"] in card and f"]({CODE_REPOSITORY})" in card and "## Provenance" in card
+        assert "not recorded" not in card
+    base_revision = jobs["lora"]["base_model_revision"]
+    assert base_revision.startswith("sha256:") and f"`{base_revision}`" in lora_card
+    lora_config = yaml.safe_load((trained_lora / "config.yaml").read_text())
+    assert lora_config["provenance"]["base_model"]["revision"] == base_revision
+    assert lora_config["provenance"]["caption_model"]["revision"].startswith("sha256:")
+    backbone_revision = yaml.safe_load((tiny_reid / "config.yaml").read_text())["provenance"]["backbone"]["revision"]
+    assert backbone_revision.startswith("sha256:") and f"`{backbone_revision}`" in reid_card
+    filtered = json.loads((tiny_dataset / "card_context.json").read_text())["filter"]
+    for key in ("detector_revision", "clip_revision"):
+        assert filtered[key].startswith("sha256:") and f"`{filtered[key]}`" in dataset_card
+    for card in (lora_card, reid_card):  # what a reviewer expects of a model card
+        assert (
+            "### Intended use" in card and "### Out-of-scope use" in card and "## Bias, Risks, and Limitations" in card
+        )
+    assert "identifying people" in reid_card.lower() and "without a legal basis" in reid_card
+
+
+def test_the_dataset_cards_batching_snippet_runs_with_a_stock_dataloader(tiny_dataset, monkeypatch):
+    card = (tiny_dataset / "README.md").read_text()
+    monkeypatch.chdir(tiny_dataset)  # the local card loads "."
+    namespace = {}
+    exec(code_block(card), namespace)
+    batch = namespace["batch"]
+    assert batch["pixel_values"].shape[1:] == (3, 256, 256) and batch["pixel_values"].dtype.is_floating_point
+    assert len(batch["vehicle_id"]) == len(batch["pixel_values"]) > 1
+
 
 def test_cards_for_the_paper_settings():
     from vehicle_diff.cards import SDXL_BASE, model_ref, render_dataset_card, render_lora_card, render_reid_card
@@ -805,6 +853,7 @@ def test_cards_for_the_paper_settings():
         revision="v1.0",
     )
     text = str(dataset)
+    assert "streaming=True" not in text  # the local card names no target
     assert dataset.data.license == "openrail++" and "stable-diffusion-xl" in dataset.data.tags
     assert 'load_dataset("org/vehicle-diff", revision="v1.0")' in text and "Test data" not in text
     assert "images whose\npredicted color differs from the prompt's were dropped" in text and "wrong_color 2" in text
@@ -878,3 +927,23 @@ def test_cards_for_the_paper_settings():
     result = only_synthetic.data.eval_results[0]
     assert (result.dataset_type, result.dataset_split, result.dataset_revision) == ("org/vehicle-diff", "query", "v1.0")
     assert "/x/vehicle-diff" not in str(only_synthetic)
+
+    # every card's metadata passes the Hub's offline-checkable rules; model cards state uses and risks
+    from tests.hub_server import yaml_errors
+
+    assert yaml_errors(str(dataset), "dataset") == []
+    for card in (lora, mixed, only_synthetic):
+        assert yaml_errors(str(card), "model") == []
+        assert "### Out-of-scope use" in str(card) and "## Bias, Risks, and Limitations" in str(card)
+    assert "`" + "c" * 40 + "`" in text  # the base model's commit
+
+
+def test_a_hub_card_says_how_to_stream_and_a_mirror_card_how_to_load_through_olah(tiny_dataset):
+    from vehicle_diff.cards import load_context, render_dataset_card
+
+    context = load_context(tiny_dataset)
+    hub = str(render_dataset_card(context, repo_id="org/ds", revision="v1.0", target="hub"))
+    mirror = str(render_dataset_card(context, repo_id="org/ds", revision="v1.0", target="mirror"))
+    assert 'load_dataset("org/ds", revision="v1.0", split="train", streaming=True)' in hub and "olah" not in hub
+    assert "streaming=True" not in mirror.replace("without `streaming=True`", "")
+    assert "HF_ENDPOINT" in mirror and "olah" in mirror
