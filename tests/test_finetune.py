@@ -182,3 +182,16 @@ def test_the_same_lora_saved_twice_has_the_same_bytes(tmp_path):
 
     with safe_open(str(files[0]), framework="pt") as handle:
         assert handle.metadata() == {"lora_adapter_metadata": "{}"}
+
+
+def test_the_saved_config_pins_the_resolved_hub_commit():
+    """An unset --revision of a Hub base model is saved as the commit the job resolved; a local model's content
+    hash is no revision a loader takes, so it stays in `provenance` only."""
+    from vehicle_diff.training.finetune_lora import FinetuneConfig, pinned
+
+    config = FinetuneConfig(pretrained_model_name_or_path="stabilityai/stable-diffusion-xl-base-1.0")
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    assert pinned(config, {"base_model_revision": commit}).revision == commit
+    assert pinned(config, {"base_model_revision": "sha256:" + "0" * 64}).revision is None
+    chosen = FinetuneConfig(revision="main")
+    assert pinned(chosen, {"base_model_revision": commit}).revision == "main"  # what the user asked for
