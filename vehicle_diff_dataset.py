@@ -473,7 +473,7 @@ def card_context(filtered: Path) -> dict:
 
     import pyarrow.parquet as pq
     import yaml
-    from vehicle_diff.cards import model_ref
+    from vehicle_diff.cards import load_context, model_ref, recorded_revisions
 
     from vehicle_diff import __version__
 
@@ -500,10 +500,20 @@ def card_context(filtered: Path) -> dict:
     generation = {}
     if generation_config:
         lora = generation_config.get("lora_weights")
+        lora_folder = Path(lora) if lora and Path(lora).is_dir() else Path(lora).parent if lora else None
+        lora_context = (load_context(lora_folder) or {}) if lora_folder else {}
         generation = {
             "base_model": model_ref(generation_config.get("pretrained_model_name_or_path")),
             "base_model_revision": first.get("base_model_revision") or generation_config.get("revision"),
-            "lora": {"file": Path(lora).name, "sha256": first.get("lora_sha256") or ""} if lora else None,
+            "lora": {
+                "file": Path(lora).name,
+                "sha256": first.get("lora_sha256") or "",
+                # the captioner behind the LoRA's training captions, as its card states it
+                "caption_model": lora_context.get("caption_model"),
+                "caption_revision": lora_context.get("caption_model_revision"),
+            }
+            if lora
+            else None,
             "scheduler": first.get("scheduler") or "the base model's scheduler",
             "template_id": prompts_config.get("template_id"),
             **{
@@ -524,6 +534,7 @@ def card_context(filtered: Path) -> dict:
         filter_facts = {
             "detector": model_ref(filter_config.get("detector")),
             "clip_model": model_ref(filter_config.get("clip_model")),
+            **recorded_revisions(filtered),  # detector_revision, clip_revision: what the scores were computed with
             **{
                 key: filter_config.get(key)
                 for key in (

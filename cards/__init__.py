@@ -36,6 +36,29 @@ REAL_DATASETS = {
     ),
     "vehicleid": ("VehicleID", "research use only", "https://www.pkuml.org/resources/pku-vehicleid.html"),
 }
+# The paper, named as its text names itself: title and authors. The text gives no arXiv id or DOI, so the cards
+# state none (set PAPER_ID, e.g. "arxiv:XXXX.XXXXX", once the paper has one: the Hub links a card's `arxiv:` tag).
+PAPER = {
+    "title": "Coarse-to-Fine Cross-modality Generation for Enhancing Vehicle Re-Identification with High-Fidelity "
+    "Synthetic Data",
+    "authors": "Leyang Jin, Wei Ji, Tat-Seng Chua, Zhedong Zheng",
+    "id": None,
+}
+
+
+def code_repository() -> str | None:
+    """The `Repository` URL the installed distribution declares (pyproject.toml [project.urls]); None while it
+    declares none, and the cards then name the package and version without inventing a link."""
+    from importlib.metadata import PackageNotFoundError, metadata
+
+    try:
+        urls = metadata("vehicle-diff").get_all("Project-URL") or []
+    except PackageNotFoundError:
+        return None
+    return next((url.split(",", 1)[1].strip() for url in urls if url.lower().startswith("repository,")), None)
+
+
+CODE_REPOSITORY = code_repository()
 CITATION = """@article{jin2024vehiclediff,
   title  = {Coarse-to-Fine Cross-modality Generation for Enhancing Vehicle Re-Identification with High-Fidelity Synthetic Data},
   author = {Jin, Leyang and Ji, Wei and Chua, Tat-Seng and Zheng, Zhedong},
@@ -70,6 +93,32 @@ def model_ref(name: str | None) -> dict:
     if "/" in name or "\\" in name or Path(name).exists():
         return {"name": Path(name.removeprefix("local-dir:")).name, "hub": False, "tiny": False, "local": True}
     return {"name": name, "hub": False, "tiny": False, "local": False}  # a library's own name, e.g. timm's
+
+
+def recorded_revisions(folder: Path) -> dict[str, str]:
+    """The revisions a stage resolved for the models it used (`*_revision` in its `job.json` components: a Hub
+    commit, or `sha256:` of a local model's content), as the job layer recorded them when the stage started."""
+    path = Path(folder) / "job.json"
+    components = (json.loads(path.read_text()).get("components") or {}) if path.is_file() else {}
+    return {key: value for key, value in components.items() if key.endswith("_revision") and isinstance(value, str)}
+
+
+def provenance_row(role: str, model: dict | None, revision: str | None, **extra) -> dict | None:
+    """One line of a card's provenance table: what the model did, its name (a `model_ref`) and exact revision."""
+    if not model or not model.get("name"):
+        return None
+    kind = "datasets/" if extra.pop("dataset", False) else ""
+    link = f"https://huggingface.co/{kind}{model['name']}" if model.get("hub") else None
+    return {"role": role, "name": model["name"], "link": link, "revision": revision, **extra}
+
+
+def common_context(rows: list[dict | None]) -> dict:
+    """What every card states besides its own facts: the paper, the code, and the exact models behind it."""
+    return {"paper": PAPER, "code_repository": CODE_REPOSITORY, "provenance": [row for row in rows if row]}
+
+
+def paper_tags() -> list[str]:
+    return [PAPER["id"]] if PAPER["id"] else []
 
 
 def save_context(out_dir: Path, context: dict) -> None:
@@ -131,13 +180,30 @@ def base_model_license(base: dict) -> dict:
     return {"license": "other", "license_name": "base-model-license", **({"license_link": link} if link else {})}
 
 
-def render_dataset_card(context: dict, *, repo_id: str | None = None, revision: str | None = None):
+def render_dataset_card(
+    context: dict, *, repo_id: str | None = None, revision: str | None = None, target: str | None = None
+):
     """The dataset card: `dataset_info` as `push_to_hub` writes it, the HF dataset-card template's sections, and
-    statements that follow from the generate / filter settings saved beside the outputs."""
+    statements that follow from the generate / filter settings saved beside the outputs. `target` (`hub` or
+    `mirror`) is where the card is published: the Hub streams, an olah mirror serves whole files only."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
     generation = context.get("generation") or {}
+    filtering = context.get("filter") or {}
     base = generation.get("base_model") or model_ref(None)
+    lora = generation.get("lora") or {}
+    lora_ref = {"name": lora.get("repo") or lora.get("file"), "hub": bool(lora.get("repo"))}
+    common = common_context(
+        [
+            provenance_row("text-to-image base model", base, generation.get("base_model_revision")),
+            provenance_row("LoRA", lora_ref, f"sha256:{lora['sha256']}" if lora.get("sha256") else None),
+            provenance_row(
+                "captioner (LoRA training captions)", lora.get("caption_model"), lora.get("caption_revision")
+            ),
+            provenance_row("detector", filtering.get("detector"), filtering.get("detector_revision")),
+            provenance_row("CLIP (color check)", filtering.get("clip_model"), filtering.get("clip_revision")),
+        ]
+    )
     card_data = DatasetCardData(
         pretty_name="vehicle-diff: synthetic vehicle re-identification data",
         **base_model_license(base),
@@ -149,7 +215,8 @@ def render_dataset_card(context: dict, *, repo_id: str | None = None, revision: 
         size_categories=[context["size_category"]],
         task_categories=["image-classification", "image-feature-extraction"],
         tags=["synthetic", "vehicle-re-identification", "re-identification", "vehicle-diff"]
-        + (["stable-diffusion-xl"] if base["hub"] and "xl" in base["name"] else []),
+        + (["stable-diffusion-xl"] if base["hub"] and "xl" in base["name"] else [])
+        + paper_tags(),
         configs=[
             {"config_name": "default", "data_files": [{"split": s, "path": f"data/{s}-*"} for s in context["splits"]]}
         ],
@@ -163,11 +230,15 @@ def render_dataset_card(context: dict, *, repo_id: str | None = None, revision: 
         base=base,
         base_license=BASE_MODEL_LICENSES.get(base["name"]) if base["hub"] else None,
         citation=CITATION,
+        target=target,
+        **common,
         **context,
     )
 
 
-def render_lora_card(context: dict, *, repo_id: str | None = None, revision: str | None = None):
+def render_lora_card(
+    context: dict, *, repo_id: str | None = None, revision: str | None = None, target: str | None = None
+):
     """The LoRA card with the metadata diffusers' SDXL LoRA training example writes (`base_model`, `instance_prompt`,
     `widget`, its tags) and a load snippet that runs as written (the Hub id, or this folder)."""
     from huggingface_hub import ModelCard, ModelCardData
@@ -191,7 +262,14 @@ def render_lora_card(context: dict, *, repo_id: str | None = None, revision: str
             "stable-diffusion-xl-diffusers",
             "vehicle-re-identification",
             "vehicle-diff",
+            *paper_tags(),
         ],
+    )
+    common = common_context(
+        [
+            provenance_row("base model", base, context.get("base_revision")),
+            provenance_row("captioner", context.get("caption_model"), context.get("caption_model_revision")),
+        ]
     )
     known = BASE_MODEL_LICENSES.get(base["name"]) if base["hub"] else None
     license_note = (
@@ -210,6 +288,7 @@ def render_lora_card(context: dict, *, repo_id: str | None = None, revision: str
         base=base,
         license_note=license_note,
         citation=CITATION,
+        **common,
         **context,
     )
 
@@ -237,6 +316,7 @@ def render_reid_card(
     revision: str | None = None,
     dataset_repo: str | None = None,
     dataset_revision: str | None = None,
+    target: str | None = None,
 ):
     """The re-ID card: `base_model` the timm Hub id of the starting weights, the training data's license, and a
     model-index whose dataset is named by Hub id, split and revision. `dataset_repo` / `dataset_revision` name the
@@ -273,8 +353,24 @@ def render_reid_card(
         pipeline_tag="image-feature-extraction",
         datasets=datasets or None,
         **reid_license(context.get("real_data") or [], synthetic),
-        tags=["vehicle-re-identification", "vehicle-diff", "timm", "image-feature-extraction"],
+        tags=["vehicle-re-identification", "vehicle-diff", "timm", "image-feature-extraction", *paper_tags()],
         eval_results=results or None,
+    )
+    backbone = context.get("backbone") or model_ref(None)
+    if context.get("base_model_hub_id"):
+        backbone = {"name": context["base_model_hub_id"], "hub": True}
+    common = common_context(
+        [
+            provenance_row("backbone start", backbone, context.get("backbone_revision"))
+            if (context.get("config") or {}).get("pretrained_backbone", True)
+            else None,
+            provenance_row("synthetic training data", synthetic, (synthetic or {}).get("revision"), dataset=True),
+            provenance_row(
+                "images of the synthetic data",
+                (synthetic or {}).get("base_model"),
+                (synthetic or {}).get("base_revision"),
+            ),
+        ]
     )
     return ModelCard.from_template(
         card_data,
@@ -282,10 +378,16 @@ def render_reid_card(
         repo_id=repo_id,
         revision=revision,
         citation=CITATION,
+        **common,
         synthetic=synthetic,
         evaluation=evaluation,
         real_datasets=REAL_DATASETS,
-        **{k: v for k, v in context.items() if k not in ("synthetic_data", "eval_data")},
+        # cards saved before the timm-format facts existed render without them
+        **{
+            "timm_args": {},
+            "embedding_dim": None,
+            **{k: v for k, v in context.items() if k not in ("synthetic_data", "eval_data")},
+        },
     )
 
 

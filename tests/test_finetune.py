@@ -238,3 +238,16 @@ def test_none_starts_afresh_and_latest_is_the_default(tmp_path):
     for config in (FinetuneConfig, TrainReIDConfig):
         assert next(f.default for f in fields(config) if f.name == "resume_from_checkpoint") == "latest"
     assert find_checkpoint(tmp_path, "none") is None
+
+
+def test_the_saved_config_pins_the_resolved_hub_commit():
+    """An unset --revision of a Hub base model is saved as the commit the job resolved; a local model's content
+    hash is no revision a loader takes, so it stays in `provenance` only."""
+    from vehicle_diff.training.finetune_lora import FinetuneConfig, pinned
+
+    config = FinetuneConfig(pretrained_model_name_or_path="stabilityai/stable-diffusion-xl-base-1.0")
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    assert pinned(config, {"base_model_revision": commit}).revision == commit
+    assert pinned(config, {"base_model_revision": "sha256:" + "0" * 64}).revision is None
+    chosen = FinetuneConfig(revision="main")
+    assert pinned(chosen, {"base_model_revision": commit}).revision == "main"  # what the user asked for

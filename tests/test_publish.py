@@ -158,7 +158,16 @@ def test_round_trip_through_olah_with_the_real_clients_and_the_cards_snippets(
         namespace = {}
         exec(cards["vehicle-diff/vehicle-diff-reid"].split("```python\\n", 1)[1].split("```", 1)[0], namespace)
         out["reid_features"] = list(namespace["features"].shape)
-        out["timm_backbone"] = type(namespace["backbone"]).__name__
+        out["timm_model"] = type(namespace["model"]).__name__
+        import torch
+        from vehicle_diff.training.reid_model import ReIDModel
+        reid = ReIDModel.from_pretrained("vehicle-diff/vehicle-diff-reid", revision="v1.0")
+        expected = reid.extract(namespace["batch"])  # the tiny preset evaluates without flip
+        out["reid_cosine"] = torch.nn.functional.cosine_similarity(namespace["features"], expected).min().item()
+        dataset_card = open(hf_hub_download("vehicle-diff/vehicle-diff", "README.md", repo_type="dataset",
+                                            revision="v1.0")).read()
+        out["mirror_card_streams"] = "streaming=True" in dataset_card
+        out["mirror_card_names_olah"] = "olah" in dataset_card
         out["reid_revision"] = resolved_revision("vehicle-diff/vehicle-diff-reid", "v1.0")
         print("RESULT" + json.dumps(out))
     """)
@@ -181,7 +190,9 @@ def test_round_trip_through_olah_with_the_real_clients_and_the_cards_snippets(
     } <= set(out["lora_files"])
     assert {"config.json", "model.safetensors", "reid_heads.safetensors", "README.md"} <= set(out["reid_files"])
     assert out["lora_adapters"]["unet"] and out["lora_image"] > 0
-    assert out["reid_features"][0] == 1 and out["timm_backbone"] == "ResNet"
+    assert out["reid_features"][0] == 1 and out["timm_model"] == "ResNet"
+    assert out["reid_cosine"] >= 0.9999  # timm's one call gives the features the card's metrics come from
+    assert out["mirror_card_names_olah"] and not out["mirror_card_streams"]  # olah cannot serve streaming
     tag_commit = git_out(mirror / "models" / "vehicle-diff" / "vehicle-diff-reid", "rev-parse", "v1.0")
     assert out["reid_revision"] == tag_commit
     # offline here, from the cache the child filled: the same commit
@@ -526,6 +537,29 @@ def test_hub_api_path_and_streaming_with_range_requests(
     splits = {s["name"]: s["num_examples"] for s in card_header(files["README.md"].decode())["dataset_info"]["splits"]}
     assert int(streamed.stdout.split("ROWS")[1]) == splits["train"]
     assert any(status == 206 and "/data/train-" in path for path, _, status in hub.range_requests)
+    assert "streaming=True" in files["README.md"].decode()  # the Hub card says how to stream
+
+    # binaries took the LFS path (batch API + PUT, committed by sha256), the card and configs the regular one
+    import hashlib
+
+    uploaded = set(hub.lfs_uploads)
+    for name, data in [*files.items(), *lora_files.items()]:
+        assert (hashlib.sha256(data).hexdigest() in uploaded) == name.endswith((".parquet", ".safetensors", ".png"))
+
+    # an unknown version fails as on the Hub, even with another version of the repo in the cache
+    script = (
+        "import datasets\n"
+        "datasets.load_dataset('vehicle-diff/vehicle-diff', revision='v1.0')\n"
+        "try:\n"
+        "    datasets.load_dataset('vehicle-diff/vehicle-diff', revision='v9.9')\n"
+        "except Exception as error:\n"
+        "    print('FAILED', type(error).__name__)\n"
+        "else:\n"
+        "    print('SERVED')\n"
+    )
+    env = python_env(mirror_client_env(endpoint, tmp_path / "hf-versions"))
+    versions = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert versions.returncode == 0 and "FAILED" in versions.stdout, versions.stdout + versions.stderr[-3000:]
 
     commits = len(hub.repo("datasets", "vehicle-diff/vehicle-diff")["commits"])
     again = run("--dataset", str(tiny_dataset), "--overwrite")  # another report: --overwrite
@@ -540,6 +574,43 @@ def test_hub_api_path_and_streaming_with_range_requests(
     assert new_oid != oid and not any(name.startswith("data/query-") for name in new_files)  # stale shards deleted
 
 
+def test_the_test_server_answers_unknown_revisions_and_bad_card_metadata_as_the_hub_does(fake_hub, monkeypatch):
+    from huggingface_hub import HfApi, constants, hf_hub_download
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the server is local
+    hub, endpoint = fake_hub
+    api = HfApi(endpoint=endpoint, token="hf_test")
+    api.create_repo("org/data", repo_type="dataset")
+    api.upload_file(path_or_fileobj=b"hello", path_in_repo="a.txt", repo_id="org/data", repo_type="dataset")
+    with pytest.raises(RevisionNotFoundError):
+        api.dataset_info("org/data", revision="v9.9")
+    with pytest.raises(RevisionNotFoundError):
+        hf_hub_download("org/data", "a.txt", repo_type="dataset", revision="v9.9", endpoint=endpoint, token=False)
+    with pytest.raises(RepositoryNotFoundError):
+        api.dataset_info("org/missing")
+
+    from tests.hub_server import yaml_errors
+
+    def card(header: str) -> str:
+        return f"---\n{header}\n---\n# card\n"
+
+    assert yaml_errors(card("license: apache-2.0\nsize_categories:\n- n<1K"), "dataset") == []
+    assert yaml_errors(card("size_categories:\n- tiny"), "dataset")
+    assert yaml_errors(card("task_categories:\n- vehicle-stuff"), "dataset")
+    assert yaml_errors(card("license: other"), "model")  # needs license_name
+    assert yaml_errors(card("license: mit\nlicense: mit"), "model")  # duplicate key
+    assert yaml_errors(card("base_model: not a repo id"), "model")
+    assert yaml_errors(card("model-index:\n- results: [1]"), "model")
+    with pytest.raises(ValueError, match="size_categories"):
+        api.upload_file(
+            path_or_fileobj=card("size_categories:\n- tiny").encode(),
+            path_in_repo="README.md",
+            repo_id="org/data",
+            repo_type="dataset",
+        )
+
+
 def test_the_test_servers_ranges_are_exact():
     from tests.hub_server import byte_range
 
@@ -550,18 +621,26 @@ def test_the_test_servers_ranges_are_exact():
     assert byte_range("items=1-2", 10) is False
 
 
-def test_kohya_copy_gives_the_same_images_with_the_trained_alpha(tiny_zoo, tmp_path):
+def test_kohya_copy_is_native_sdxl_kohya_and_loads_to_the_same_unet(tiny_zoo, tmp_path):
+    """The kohya copy has sd-scripts' SGM key names (input_blocks / middle_block / output_blocks, ResBlock inner
+    names), the trained alpha and the metadata SDXL UIs classify by; diffusers' own SGM mapping loads it into the
+    UNet the trained adapter means (for a LoRA on attention, resnet and embedding layers of every block), and the
+    same fused UNet as the diffusers file for the finetune stage's LoRA."""
     import torch
     from diffusers import StableDiffusionXLPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig, get_peft_model_state_dict
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from safetensors import safe_open
     from safetensors.torch import load_file
+    from vehicle_diff.training.finetune_lora import lora_target_modules
     from vehicle_diff.training.lora_files import save_kohya_lora
 
     from vehicle_diff.models import load_sdxl_pipeline
 
     pipe = load_sdxl_pipeline("tiny:sdxl")  # rank 4 trained with alpha 8: scale 2, recorded in the file's metadata
-    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    targets = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "ff.net.2", "conv1", "conv2", "time_emb_proj"]
+    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=targets))
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, parameter in pipe.unet.named_parameters():
@@ -575,32 +654,86 @@ def test_kohya_copy_gives_the_same_images_with_the_trained_alpha(tiny_zoo, tmp_p
         unet_lora_adapter_metadata=pipe.unet.peft_config["default"].to_dict(),
     )
     diffusers_file = tmp_path / "lora" / "pytorch_lora_weights.safetensors"
-    kohya_file = save_kohya_lora(diffusers_file, tmp_path / "kohya" / "lora_kohya.safetensors")
+    kohya_file = save_kohya_lora(
+        diffusers_file, tmp_path / "kohya" / "lora_kohya.safetensors", unet_config=dict(pipe.unet.config)
+    )
     unit_alpha = save_kohya_lora(diffusers_file, tmp_path / "kohya" / "alpha4.safetensors", lora_alpha=4)
 
-    kohya = load_file(kohya_file)
+    with safe_open(str(kohya_file), framework="pt") as handle:
+        kohya = {key: handle.get_tensor(key) for key in handle.keys()}
+        metadata = handle.metadata()
     downs = [k for k in kohya if k.endswith(".lora_down.weight")]
+    modules = {k.removesuffix(".lora_down.weight") for k in downs}
     assert downs and all(k.startswith("lora_unet_") and "." not in k.split(".")[0] for k in kohya)
-    assert all(kohya[k.replace(".lora_down.weight", ".alpha")].item() == 8.0 for k in downs)
+    assert not any(part in k for k in kohya for part in ("down_blocks", "mid_block_", "up_blocks"))
+    # SDXL's SGM layout (sd-scripts' names): 2 resnets + attentions per down block, downsamplers between
+    for module in (
+        "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q",  # down block 1, first attention
+        "lora_unet_input_blocks_8_1_transformer_blocks_1_attn2_to_out_0",  # down block 2, second layer
+        "lora_unet_input_blocks_1_0_in_layers_2",  # down block 0, first resnet's conv1
+        "lora_unet_input_blocks_5_0_emb_layers_1",  # time_emb_proj
+        "lora_unet_middle_block_1_transformer_blocks_0_ff_net_2",
+        "lora_unet_middle_block_2_out_layers_3",  # mid block second resnet's conv2
+        "lora_unet_output_blocks_0_1_proj_in",
+        "lora_unet_output_blocks_5_1_transformer_blocks_0_attn1_to_v",  # up block 1, last layer
+        "lora_unet_output_blocks_8_0_in_layers_2",  # the last up block (no attention)
+    ):
+        assert module in modules, module
+    assert all(kohya[f"{m}.alpha"].item() == 8.0 for m in modules)
     assert len(kohya) == 3 * len(downs)  # down, up, alpha per module
+    assert metadata["ss_base_model_version"].startswith("sdxl_") and metadata["ss_v2"] == "False"
+    assert (metadata["ss_network_module"], metadata["ss_network_dim"], metadata["ss_network_alpha"]) == (
+        "networks.lora",
+        "4",
+        "8",
+    )
+    assert metadata["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
+    assert metadata["modelspec.sai_model_spec"] == "1.0.0" and metadata["modelspec.resolution"] == "1024x1024"
+    assert {"modelspec.implementation", "modelspec.title"} <= set(metadata)
+    again = save_kohya_lora(diffusers_file, tmp_path / "again.safetensors", unet_config=dict(pipe.unet.config))
+    assert again.read_bytes() == kohya_file.read_bytes()
 
-    def render(file: Path | None):
+    def fused_unet(file: Path | None) -> dict:
         fresh = load_sdxl_pipeline("tiny:sdxl")
         if file is not None:
             fresh.load_lora_weights(str(file.parent), weight_name=file.name)  # stock loader
-        return fresh(
-            "a red car",
-            num_inference_steps=2,
-            height=64,
-            width=64,
-            output_type="np",
-            generator=torch.Generator().manual_seed(0),
-        ).images
+            fresh.fuse_lora()
+            fresh.unload_lora_weights()
+        return {k: v.clone() for k, v in fresh.unet.state_dict().items()}
 
-    reference, plain = render(diffusers_file), render(None)
-    assert abs(reference - plain).max() > 1e-3  # the LoRA changes the image
-    assert abs(render(kohya_file) - reference).max() < 1e-5
-    assert abs(render(unit_alpha) - reference).max() > 1e-4  # a wrong alpha would show
+    # the trained adapter merged by peft itself: what every file must mean
+    for module in pipe.unet.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.merge()
+    trained = {k.replace(".base_layer", ""): v for k, v in pipe.unet.state_dict().items() if "lora_" not in k}
+    native, plain = fused_unet(kohya_file), fused_unet(None)
+    assert native.keys() == trained.keys()
+    assert max((trained[k] - plain[k]).abs().max() for k in plain) > 1e-3  # the LoRA changes the UNet
+    assert max((native[k] - trained[k]).abs().max() for k in trained) < 1e-5
+    wrong = fused_unet(unit_alpha)
+    assert max((wrong[k] - trained[k]).abs().max() for k in trained) > 1e-4  # a wrong alpha would show
+
+    # the finetune stage's LoRA (attention projections of the up blocks): the same UNet as the diffusers file
+    pipe = load_sdxl_pipeline("tiny:sdxl")
+    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=lora_target_modules("up_blocks")))
+    with torch.no_grad():
+        for name, parameter in pipe.unet.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    StableDiffusionXLPipeline.save_lora_weights(
+        tmp_path / "up",
+        unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet)),
+        safe_serialization=True,
+        unet_lora_adapter_metadata=pipe.unet.peft_config["default"].to_dict(),
+    )
+    diffusers_file = tmp_path / "up" / "pytorch_lora_weights.safetensors"
+    kohya_file = save_kohya_lora(
+        diffusers_file, tmp_path / "up" / "kohya.safetensors", unet_config=dict(pipe.unet.config)
+    )
+    assert all(k.startswith("lora_unet_output_blocks_") for k in load_file(kohya_file))
+    reference, native = fused_unet(diffusers_file), fused_unet(kohya_file)
+    assert max((reference[k] - plain[k]).abs().max() for k in plain) > 1e-3
+    assert max((native[k] - reference[k]).abs().max() for k in reference) < 1e-5
 
 
 def test_cards_claim_what_the_tiny_preset_did(tiny_dataset, trained_lora, tiny_reid):
@@ -638,6 +771,44 @@ def test_cards_claim_what_the_tiny_preset_did(tiny_dataset, trained_lora, tiny_r
 
     reid = card_header((tiny_reid / "README.md").read_text())
     assert "base_model" not in reid and reid["library_name"] == "timm" and reid["license"] == "apache-2.0"
+
+    # provenance: every model's exact revision as its stage resolved it, the paper and the code on every card
+    from vehicle_diff.cards import CODE_REPOSITORY, PAPER
+
+    jobs = {
+        name: json.loads((folder / "job.json").read_text())["components"]
+        for name, folder in (("lora", trained_lora), ("reid", tiny_reid))
+    }
+    lora_card, reid_card = (trained_lora / "README.md").read_text(), (tiny_reid / "README.md").read_text()
+    for card in (dataset_card, lora_card, reid_card):
+        assert PAPER["title"] in card and "## Provenance" in card and "- Code: " in card and "`vehicle-diff` " in card
+        assert (f"]({CODE_REPOSITORY})" in card) == bool(CODE_REPOSITORY)  # a link only where one is declared
+    assert "not recorded" not in dataset_card and "not recorded" not in lora_card
+    base_revision = jobs["lora"]["base_model_revision"]
+    assert base_revision.startswith("sha256:") and f"`{base_revision}`" in lora_card
+    lora_config = yaml.safe_load((trained_lora / "config.yaml").read_text())
+    assert lora_config["provenance"]["base_model"]["revision"] == base_revision
+    assert lora_config["provenance"]["caption_model"]["revision"].startswith("sha256:")
+    backbone_revision = yaml.safe_load((tiny_reid / "config.yaml").read_text())["provenance"]["backbone"]["revision"]
+    assert backbone_revision.startswith("sha256:") and f"`{backbone_revision}`" in reid_card
+    filtered = json.loads((tiny_dataset / "card_context.json").read_text())["filter"]
+    for key in ("detector_revision", "clip_revision"):
+        assert filtered[key].startswith("sha256:") and f"`{filtered[key]}`" in dataset_card
+    for card in (lora_card, reid_card):  # what a reviewer expects of a model card
+        assert (
+            "### Intended use" in card and "### Out-of-scope use" in card and "## Bias, Risks, and Limitations" in card
+        )
+    assert "identifying people" in reid_card.lower() and "without a legal basis" in reid_card
+
+
+def test_the_dataset_cards_batching_snippet_runs_with_a_stock_dataloader(tiny_dataset, monkeypatch):
+    card = (tiny_dataset / "README.md").read_text()
+    monkeypatch.chdir(tiny_dataset)  # the local card loads "."
+    namespace = {}
+    exec(code_block(card), namespace)
+    batch = namespace["batch"]
+    assert batch["pixel_values"].shape[1:] == (3, 256, 256) and batch["pixel_values"].dtype.is_floating_point
+    assert len(batch["vehicle_id"]) == len(batch["pixel_values"]) > 1
 
 
 def test_cards_for_the_paper_settings():
@@ -683,6 +854,7 @@ def test_cards_for_the_paper_settings():
         revision="v1.0",
     )
     text = str(dataset)
+    assert "streaming=True" not in text  # the local card names no target
     assert dataset.data.license == "openrail++" and "stable-diffusion-xl" in dataset.data.tags
     assert 'load_dataset("org/vehicle-diff", revision="v1.0")' in text and "Test data" not in text
     assert "images whose\npredicted color differs from the prompt's were dropped" in text and "wrong_color 2" in text
@@ -756,6 +928,26 @@ def test_cards_for_the_paper_settings():
     result = only_synthetic.data.eval_results[0]
     assert (result.dataset_type, result.dataset_split, result.dataset_revision) == ("org/vehicle-diff", "query", "v1.0")
     assert "/x/vehicle-diff" not in str(only_synthetic)
+
+    # every card's metadata passes the Hub's offline-checkable rules; model cards state uses and risks
+    from tests.hub_server import yaml_errors
+
+    assert yaml_errors(str(dataset), "dataset") == []
+    for card in (lora, mixed, only_synthetic):
+        assert yaml_errors(str(card), "model") == []
+        assert "### Out-of-scope use" in str(card) and "## Bias, Risks, and Limitations" in str(card)
+    assert "`" + "c" * 40 + "`" in text  # the base model's commit
+
+
+def test_a_hub_card_says_how_to_stream_and_a_mirror_card_how_to_load_through_olah(tiny_dataset):
+    from vehicle_diff.cards import load_context, render_dataset_card
+
+    context = load_context(tiny_dataset)
+    hub = str(render_dataset_card(context, repo_id="org/ds", revision="v1.0", target="hub"))
+    mirror = str(render_dataset_card(context, repo_id="org/ds", revision="v1.0", target="mirror"))
+    assert 'load_dataset("org/ds", revision="v1.0", split="train", streaming=True)' in hub and "olah" not in hub
+    assert "streaming=True" not in mirror
+    assert "HF_ENDPOINT" in mirror and "olah" in mirror
 
 
 @pytest.mark.parametrize(

@@ -86,8 +86,9 @@ def test_saved_model_is_a_timm_checkpoint_of_the_trained_backbone(tiny_zoo, name
 
     backbone = timm.create_model(f"local-dir:{tmp_path / 'model'}", pretrained=True)
     trained = model.backbone.state_dict()
-    assert backbone.state_dict().keys() == trained.keys()
-    assert all(torch.equal(value, trained[key]) for key, value in backbone.state_dict().items())
+    classifier = model.classifier_name + "."
+    assert {k for k in backbone.state_dict() if not k.startswith(classifier)} == trained.keys()
+    assert all(torch.equal(backbone.state_dict()[key], value) for key, value in trained.items())
     data = timm.data.resolve_data_config(model=backbone)
     assert data["input_size"] == (3, *size)
     assert tuple(data["mean"]) == (0.485, 0.456, 0.406) and tuple(data["std"]) == (0.229, 0.224, 0.225)
@@ -98,4 +99,54 @@ def test_saved_model_is_a_timm_checkpoint_of_the_trained_backbone(tiny_zoo, name
     again = ReIDModel.from_pretrained(tmp_path / "model")
     images = torch.randn(2, 3, *size)
     torch.testing.assert_close(again.extract(images), model.extract(images))
-    assert again.head.classifier.out_features == 5  # the re-ID config, not timm's num_classes (0)
+    assert again.head.classifier.out_features == 5  # the re-ID config, not timm's num_classes (the embedding's)
+
+
+def randomize_heads(model: ReIDModel, seed: int = 0) -> None:
+    """Neck statistics and affine weights unlike a fresh BatchNorm's, as after training."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.backbone.parameters():
+            parameter.add_(0.01 * torch.randn(parameter.shape, generator=generator))
+        for head in (model.head, model.aux_head):
+            neck = head.neck
+            neck.running_mean.copy_(torch.randn(neck.num_features, generator=generator))
+            neck.running_var.copy_(torch.rand(neck.num_features, generator=generator) + 0.5)
+            neck.weight.copy_(torch.rand(neck.num_features, generator=generator) + 0.5)
+            neck.bias.copy_(torch.randn(neck.num_features, generator=generator))
+
+
+@pytest.mark.parametrize("name", ["timm-resnet", "timm-densenet", "timm-swinv2"])
+def test_timm_alone_loads_the_evaluation_embedding(tiny_zoo, name, tmp_path):
+    """`timm.create_model("local-dir:...", pretrained=True)` with no vehicle-diff code returns the features the
+    evaluation ranks with: last stride 1 as timm's output_stride, the BN-neck folded into timm's classifier."""
+    import timm
+
+    architecture, args = backbone_spec(f"tiny:{name}")
+    model = ReIDModel(architecture=architecture, backbone_args=args, num_classes=5, image_size=[64, 64])
+    model.load_backbone(f"tiny:{name}")
+    randomize_heads(model)
+    model.eval().save_pretrained(tmp_path / "model")
+
+    timm_model = timm.create_model(f"local-dir:{tmp_path / 'model'}", pretrained=True).eval()
+    images = torch.randn(6, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        features = timm_model(images)
+    cosine = torch.nn.functional.cosine_similarity(features, model.extract(images), dim=1)
+    assert cosine.min() >= 0.9999, cosine
+    assert features.shape[1] == model.head.neck.num_features
+
+
+def test_last_stride_one_is_timms_output_stride_where_the_family_takes_it():
+    """Full-size architectures, built on the meta device: ResNet-50 runs its last stage at stride 16 through timm's
+    own argument, DenseNet-121 and SwinV2 have no such argument and keep theirs."""
+    from vehicle_diff.training.reid_model import timm_model_args
+
+    assert timm_model_args("resnet50", {}, last_stride_1=True) == {"output_stride": 16}
+    assert timm_model_args("resnet50", {}, last_stride_1=False) == {}
+    assert timm_model_args("densenet121", {}, last_stride_1=True) == {}
+    assert timm_model_args("swinv2_base_window12_192", {}, last_stride_1=True) == {}
+    with torch.device("meta"):
+        model = ReIDModel(architecture="resnet50", num_classes=576)
+        feature_map = model.feature_maps(torch.empty(1, 3, 256, 256))[1]
+    assert feature_map.shape == (1, 2048, 16, 16)

@@ -18,7 +18,7 @@ import random
 import re
 import resource
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from vehicle_diff.config import check_ranges, parse_config, save_config
@@ -297,6 +297,34 @@ def job_components(config: FinetuneConfig) -> dict:
     }
 
 
+def provenance(config: FinetuneConfig, components: dict) -> dict:
+    """The exact models behind the LoRA, saved with its config: the base model at the revision the job resolved
+    (a Hub commit, or sha256 of a local model's content) and the captioner of its training captions."""
+    from vehicle_diff.cards import recorded_revisions
+
+    return {
+        "base_model": {"id": config.pretrained_model_name_or_path, "revision": components["base_model_revision"]},
+        "caption_model": {
+            "id": read_caption_model(config.train_data_dir),
+            "revision": recorded_revisions(Path(config.train_data_dir)).get("caption_model_revision"),
+        },
+    }
+
+
+def pinned(config: FinetuneConfig, components: dict) -> FinetuneConfig:
+    """The config as it ran: an unset `--revision` of a Hub base model becomes the commit the job resolved, so the
+    saved (and published) config reproduces these weights and never says `revision: null`."""
+    from vehicle_diff.models import COMMIT_SHA
+
+    commit = components["base_model_revision"]
+    return replace(config, revision=commit) if config.revision is None and COMMIT_SHA.fullmatch(commit) else config
+
+
+def read_caption_model(train_data_dir: str) -> str | None:
+    path = Path(train_data_dir) / "captions.json"
+    return json.loads(path.read_text()).get("caption_model") if path.is_file() else None
+
+
 def count_training_images(train_data_dir: str) -> int:
     """The captioned images, read from the imagefolder's metadata alone (no image decoded)."""
     files = list(Path(train_data_dir).rglob("metadata.jsonl"))
@@ -538,7 +566,12 @@ def finetune(config: FinetuneConfig) -> Path:
     step, progress = resume(accelerator, resume_point)
 
     if accelerator.is_main_process:
-        save_config(config, out_dir / "config.yaml", stage="finetune")
+        save_config(
+            pinned(config, job.components),
+            out_dir / "config.yaml",
+            stage="finetune",
+            provenance=provenance(config, job.components),
+        )
     # the loss curve and training time of the steps before the checkpoint continue, not restart
     history, seconds_before = progress.get("history", []), progress.get("seconds", 0.0)
     resumed_from = progress.get("resumed_from", [])
@@ -622,7 +655,13 @@ def finetune(config: FinetuneConfig) -> Path:
         (out_dir / "training_stats.json").write_text(json.dumps(stats, indent=2))
         from vehicle_diff.training.checkpointing import plot_training_curves
 
-        save_kohya_lora(out_dir / LORA_FILE, out_dir / KOHYA_LORA_FILE)  # for ComfyUI / AUTOMATIC1111
+        save_kohya_lora(  # native SDXL kohya: ComfyUI, AUTOMATIC1111, sd-scripts
+            out_dir / LORA_FILE,
+            out_dir / KOHYA_LORA_FILE,
+            unet_config=dict(accelerator.unwrap_model(unet).config),
+            resolution=config.resolution,
+            prediction_type=noise_scheduler.config.prediction_type,
+        )
         plot_training_curves(history, out_dir / "training_curves.png", title=f"finetune: LoRA rank {config.rank}")
         validation = validate(config, out_dir, accelerator.device)
         write_card(
@@ -706,7 +745,7 @@ def write_card(config: FinetuneConfig, out_dir: Path, data, validation: dict, **
     """README.md, and the facts it states as card_context.json, from which `publish` renders the card again with
     the repo id it publishes to. No path of this machine goes into either the card or its metadata."""
     import yaml
-    from vehicle_diff.cards import is_hub_id, model_ref, render_lora_card, save_context
+    from vehicle_diff.cards import is_hub_id, model_ref, recorded_revisions, render_lora_card, save_context
     from vehicle_diff.training.lora_files import KOHYA_LORA_FILE
 
     from vehicle_diff import __version__
@@ -731,10 +770,12 @@ def write_card(config: FinetuneConfig, out_dir: Path, data, validation: dict, **
     }
     context = {
         "base_model": model_ref(config.pretrained_model_name_or_path),
-        "base_revision": config.revision,
+        # what the job resolved when training started (a Hub commit, or sha256 of a local model), not the flag
+        "base_revision": recorded_revisions(out_dir).get("base_model_revision") or config.revision,
         "vae": model_ref(vae) if (vae := config.pretrained_vae_model_name_or_path) else None,
         "config": {key: value for key, value in asdict(config).items() if key not in local},
         "caption_model": model_ref(caption_info.get("caption_model")),
+        "caption_model_revision": recorded_revisions(captions).get("caption_model_revision"),
         "caption_source": model_ref(source),
         "datasets": [source] if caption_config.get("input_dataset") and is_hub_id(source) else [],
         "instance_prompt": (caption_config.get("prompt_prefix") or "").strip() or None,

@@ -1,14 +1,16 @@
 """The re-ID network (paper §III-D): a timm backbone, a BatchNorm-neck embedding head, and an auxiliary head on
 an intermediate stage (GoogLeNet-style) trained with the same losses; plus circle loss.
 
-A saved model is a folder (or Hub repo) that two libraries load in one call:
+The trained architecture is expressed in timm's own configuration, so a saved model is a folder (or Hub repo) that
+two libraries load in one call:
 
-- `timm.create_model("hf-hub:ORG/REPO", pretrained=True)` / `("local-dir:DIR", pretrained=True)`: the trained
-  backbone alone, in timm's own format (`config.json` with `architecture`, `model_args` and `pretrained_cfg`
-  holding the re-ID preprocessing, `model.safetensors` with timm's parameter names). timm builds its standard
-  architecture: a ResNet trained with last stride 1 comes back with stride 2 (same weights, coarser map).
-- `ReIDModel.from_pretrained(repo_or_folder)`: the whole re-ID model, from the same two files plus
-  `reid_heads.safetensors` (neck, classifier, auxiliary head) and the `reid` section of `config.json`.
+- `timm.create_model("hf-hub:ORG/REPO", pretrained=True)` / `("local-dir:DIR", pretrained=True)`: the embedding
+  the card's metrics were computed with. `config.json` holds timm's `architecture`, `model_args` (a last stride of
+  1 is timm's `output_stride=16`, for the families that take it) and `pretrained_cfg` (the re-ID preprocessing);
+  `model.safetensors` has timm's parameter names, and its classifier is the BN-neck folded into a square Linear
+  layer, so timm's `forward` (pool -> Linear) returns the neck's output.
+- `ReIDModel.from_pretrained(repo_or_folder)`: the whole re-ID model with its training heads, from the same two
+  files plus `reid_heads.safetensors` (neck, classifier, auxiliary head) and the `reid` section of `config.json`.
 
 Everything is safetensors; nothing is unpickled.
 """
@@ -54,6 +56,25 @@ class BNNeckHead(nn.Module):
         return embedding, normalized, self.classifier(normalized)
 
 
+def timm_model_args(architecture: str, backbone_args: dict, last_stride_1: bool) -> dict:
+    """The timm constructor arguments of the trained backbone. A last stride of 1 (the re-ID practice that keeps 2x
+    the final resolution) is timm's `output_stride=16`, which ResNets, RegNets, ConvNeXts ... accept and which dilates
+    their last stage; families without it (DenseNet, Swin) keep their own stride. Saved as `model_args`, so timm
+    builds the same network from the published config."""
+    import inspect
+
+    import timm
+
+    args = {k: v for k, v in backbone_args.items() if k != "num_classes"}  # the classifier is the re-ID model's
+    if not last_stride_1 or "output_stride" in args:
+        return args
+    with torch.device("meta"):  # only the class is wanted: no memory, no initialisation
+        family = type(timm.create_model(architecture, pretrained=False, num_classes=0, **args))
+    if "output_stride" in inspect.signature(family.__init__).parameters:
+        return {**args, "output_stride": 16}
+    return args
+
+
 class ReIDModel(
     nn.Module, PyTorchModelHubMixin, library_name="timm", tags=["vehicle-re-identification", "vehicle-diff"]
 ):
@@ -70,22 +91,14 @@ class ReIDModel(
         import timm
 
         self.architecture, self.backbone_args = architecture, dict(backbone_args or {})
+        self.timm_args = timm_model_args(architecture, self.backbone_args, last_stride_1)
         self.image_size = list(image_size or [256, 256])
         # the whole timm model without its classifier: its parameters keep timm's names, so the saved backbone is
         # an ordinary timm checkpoint; the two last stages come from `forward_intermediates`
-        self.backbone = timm.create_model(architecture, pretrained=False, **{**self.backbone_args, "num_classes": 0})
-        self._setup(last_stride_1)
+        self.backbone = timm.create_model(architecture, pretrained=False, **{**self.timm_args, "num_classes": 0})
         channels = [info["num_chs"] for info in self.backbone.feature_info[-2:]]
         self.head = BNNeckHead(channels[-1], num_classes)
         self.aux_head = BNNeckHead(channels[-2], num_classes) if aux_head else None
-
-    def _setup(self, last_stride_1: bool) -> None:
-        if last_stride_1 and hasattr(self.backbone, "layer4"):  # ResNets: keep 2x the spatial resolution at the end
-            block = self.backbone.layer4[0]
-            (block.conv2 if hasattr(block, "conv3") else block.conv1).stride = (1, 1)  # bottleneck / basic block
-            for module in block.downsample or []:
-                if isinstance(module, nn.Conv2d):
-                    module.stride = (1, 1)
 
     def load_backbone(self, model_id: str) -> None:
         """Start from the weights of a timm id or folder (the paper: ImageNet-trained backbones)."""
@@ -95,10 +108,11 @@ class ReIDModel(
         self.backbone.load_state_dict(pretrained.state_dict())
 
     def feature_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """The last two stages' outputs (NCHW), as timm's `features_only` would give them."""
+        """The last two stages' outputs (NCHW); the last one after the final norm of the families that have one
+        (Swin), as timm's `forward_features` gives it, so that timm's own `forward` computes the same embedding."""
         stages = len(self.backbone.feature_info)
         return self.backbone.forward_intermediates(
-            images, indices=[stages - 2, stages - 1], intermediates_only=True, output_fmt="NCHW"
+            images, indices=[stages - 2, stages - 1], norm=True, intermediates_only=True, output_fmt="NCHW"
         )
 
     def forward(self, images: torch.Tensor) -> dict:
@@ -117,9 +131,33 @@ class ReIDModel(
             features = features + self.head(self.feature_maps(images.flip(3))[1])[1]
         return F.normalize(features, dim=1)
 
+    @torch.no_grad()
+    def embedding_model(self) -> nn.Module:
+        """The timm model a Hub user gets: the trained backbone with its classifier a square Linear layer that is
+        the BN-neck in evaluation mode (y = (x - mean) / sqrt(var + eps) * weight + bias, folded into one affine
+        map), so `forward` returns the features the evaluation ranks with (before L2 normalisation)."""
+        import timm
+
+        neck = self.head.neck
+        channels = neck.num_features
+        model = timm.create_model(self.architecture, pretrained=False, **{**self.timm_args, "num_classes": channels})
+        missing, unexpected = model.load_state_dict(self.backbone.state_dict(), strict=False)
+        classifier = model.get_classifier()
+        if unexpected or {name.rsplit(".", 1)[0] for name in missing} != {self.classifier_name}:
+            raise RuntimeError(f"{self.architecture}: the backbone does not fit timm's model ({missing}, {unexpected})")
+        scale = neck.weight / torch.sqrt(neck.running_var + neck.eps)
+        classifier.weight.copy_(torch.diag(scale))
+        classifier.bias.copy_(neck.bias - neck.running_mean * scale)
+        return model.eval()
+
+    @property
+    def classifier_name(self) -> str:
+        """Where timm keeps the classifier of this family (`fc`, `classifier`, `head.fc`)."""
+        return self.backbone.pretrained_cfg["classifier"]
+
     def _save_pretrained(self, save_directory: Path) -> None:
-        """timm's own export of the backbone (config.json + model.safetensors) with the re-ID preprocessing as its
-        `pretrained_cfg`, the re-ID init arguments as `config.json["reid"]`, and the heads beside it."""
+        """timm's own export of `embedding_model()` (config.json + model.safetensors) with the re-ID preprocessing
+        as its `pretrained_cfg`, the re-ID init arguments as `config.json["reid"]`, and the heads beside it."""
         import timm
         from safetensors.torch import save_file
 
@@ -131,22 +169,15 @@ class ReIDModel(
             "interpolation": "bilinear",
             "crop_pct": 1.0,
         }
+        model = self.embedding_model()
         try:
             timm.models.save_for_hf(
-                self.backbone,
-                save_directory,
-                model_args=self.backbone_args,
-                data_config=data_config,
-                safe_serialization=True,
+                model, save_directory, model_args=self.timm_args, data_config=data_config, safe_serialization=True
             )
         except ValueError:  # a fixed-size architecture (SwinV2) keeps its own input size
             data_config.pop("input_size")
             timm.models.save_for_hf(
-                self.backbone,
-                save_directory,
-                model_args=self.backbone_args,
-                data_config=data_config,
-                safe_serialization=True,
+                model, save_directory, model_args=self.timm_args, data_config=data_config, safe_serialization=True
             )
         config = json.loads((save_directory / TIMM_CONFIG).read_text())
         # the pretrained_cfg timm copied from the architecture's default tag describes ImageNet weights, not these
@@ -198,7 +229,9 @@ class ReIDModel(
                 local_files_only=local_files_only,
             )
 
-        model.backbone.load_state_dict(load_file(fetch(BACKBONE_WEIGHTS), device=map_location), strict=strict)
+        backbone = load_file(fetch(BACKBONE_WEIGHTS), device=map_location)
+        prefix = model.classifier_name + "."  # the folded neck timm uses; the neck itself is in the heads file
+        model.backbone.load_state_dict({k: v for k, v in backbone.items() if not k.startswith(prefix)}, strict=strict)
         heads = load_file(fetch(HEADS_WEIGHTS), device=map_location)
         model.head.load_state_dict(
             {k.removeprefix("head."): v for k, v in heads.items() if k.startswith("head.")}, strict=strict

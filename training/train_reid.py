@@ -308,7 +308,7 @@ def train_reid(config: TrainReIDConfig) -> Path:
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
     step, progress = resume(accelerator, resume_point)
     if accelerator.is_main_process:
-        save_config(config, out_dir / "config.yaml", stage="train-reid")
+        save_config(config, out_dir / "config.yaml", stage="train-reid", provenance=provenance(config))
 
     # evaluations, loss curve and training time before the checkpoint continue, not restart
     history, curve = progress.get("metrics", []), progress.get("history", [])
@@ -409,7 +409,17 @@ def train_reid(config: TrainReIDConfig) -> Path:
         plot_training_curves(
             curve, out_dir / "training_curves.png", title=f"train-reid: {architecture}, data {config.data_mode}"
         )
-        write_card(config, out_dir, history[-1] if history else None, stats, eval_data, architecture)
+        write_card(
+            config,
+            out_dir,
+            history[-1] if history else None,
+            stats,
+            eval_data,
+            architecture,
+            # how timm rebuilds the published embedding network, for the card's loading notes
+            timm_args=final.timm_args,
+            embedding_dim=final.head.neck.num_features,
+        )
         job.mark_done({"steps": step, "resumed_from": resumed_from})
         accelerator.print(
             f"Re-ID model: {out_dir} (load it with ReIDModel.from_pretrained). Metrics: {out_dir / 'metrics.json'}"
@@ -423,8 +433,24 @@ def main(argv: list[str] | None = None) -> Path:
     return train_reid(parse_config(TrainReIDConfig, "train-reid", argv))
 
 
+def provenance(config: TrainReIDConfig) -> dict:
+    """The exact starting weights, saved with the config and stated on the card: the Hub commit of a timm or
+    `hf-hub:` backbone, or sha256 of a local one's content; none when training starts from random weights."""
+    from vehicle_diff.models import resolved_revision
+
+    if not config.pretrained_backbone:
+        return {}
+    return {"backbone": {"id": config.backbone, "revision": resolved_revision(config.backbone, flag="--backbone")}}
+
+
 def write_card(
-    config: TrainReIDConfig, out_dir: Path, metrics: dict | None, stats: dict, eval_data: str, architecture: str
+    config: TrainReIDConfig,
+    out_dir: Path,
+    metrics: dict | None,
+    stats: dict,
+    eval_data: str,
+    architecture: str,
+    **facts,
 ) -> None:
     """README.md, and the facts it states as card_context.json, from which `publish` renders the card again with
     the repo ids it publishes the model and its training data to. No path of this machine goes into the card."""
@@ -443,6 +469,7 @@ def write_card(
             **model_ref(spec),
             "revision": None,
             "base_model": generation.get("base_model"),
+            "base_revision": generation.get("base_model_revision"),
             "path": str(folder.resolve()) if folder.exists() else None,
             **extra,
         }
@@ -494,6 +521,7 @@ def write_card(
         "config": settings,
         "backbone": backbone,
         "base_model_hub_id": timm_hub_id(config.backbone) if starts_from_hub else None,
+        "backbone_revision": (provenance(config).get("backbone") or {}).get("revision"),
         "real_data": [real(config.real_data)] if config.real_data and config.data_mode != "S" else [],
         "synthetic_data": synthetic,
         "eval_data": evaluation,
@@ -501,6 +529,7 @@ def write_card(
         "metrics": {"plain": metrics[metrics.get("reported", "plain")]} if metrics else None,
         "stats": stats,
         "vehicle_diff_version": __version__,
+        **facts,
     }
     save_context(out_dir, context)
     render_reid_card(context).save(out_dir / "README.md")

@@ -276,8 +276,10 @@ def parse_config(config_cls, stage: str, argv: list[str] | None = None):
     return _instantiate(config_cls, values, preset)
 
 
-def save_config(config, path: Path, stage: str) -> None:
-    """The resolved settings (after preset and flags), with the package version, next to the outputs."""
+def save_config(config, path: Path, stage: str, provenance: dict | None = None) -> None:
+    """The resolved settings (after preset and flags), with the package version, next to the outputs; with
+    `provenance`, the exact revisions of the models the settings name (a flag such as `--revision` may be unset
+    while the run used one precise commit)."""
     from . import __version__
 
     resolved = {
@@ -285,6 +287,7 @@ def save_config(config, path: Path, stage: str) -> None:
         "vehicle_diff_version": __version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "config": dataclasses.asdict(config),
+        **({"provenance": provenance} if provenance else {}),
     }
     with atomic_path(path) as tmp:
         tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))

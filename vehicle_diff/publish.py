@@ -53,6 +53,7 @@ ARTIFACTS = {
             "config.json",
             "model.safetensors",
             "reid_heads.safetensors",
+            "config.yaml",
             "metrics.json",
             "training_stats.json",
         ],
@@ -230,11 +231,12 @@ def progress(**kwargs):
 
 
 def build_tree(
-    artifact: str, folder: Path, repo_id: str, version: str, *, work_dir: Path, alongside: dict
+    artifact: str, folder: Path, repo_id: str, version: str, *, work_dir: Path, alongside: dict, target: str = "hub"
 ) -> dict[str, Path | bytes]:
     """Exactly what the repo will hold: the artifact's files (configs with local paths reduced), the card rendered
-    for `repo_id`@`version` (linking the repos published `alongside` it where they are its inputs), a kohya copy
-    of the LoRA if the folder has none, and `publish.json`."""
+    for `repo_id`@`version` on `target` (linking the repos published `alongside` it where they are its inputs; how
+    to load through an olah mirror, or how to stream from the Hub), a kohya copy of the LoRA if the folder has
+    none, and `publish.json`."""
     from vehicle_diff.cards import RENDERERS, load_context
 
     _, patterns, required = ARTIFACTS[artifact]
@@ -259,7 +261,8 @@ def build_tree(
             trained_on = [(context.get(key) or {}).get("path") for key in ("synthetic_data", "eval_data")]
             if alongside["dataset"]["folder"] in trained_on:
                 extra = {"dataset_repo": alongside["dataset"]["repo_id"], "dataset_revision": version}
-        tree["README.md"] = str(RENDERERS[artifact](context, repo_id=repo_id, revision=version, **extra)).encode()
+        card = RENDERERS[artifact](context, repo_id=repo_id, revision=version, target=target, **extra)
+        tree["README.md"] = str(card).encode()
     hashes = {}
     total = sum(len(s) if isinstance(s, bytes) else s.stat().st_size for s in tree.values())
     with progress(total=total, unit="B", unit_scale=True, desc=f"hashing {repo_id}") as bar:
@@ -793,7 +796,9 @@ def publish(config: PublishConfig, *, force_flag: str = "--force") -> list[str]:
         for artifact in artifacts:
             repo_type = ARTIFACTS[artifact][0]
             folder, repo_id = Path(getattr(config, artifact)), config.repo_id(artifact)
-            tree = build_tree(artifact, folder, repo_id, config.version, work_dir=work_dir, alongside=alongside)
+            tree = build_tree(
+                artifact, folder, repo_id, config.version, work_dir=work_dir, alongside=alongside, target=config.target
+            )
             check_no_local_paths(tree, local_prefixes(folder, Path(config.mirror_dir)), repo_id)
             if config.target == "mirror":
                 report.append(
