@@ -326,6 +326,7 @@ class Job:
         self.shards_dir = self.out_dir / shards
         self.owned = [*owned, f"{shards}/*", f"{CLAIMS_DIR}/batch-*", DONE_FILE, JOB_FILE, PLAN_FILE]
         self._lock = None
+        self._opened = False  # the plan in `job.json` is this job's own (see `check_plan`)
 
     # -- the folder
 
@@ -372,6 +373,7 @@ class Job:
                 self._replace_plan(existing)
                 existing = None
             self._remove_partial_writes()
+            self._opened = True
             fault_point(f"{self.stage}.opened")
             if not existing:
                 with atomic_path(self.out_dir / JOB_FILE) as tmp:
@@ -426,8 +428,11 @@ class Job:
         remove_files(self.out_dir, own, self.owned)
 
     def check_plan(self) -> None:
-        """Stop this worker when the folder's plan is no longer its own (another run replaced it with
-        `--overwrite`): two plans never mix in one folder."""
+        """Stop this worker when the folder's plan is no longer the one it opened (another run replaced it with
+        `--overwrite`): two plans never mix in one folder. A job that did not open the folder (the filter's
+        `--rescore_only` decides on the stored plan's scores) has no plan of its own to lose."""
+        if not self._opened:
+            return
         job = read_json(self.out_dir / JOB_FILE)
         if job is None or job.get("fingerprint") != self.fingerprint:
             raise UserInputError(
