@@ -1,7 +1,6 @@
 import os
 import subprocess
 import sys
-from contextlib import contextmanager
 
 import pytest
 
@@ -61,29 +60,6 @@ def decompression_bomb_png(width: int = 100_000, height: int = 100_000) -> bytes
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
-
-
-class CheckpointCrash(Exception):
-    pass
-
-
-@contextmanager
-def crash_after_first_checkpoint():
-    """Training inside the block dies right after its first checkpoint is complete."""
-    import vehicle_diff.training.checkpointing as checkpointing
-
-    save_checkpoint = checkpointing.save_checkpoint
-
-    def save_then_crash(*args, **kwargs):
-        save_checkpoint(*args, **kwargs)
-        raise CheckpointCrash
-
-    checkpointing.save_checkpoint = save_then_crash
-    try:
-        with pytest.raises(CheckpointCrash):
-            yield
-    finally:
-        checkpointing.save_checkpoint = save_checkpoint
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from vehicle_diff.training.finetune_lora import CaptionedImages, augment, lora_target_modules, main, warmup_steps
 
-from tests.conftest import crash_after_first_checkpoint, launch_two_processes, run_killed_at
+from tests.conftest import launch_two_processes, run_killed_at
 from vehicle_diff.errors import UserInputError
 from vehicle_diff.io import sha256_file
 
@@ -93,24 +93,6 @@ def test_scope_all_and_text_encoder_training(tiny_captions, tmp_path):
     keys = load_file(out / "pytorch_lora_weights.safetensors").keys()
     assert any(k.startswith("unet.down_blocks.") for k in keys)
     assert any(k.startswith("text_encoder.") for k in keys) and any(k.startswith("text_encoder_2.") for k in keys)
-
-
-def test_resume_gives_the_same_lora_as_an_uninterrupted_run(tiny_captions, tmp_path):
-    flags = ["--max_train_steps", "4", "--checkpointing_steps", "2", "--validation_prompts", "a car"]
-    straight = load_file(
-        main(tiny_args(tiny_captions, tmp_path / "straight", *flags)) / "pytorch_lora_weights.safetensors"
-    )
-
-    with crash_after_first_checkpoint():
-        main(tiny_args(tiny_captions, tmp_path / "resumed", *flags))
-    resumed = main(tiny_args(tiny_captions, tmp_path / "resumed", *flags, "--resume_from_checkpoint", "latest"))
-    resumed = load_file(resumed / "pytorch_lora_weights.safetensors")
-    assert straight.keys() == resumed.keys()
-    for key in straight:
-        torch.testing.assert_close(resumed[key], straight[key], atol=1e-6, rtol=0)
-    assert not torch.equal(
-        straight[f"{UNET_UP}.lora.up.weight"], torch.zeros_like(straight[f"{UNET_UP}.lora.up.weight"])
-    )
 
 
 def test_cached_inputs_train(tiny_captions, tmp_path):

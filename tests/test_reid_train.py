@@ -9,7 +9,7 @@ from vehicle_diff.training.reid_data import IdentityBatchSampler, parse_veri_nam
 from vehicle_diff.training.reid_model import ReIDModel
 from vehicle_diff.training.train_reid import main
 
-from tests.conftest import crash_after_first_checkpoint, launch_two_processes, run_killed_at
+from tests.conftest import launch_two_processes, run_killed_at
 from vehicle_diff.errors import UserInputError
 from vehicle_diff.io import sha256_file
 
@@ -104,7 +104,7 @@ def test_train_on_synthetic_then_evaluate(synthetic_dataset, tiny_zoo, tmp_path)
     assert set(metrics) >= {"plain", "reranked", "data"} and (result / "retrieval.png").is_file()
 
 
-def test_balanced_real_and_synthetic_with_resume(veri_folder, synthetic_dataset, tiny_zoo, tmp_path):
+def test_balanced_real_and_synthetic(veri_folder, synthetic_dataset, tiny_zoo, tmp_path):
     flags = tiny(
         "--real_data",
         f"veri776:{veri_folder}",
@@ -114,8 +114,6 @@ def test_balanced_real_and_synthetic_with_resume(veri_folder, synthetic_dataset,
         "B",
         "--max_train_steps",
         "4",
-        "--checkpointing_steps",
-        "2",
         "--eval_every_epochs",
         "100",
     )
@@ -124,14 +122,6 @@ def test_balanced_real_and_synthetic_with_resume(veri_folder, synthetic_dataset,
     assert model.head.classifier.out_features == 6 + 8  # real ids, then synthetic ids after them
     history = json.loads((out / "metrics.json").read_text())
     assert "VeRi-776" in history[-1]["data"]
-    with crash_after_first_checkpoint():
-        main([*flags, "--output_dir", str(tmp_path / "resumed")])
-    resumed = main([*flags, "--output_dir", str(tmp_path / "resumed"), "--resume_from_checkpoint", "latest"])
-    import torch
-
-    a, b = ReIDModel.from_pretrained(out).state_dict(), ReIDModel.from_pretrained(resumed).state_dict()
-    for key in a:
-        torch.testing.assert_close(a[key].float(), b[key].float(), atol=1e-5, rtol=1e-5)
 
 
 def test_two_processes_train_with_ddp_on_gloo(synthetic_dataset, tiny_zoo, tmp_path):
