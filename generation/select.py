@@ -67,10 +67,13 @@ SELECT_FILTER_SETTINGS = (
     "detector",
     "detector_imgsz",
     "detection_floor",
+    "detection_iou",
+    "box_rule",
     "detection_confidence",
     "min_box_side",
     "reference_side",
     "crop_margin",
+    "crop_pad",
     "crop_square",
     "clip_model",
     "colors",
@@ -276,7 +279,11 @@ def select_candidates(config: SelectConfig, *, generate_config: GenerateConfig, 
         device=device,
     )
     detector = VehicleDetector(
-        filter_config.detector, imgsz=filter_config.detector_imgsz, device=device, floor=filter_config.detection_floor
+        filter_config.detector,
+        imgsz=filter_config.detector_imgsz,
+        device=device,
+        floor=filter_config.detection_floor,
+        iou=filter_config.detection_iou,
     )
     clip = ClipScorer(filter_config.clip_model, device=device)
     color_texts = clip.encode_texts([filter_config.color_prompt.format(color=c) for c in filter_config.colors])
