@@ -161,3 +161,37 @@ def test_reid_dry_run_trains_as_long_as_fast_reid_on_veri(veri_layout, tmp_path)
     assert (result["num_images"], result["num_identities"], result["batch_size"]) == (37_778, 576, 64)
     assert (result["steps_per_epoch"], result["total_steps"], result["warmup_steps"]) == (590, 35_400, 5_900)
     assert result["batch_share"] == {"real": 1.0, "synthetic": 0.0}
+
+
+@pytest.fixture(scope="module")
+def paper_export(tmp_path_factory):
+    """An export the size of the paper's dataset, 149,472 images of 4,896 identities (2,592 with 31 images, the
+    rest 30), every image in `train` as the paper preset exports it; the image cells are empty."""
+    root = tmp_path_factory.mktemp("export") / "vehicle-diff"
+    (root / "data").mkdir(parents=True)
+    vehicle_ids = [identity for identity in range(4_896) for _ in range(31 if identity < 2_592 else 30)]
+    image = pa.array([{"bytes": b"", "path": None}] * len(vehicle_ids))
+    table = pa.table({"image": image, "vehicle_id": vehicle_ids, "camera": list(range(len(vehicle_ids)))})
+    pq.write_table(table, root / "data" / "train-00000-of-00001.parquet")
+    return root
+
+
+@pytest.mark.parametrize(
+    "mode, extra, images, identities",
+    [
+        ("S", [], 149_472, 4_896),
+        ("S", ["--max_synthetic_images", "45338"], 45_338, 4_896),
+        ("D", [], 37_778 + 149_472, 576 + 4_896),
+        ("B", [], 37_778 + 149_472, 576 + 4_896),
+    ],
+)
+def test_reid_dry_run_plans_every_synthetic_image(paper_export, veri_layout, tmp_path, mode, extra, images, identities):
+    """Every exported image trains, and the 45,338-image subsample of Table VI spreads over all 4,896 identities."""
+    from vehicle_diff.training.train_reid import main
+
+    real = ["--real_data", f"veri776:{veri_layout}"] if mode != "S" else []
+    args = ["--preset", "paper", "--synthetic_data", str(paper_export), "--data_mode", mode, *real, *extra]
+    main([*args, "--backbone", NO_MODEL, "--output_dir", str(tmp_path / "reid"), "--dry_run"])
+    result = plan(tmp_path / "reid")
+    assert (result["num_images"], result["num_identities"]) == (images, identities)
+    print(mode, extra, result["steps_per_epoch"], result["total_steps"], result["warmup_steps"])

@@ -39,7 +39,7 @@ def train_transform(
     image_size: list[int], *, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), random_erasing: float = 0.5
 ):
     """Resize, random flip, pad-and-crop, normalise with the backbone's own mean / std, random erasing (the
-    strong re-ID baseline's augmentation, as fast-reid's VeRi recipe uses it)."""
+    strong re-ID baseline's augmentation, Luo et al. 2019)."""
     from torchvision import transforms
 
     steps = [
@@ -86,7 +86,7 @@ class TrainReIDConfig:
     learning_rate: float = 3.5e-4
     weight_decay: float = 5e-4
     lr_scheduler: str = "cosine"
-    lr_warmup_epochs: float = field(default=5, metadata={"help": "warm-up, in epochs (fast-reid's VeRi: 5 of 60)"})
+    lr_warmup_epochs: float = field(default=5, metadata={"help": "warm-up, in epochs (the paper preset: 10)"})
     lr_warmup_steps: int | None = field(default=None, metadata={"help": "warm-up in steps; overrides epochs"})
     random_erasing: float = field(default=0.5, metadata={"help": "random erasing probability (0 = off)"})
     max_synthetic_images: int | None = field(
