@@ -82,7 +82,7 @@ def test_finetune_dry_run_counts_steps_warmup_and_the_sdxl_lora(tmp_path):
     assert result["checkpoints_written"] == 75
 
 
-def test_generate_dry_run_plans_the_paper_dataset(tmp_path):
+def test_generate_dry_run_plans_the_paper_dataset_before_its_lora_exists(tmp_path):
     from vehicle_diff.generation.generate import main as generate
     from vehicle_diff.generation.prompts import main as prompts
 
@@ -95,15 +95,29 @@ def test_generate_dry_run_plans_the_paper_dataset(tmp_path):
             str(library),
             "--pretrained_model_name_or_path",
             NO_MODEL,
+            "--lora_weights",
+            str(tmp_path / "lora-to-come"),
             "--output_dir",
             str(tmp_path / "generated"),
             "--dry_run",
         ]
     )
     result = plan(tmp_path / "generated")
-    assert (result["identities"], result["images"], result["batches"]) == (4_940, 148_200, 37_050)
-    assert result["unet_evaluations"] == 148_200 * 50 * 2  # classifier-free guidance: two UNet passes a step
+    # 33 an identity: enough for Table V's 160,758 images after detection
+    assert (result["identities"], result["images"], result["batches"]) == (4_940, 163_020, 40_755)
+    assert result["unet_evaluations"] == 163_020 * 50 * 2  # classifier-free guidance: two UNet passes a step
     assert 150 < result["estimated_disk_gb"] < 300
+
+    from vehicle_diff.generation.select import main as select
+
+    select(
+        [
+            *("--preset", "paper", "--prompts", str(library), "--output_dir", str(tmp_path / "select")),
+            *("--candidates", "base", str(tmp_path / "lora-to-come"), "--dry_run"),
+        ]
+    )
+    result = plan(tmp_path / "select")
+    assert (result["images_per_candidate"], result["images"], result["unet_evaluations"]) == (20, 40, 4_000)
 
 
 def test_filter_dry_run_reads_the_records_only(tmp_path):
@@ -177,15 +191,17 @@ def paper_export(tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "mode, extra, images, identities",
+    "mode, extra, images, identities, steps",
     [
-        ("S", [], 149_472, 4_896),
-        ("S", ["--max_synthetic_images", "45338"], 45_338, 4_896),
-        ("D", [], 37_778 + 149_472, 576 + 4_896),
-        ("B", [], 37_778 + 149_472, 576 + 4_896),
+        ("S", [], 149_472, 4_896, 140_100),  # 2,335 steps an epoch
+        ("S", ["--max_synthetic_images", "45338"], 45_338, 4_896, 42_480),  # 708 an epoch
+        ("D", [], 37_778 + 149_472, 576 + 4_896, 175_500),  # 2,925 an epoch
+        ("B", [], 37_778 + 149_472, 576 + 4_896, 175_500),
     ],
 )
-def test_reid_dry_run_plans_every_synthetic_image(paper_export, veri_layout, tmp_path, mode, extra, images, identities):
+def test_reid_dry_run_plans_every_synthetic_image(
+    paper_export, veri_layout, tmp_path, mode, extra, images, identities, steps
+):
     """Every exported image trains, and the 45,338-image subsample of Table VI spreads over all 4,896 identities."""
     from vehicle_diff.training.train_reid import main
 
@@ -194,4 +210,4 @@ def test_reid_dry_run_plans_every_synthetic_image(paper_export, veri_layout, tmp
     main([*args, "--backbone", NO_MODEL, "--output_dir", str(tmp_path / "reid"), "--dry_run"])
     result = plan(tmp_path / "reid")
     assert (result["num_images"], result["num_identities"]) == (images, identities)
-    print(mode, extra, result["steps_per_epoch"], result["total_steps"], result["warmup_steps"])
+    assert result["total_steps"] == steps == 60 * (images // 64) and result["warmup_steps"] == steps // 6
