@@ -354,6 +354,7 @@ class ExportConfig:
     max_shard_size: str = field(default="500MB", metadata={"help": "Parquet shard size, as push_to_hub cuts them"})
     veri_dir: str | None = field(default=None, metadata={"help": "also write a VeRi-776 style copy here"})
     veri_id_offset: int = 1000
+    dry_run: bool = field(default=False, metadata={"help": "count the kept records per split; write plan.json only"})
 
     def __post_init__(self):
         if not self.colors:
@@ -391,6 +392,8 @@ def export_dataset(config: ExportConfig) -> Path:
     )
 
     filtered = Path(config.filtered)
+    if config.dry_run:
+        return dry_run(config)
     out = check_output_path(config.output_dir, inputs=[filtered])
     refuse_foreign_folder(out, "export")
     if config.veri_dir:
@@ -439,6 +442,26 @@ def export_dataset(config: ExportConfig) -> Path:
     if config.veri_dir:
         print(f"VeRi-style copy: {Path(config.veri_dir).resolve()}")
     return out
+
+
+def dry_run(config: ExportConfig) -> Path:
+    """The splits the export would write, from the kept records alone (no crop is read)."""
+    from vehicle_diff.jobs import write_plan
+
+    records = read_kept_records(Path(config.filtered))
+    identities = sorted({r["identity"] for r in records})
+    held_out = assign_splits(identities, config.eval_fraction, config.seed)
+    train = sum(r["identity"] not in held_out for r in records)
+    plan = {
+        "stage": "export",
+        "kept_images": len(records),
+        "identities": len(identities),
+        "train_images": train,
+        "train_identities": len(identities) - len(held_out),
+        "held_out_images": len(records) - train,
+        "held_out_identities": len(held_out),
+    }
+    return write_plan(config.output_dir, plan)
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -366,6 +366,7 @@ class EvaluateConfig:
     batch_size: int = 64
     retrieval_queries: int = field(default=8, metadata={"help": "queries (rows) in retrieval.png"})
     retrieval_top_k: int = field(default=10, metadata={"help": "gallery images per query in retrieval.png"})
+    dry_run: bool = field(default=False, metadata={"help": "read the data lists only; print and write plan.json"})
 
     def __post_init__(self):
         for name in ("batch_size", "vehicleid_draws", "retrieval_queries", "retrieval_top_k"):
@@ -388,6 +389,12 @@ def evaluate(config: EvaluateConfig) -> Path:
 
     from .reid_model import ReIDModel
 
+    if config.dry_run:  # the model may not be trained yet
+        from vehicle_diff.jobs import write_plan
+
+        split = read_source(config.eval_data)
+        plan = {"stage": "evaluate", "data": split.name, "query_images": len(split.query)}
+        return write_plan(config.output_dir, {**plan, "gallery_images": len(split.gallery), "model": config.model})
     model_dir, data_root = Path(config.model), Path(config.eval_data.split(":", 1)[-1].rsplit(":", 1)[0])
     components = {"settings": output_settings(config, ignore=("model", "eval_data")),
                   "model": folder_digest(model_dir) if model_dir.is_dir() else config.model,

@@ -48,6 +48,7 @@ class FidConfig:
     batch_size: int = 32
     max_images: int | None = field(default=None, metadata={"help": "a seeded sample of at most this many per side"})
     seed: int = 0
+    dry_run: bool = field(default=False, metadata={"help": "count both sides' images; print and write plan.json"})
 
     def __post_init__(self):
         if self.batch_size <= 0:
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> Path:
     from vehicle_diff.io import sha256_file
 
     config = parse_config(FidConfig, "fid", argv)
-    weights_file = inception_weights_file(config.inception_weights)
+    weights_file = None if config.dry_run else inception_weights_file(config.inception_weights)
     sides = {}
     for name in ("real_images", "generated_images"):
         if not getattr(config, name):
@@ -197,6 +198,11 @@ def main(argv: list[str] | None = None) -> Path:
             chosen = set(random.Random(config.seed).sample(range(len(names)), config.max_images))
             names = [n for i, n in enumerate(names) if i in chosen]  # the source's order: Parquet reads once
         sides[name] = kind, names, open_image
+    if config.dry_run:
+        from vehicle_diff.jobs import write_plan
+
+        counts = {name: len(names) for name, (_, names, _) in sides.items()}
+        return write_plan(config.output_dir, {"stage": "fid", **counts, "inception_passes": sum(counts.values())})
     device = "cuda" if torch.cuda.is_available() else "cpu"
     metric = fid_metric(weights_file).to(device)
     with torch.no_grad():
