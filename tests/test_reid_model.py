@@ -99,3 +99,21 @@ def test_saved_model_is_a_timm_checkpoint_of_the_trained_backbone(tiny_zoo, name
     images = torch.randn(2, 3, *size)
     torch.testing.assert_close(again.extract(images), model.extract(images))
     assert again.head.classifier.out_features == 5  # the re-ID config, not timm's num_classes (0)
+
+
+def test_evaluation_normalises_as_training_did_from_the_saved_data_config(tmp_path):
+    """timm's test_resnet normalises with mean = std = 0.5, not ImageNet's: training uses it, the saved
+    config.json carries it, and the reloaded model's evaluation transform applies it."""
+    import json
+
+    from PIL import Image
+    from vehicle_diff.training.evaluate import eval_transform_of
+
+    model = ReIDModel("test_resnet", num_classes=3, aux_head=False, image_size=[32, 32])
+    assert model.mean == model.std == (0.5, 0.5, 0.5)
+    model.save_pretrained(tmp_path / "model")
+    saved = json.loads((tmp_path / "model" / "config.json").read_text())["pretrained_cfg"]
+    assert saved["mean"] == saved["std"] == [0.5, 0.5, 0.5]
+    reloaded = ReIDModel.from_pretrained(tmp_path / "model")
+    gray = eval_transform_of(reloaded)(Image.new("RGB", (40, 40), (255, 255, 255)))
+    assert gray.shape == (3, 32, 32) and torch.allclose(gray, torch.ones_like(gray))  # (1 - 0.5) / 0.5

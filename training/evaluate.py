@@ -33,12 +33,19 @@ VEHICLEID_SIZES = (800, 1600, 2400)
 COLORS = {"match": (0, 158, 72), "wrong": (214, 39, 40), "junk": (150, 150, 150), "query": (40, 40, 40)}
 
 
-def eval_transform(image_size: list[int]):
+def eval_transform(image_size: list[int], *, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """Resize and normalise as training did: callers pass the model's own mean / std (`eval_transform_of`)."""
     from torchvision import transforms
 
     return transforms.Compose(
-        [transforms.Resize(tuple(image_size)), transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+        [transforms.Resize(tuple(image_size)), transforms.ToTensor(), transforms.Normalize(mean, std)]
     )
+
+
+def eval_transform_of(model):
+    """The preprocessing the model was trained with: its input size and its backbone's mean / std, the data
+    config saved with it (config.json's pretrained_cfg)."""
+    return eval_transform(model.image_size, mean=model.mean, std=model.std)
 
 
 @torch.no_grad()
@@ -55,7 +62,7 @@ def extract_features(
     """L2-normalised retrieval features of `samples`, batched, on `device` (returned on the CPU)."""
     from tqdm.auto import tqdm
 
-    transform = eval_transform(model.image_size)
+    transform = eval_transform_of(model)
     model.eval()
     features = []
     with tqdm(total=len(samples), desc=desc, unit="img", disable=not progress) as bar:

@@ -24,7 +24,6 @@ from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
 from torch import nn
 
 TIMM_CONFIG, BACKBONE_WEIGHTS, HEADS_WEIGHTS = "config.json", "model.safetensors", "reid_heads.safetensors"
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # the re-ID transforms' normalisation
 
 
 def backbone_spec(model_id: str) -> tuple[str, dict]:
@@ -75,6 +74,11 @@ class ReIDModel(
         # an ordinary timm checkpoint; the two last stages come from `forward_intermediates`
         self.backbone = timm.create_model(architecture, pretrained=False, **{**self.backbone_args, "num_classes": 0})
         self._setup(last_stride_1)
+        # the backbone's own normalisation: training, the saved config and evaluation all read it from here
+        from timm.data import resolve_data_config
+
+        data_config = resolve_data_config(model=self.backbone)
+        self.mean, self.std = tuple(data_config["mean"]), tuple(data_config["std"])
         channels = [info["num_chs"] for info in self.backbone.feature_info[-2:]]
         self.head = BNNeckHead(channels[-1], num_classes)
         self.aux_head = BNNeckHead(channels[-2], num_classes) if aux_head else None
@@ -126,8 +130,8 @@ class ReIDModel(
         save_directory = Path(save_directory)
         data_config = {
             "input_size": (3, *self.image_size),
-            "mean": IMAGENET_MEAN,
-            "std": IMAGENET_STD,
+            "mean": self.mean,
+            "std": self.std,
             "interpolation": "bilinear",
             "crop_pct": 1.0,
         }

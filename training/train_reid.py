@@ -263,7 +263,6 @@ def train_reid(config: TrainReIDConfig) -> Path:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
-    from timm.data import resolve_data_config
     from tqdm.auto import tqdm
 
     from .checkpointing import open_training_output, resume, save_checkpoint
@@ -308,12 +307,9 @@ def train_reid(config: TrainReIDConfig) -> Path:
     )
     if config.pretrained_backbone:
         model.load_backbone(config.backbone)
-    data_config = resolve_data_config(model=model.backbone)  # the backbone's own normalisation
-    dataset = ReIDImages(
+    dataset = ReIDImages(  # normalised with the backbone's own mean / std, as the model saves it for evaluation
         samples,
-        train_transform(
-            config.image_size, mean=data_config["mean"], std=data_config["std"], random_erasing=config.random_erasing
-        ),
+        train_transform(config.image_size, mean=model.mean, std=model.std, random_erasing=config.random_erasing),
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     steps_per_epoch = len(sampler)
