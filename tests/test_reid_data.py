@@ -197,3 +197,23 @@ def test_cityflow_labels_that_do_not_match_the_name_list_are_refused(tmp_path):
     np.save(root / "gallery_annotation.npy", np.array([[5, 401]]))
     with pytest.raises(UserInputError, match="gallery_annotation.npy: expected 3 rows"):
         read_source(f"cityflow:{root}")
+
+
+def test_random_sampler_deals_shuffled_images_without_identity_structure():
+    """The IDE baseline's sampling: each epoch a seeded shuffle of the pool's images in batches of P x K."""
+    labels = veri_like_labels()
+    sources = ["real"] * len(labels)
+    sampler = IdentityBatchSampler(labels, sources, p=16, k=4, mode="R", seed=0, random_batches=True)
+    batches = sampler.batches()
+    assert len(batches) == len(sampler) == 590 and all(len(batch) == 64 for batch in batches)
+    flat = [i for batch in batches for i in batch]
+    assert len(set(flat)) == len(flat) == 590 * 64  # no image twice in an epoch
+    identity_sampler = IdentityBatchSampler(labels, sources, p=16, k=4, mode="R", seed=0)
+    assert (
+        max(len(set(labels[i] for i in b)) for b in batches)
+        > 16
+        >= len({labels[i] for i in identity_sampler.batches()[0]})
+    )
+    mixed = ["real"] * 10_000 + ["synthetic"] * (len(labels) - 10_000)
+    with pytest.raises(UserInputError, match="balances identities"):
+        IdentityBatchSampler(labels, mixed, p=16, k=4, mode="B", seed=0, random_batches=True)

@@ -117,3 +117,26 @@ def test_evaluation_normalises_as_training_did_from_the_saved_data_config(tmp_pa
     reloaded = ReIDModel.from_pretrained(tmp_path / "model")
     gray = eval_transform_of(reloaded)(Image.new("RGB", (40, 40), (255, 255, 255)))
     assert gray.shape == (3, 32, 32) and torch.allclose(gray, torch.ones_like(gray))  # (1 - 0.5) / 0.5
+
+
+def test_the_ide_baseline_has_no_bn_neck_and_cross_entropy_alone(tmp_path):
+    """VehicleX's IDE: the pooled feature feeds the classifier and is the retrieval feature; the loss is
+    cross-entropy only. Both survive a save and reload."""
+    import torch.nn.functional as F
+    from vehicle_diff.training.reid_model import reid_loss
+
+    model = ReIDModel("test_resnet", num_classes=3, aux_head=False, image_size=[32, 32], bn_neck=False).eval()
+    images = torch.rand(4, 3, 32, 32)
+    outputs = model(images)
+    assert torch.equal(outputs["embedding"], outputs["features"])
+    assert torch.allclose(model.extract(images), F.normalize(outputs["embedding"], dim=1))
+    labels = torch.tensor([0, 1, 2, 0])
+    loss, parts = reid_loss(
+        outputs, labels, label_smoothing=0.1, circle_m=0.25, circle_gamma=128, aux_weight=1, circle=False
+    )
+    assert set(parts) == {"ce"} and torch.isclose(loss, F.cross_entropy(outputs["logits"], labels, label_smoothing=0.1))
+    model.save_pretrained(tmp_path / "ide")
+    reloaded = ReIDModel.from_pretrained(tmp_path / "ide").eval()
+    assert isinstance(reloaded.head.neck, torch.nn.Identity) and torch.allclose(
+        reloaded.extract(images), model.extract(images)
+    )

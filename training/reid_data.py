@@ -311,15 +311,18 @@ class IdentityBatchSampler:
         seed: int,
         rank: int = 0,
         world: int = 1,
+        random_batches: bool = False,
     ):
         if mode not in ("R", "S", "D", "B"):
             raise UserInputError(f"--data_mode {mode!r}: use R, S, D or B")
+        if random_batches and mode == "B":
+            raise UserInputError("--sampler random draws from one pool; data mode B balances identities (use D)")
         if p < 1 or k < 1:
             raise UserInputError(f"--ids_per_batch and --images_per_id must be positive (got {p}, {k})")
         if mode == "B" and p % 2:
             raise UserInputError(f"--ids_per_batch {p} must be even in balanced mode (half real, half synthetic)")
         self.p, self.k, self.mode, self.seed, self.rank, self.world, self.epoch = p, k, mode, seed, rank, world, 0
-        self.skip = 0
+        self.skip, self.random_batches = 0, random_batches
         self.by_identity: dict[str, dict[int, list[int]]] = {"real": {}, "synthetic": {}}
         for index, (label, source) in enumerate(zip(labels, sources, strict=True)):
             self.by_identity[source].setdefault(label, []).append(index)
@@ -354,6 +357,12 @@ class IdentityBatchSampler:
             real_groups = identity_groups(rng, real, self.p // 2, self.k)
             synthetic_groups = identity_groups(rng, synthetic, self.p // 2, self.k)
             return [next(real_groups) + next(synthetic_groups) for _ in range(self.steps_per_epoch)]
+        if self.random_batches:  # the IDE baseline: shuffled images of the pool, no identity structure
+            sources = {"R": ["real"], "S": ["synthetic"], "D": ["real", "synthetic"]}[self.mode]
+            indices = sorted(i for source in sources for group in self.by_identity[source].values() for i in group)
+            rng.shuffle(indices)
+            size = self.p * self.k
+            return [indices[start * size : (start + 1) * size] for start in range(self.steps_per_epoch)]
         pool = {}
         if self.mode in ("R", "D"):
             pool.update({("real", i): v for i, v in real.items()})

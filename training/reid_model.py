@@ -38,12 +38,14 @@ def backbone_spec(model_id: str) -> tuple[str, dict]:
 
 
 class BNNeckHead(nn.Module):
-    """Pool -> embedding (metric losses) -> BatchNorm (its bias frozen) -> classifier (cross-entropy)."""
+    """Pool -> embedding (metric losses) -> BatchNorm (its bias frozen) -> classifier (cross-entropy). Without
+    `bn_neck` (the IDE baseline) the pooled embedding feeds the classifier and is the retrieval feature."""
 
-    def __init__(self, channels: int, num_classes: int):
+    def __init__(self, channels: int, num_classes: int, bn_neck: bool = True):
         super().__init__()
-        self.neck = nn.BatchNorm1d(channels)
-        self.neck.bias.requires_grad_(False)
+        self.neck = nn.BatchNorm1d(channels) if bn_neck else nn.Identity()
+        if bn_neck:
+            self.neck.bias.requires_grad_(False)
         self.classifier = nn.Linear(channels, num_classes, bias=False)
         nn.init.normal_(self.classifier.weight, std=0.001)
 
@@ -64,6 +66,7 @@ class ReIDModel(
         last_stride_1: bool = True,
         aux_head: bool = True,
         image_size: list[int] | None = None,
+        bn_neck: bool = True,
     ):
         super().__init__()
         import timm
@@ -80,8 +83,8 @@ class ReIDModel(
         data_config = resolve_data_config(model=self.backbone)
         self.mean, self.std = tuple(data_config["mean"]), tuple(data_config["std"])
         channels = [info["num_chs"] for info in self.backbone.feature_info[-2:]]
-        self.head = BNNeckHead(channels[-1], num_classes)
-        self.aux_head = BNNeckHead(channels[-2], num_classes) if aux_head else None
+        self.head = BNNeckHead(channels[-1], num_classes, bn_neck)
+        self.aux_head = BNNeckHead(channels[-2], num_classes, bn_neck) if aux_head else None
 
     def _setup(self, last_stride_1: bool) -> None:
         if last_stride_1 and hasattr(self.backbone, "layer4"):  # ResNets: keep 2x the spatial resolution at the end
@@ -247,15 +250,17 @@ def reid_loss(
     circle_m: float,
     circle_gamma: float,
     aux_weight: float,
+    circle: bool = True,
 ) -> tuple[torch.Tensor, dict]:
-    """L_total = L_ce + L_circle on the main head, and the same on the auxiliary head (paper §III-D)."""
-    parts = {
-        "ce": F.cross_entropy(outputs["logits"].float(), labels, label_smoothing=label_smoothing),
-        "circle": circle_loss(outputs["embedding"], labels, circle_m, circle_gamma),
-    }
+    """L_total = L_ce + L_circle on the main head, and the same on the auxiliary head (paper §III-D); without
+    `circle`, cross-entropy alone (the IDE baseline)."""
+    parts = {"ce": F.cross_entropy(outputs["logits"].float(), labels, label_smoothing=label_smoothing)}
+    if circle:
+        parts["circle"] = circle_loss(outputs["embedding"], labels, circle_m, circle_gamma)
     if "aux_logits" in outputs:
         parts["aux_ce"] = aux_weight * F.cross_entropy(
             outputs["aux_logits"].float(), labels, label_smoothing=label_smoothing
         )
-        parts["aux_circle"] = aux_weight * circle_loss(outputs["aux_embedding"], labels, circle_m, circle_gamma)
+        if circle:
+            parts["aux_circle"] = aux_weight * circle_loss(outputs["aux_embedding"], labels, circle_m, circle_gamma)
     return sum(parts.values()), {name: value.item() for name, value in parts.items()}

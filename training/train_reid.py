@@ -93,6 +93,12 @@ class TrainReIDConfig:
         default=None, metadata={"help": "a seeded subsample of the synthetic images, identities kept balanced"}
     )
     label_smoothing: float = 0.1
+    circle_loss: bool = field(default=True, metadata={"help": "false: cross-entropy only (the IDE baseline)"})
+    bn_neck: bool = field(default=True, metadata={"help": "false: no BatchNorm neck (the IDE baseline)"})
+    sampler: str = field(
+        default="identity",
+        metadata={"help": "identity (P x K, or B's balance) or random (shuffled images, the IDE baseline)"},
+    )
     circle_m: float = field(default=0.25, metadata={"help": "relaxation margin m (Sun et al. 2020)"})
     circle_gamma: float = field(default=128.0, metadata={"help": "scale gamma"})
     mixed_precision: str = "no"
@@ -123,7 +129,11 @@ class TrainReIDConfig:
         for name in ("ids_per_batch", "images_per_id", "num_train_epochs", "checkpointing_steps", "eval_every_epochs"):
             if getattr(self, name) <= 0:
                 raise UserInputError(f"--{name} must be positive (got {getattr(self, name)})")
-        if self.images_per_id < 2:
+        if self.sampler not in ("identity", "random"):
+            raise UserInputError(f"--sampler {self.sampler!r}: use identity or random")
+        if self.sampler == "random" and self.data_mode == "B":
+            raise UserInputError("--sampler random draws from one pool; data mode B balances identities (use D)")
+        if self.images_per_id < 2 and self.circle_loss:
             raise UserInputError("--images_per_id must be >= 2: circle loss needs positive pairs")
         if not 0 <= self.label_smoothing < 1:
             raise UserInputError(f"--label_smoothing must be in [0, 1) (got {self.label_smoothing})")
@@ -167,6 +177,7 @@ def training_data(config: TrainReIDConfig, *, rank: int = 0, world: int = 1):
         seed=config.seed,
         rank=rank,
         world=world,
+        random_batches=config.sampler == "random",
     )
     if len(sampler) == 0:
         raise UserInputError(
@@ -208,6 +219,9 @@ def dry_run(config: TrainReIDConfig) -> Path:
         "total_steps": total,
         "warmup_steps": warmup,
         "batch_share": {"real": real_share, "synthetic": round(1 - real_share, 4)},
+        "sampler": config.sampler,
+        "losses": "cross-entropy + circle" if config.circle_loss else "cross-entropy",
+        "bn_neck": config.bn_neck,
         "eval_data": eval_data,
     }
     return write_plan(config.output_dir, plan)
@@ -304,6 +318,7 @@ def train_reid(config: TrainReIDConfig) -> Path:
         last_stride_1=config.last_stride_1,
         aux_head=config.aux_head,
         image_size=config.image_size,
+        bn_neck=config.bn_neck,
     )
     if config.pretrained_backbone:
         model.load_backbone(config.backbone)
@@ -355,6 +370,7 @@ def train_reid(config: TrainReIDConfig) -> Path:
                 circle_m=config.circle_m,
                 circle_gamma=config.circle_gamma,
                 aux_weight=config.aux_loss_weight,
+                circle=config.circle_loss,
             )
             accelerator.backward(loss)
             optimizer.step()
