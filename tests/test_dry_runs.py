@@ -205,9 +205,19 @@ def test_reid_dry_run_plans_every_synthetic_image(
     """Every exported image trains, and the 45,338-image subsample of Table VI spreads over all 4,896 identities."""
     from vehicle_diff.training.train_reid import main
 
-    real = ["--real_data", f"veri776:{veri_layout}"] if mode != "S" else []
+    real = ["--real_data" if mode != "S" else "--eval_data", f"veri776:{veri_layout}"]
     args = ["--preset", "paper", "--synthetic_data", str(paper_export), "--data_mode", mode, *real, *extra]
     main([*args, "--backbone", NO_MODEL, "--output_dir", str(tmp_path / "reid"), "--dry_run"])
     result = plan(tmp_path / "reid")
     assert (result["num_images"], result["num_identities"]) == (images, identities)
     assert result["total_steps"] == steps == 60 * (images // 64) and result["warmup_steps"] == steps // 6
+
+
+def test_a_whole_synthetic_export_needs_eval_data_before_any_training(paper_export, tmp_path):
+    from vehicle_diff.training.train_reid import main
+
+    from vehicle_diff.errors import UserInputError
+
+    args = ["--preset", "paper", "--synthetic_data", str(paper_export), "--data_mode", "S", "--backbone", NO_MODEL]
+    with pytest.raises(UserInputError, match="pass --eval_data"):
+        main([*args, "--output_dir", str(tmp_path / "reid"), "--dry_run"])

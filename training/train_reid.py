@@ -183,6 +183,11 @@ def training_data(config: TrainReIDConfig, *, rank: int = 0, world: int = 1):
         raise UserInputError(
             f"no full batch of {config.ids_per_batch} identities x {config.images_per_id} images per process"
         )
+    if not config.eval_data and not (real and real.query) and not (synthetic and synthetic.query):
+        raise UserInputError(
+            f"--synthetic_data {config.synthetic_data}: every image is in train (no held-out query / gallery), so "
+            "there is nothing to evaluate on; pass --eval_data (e.g. veri776:ROOT), or export with --eval_fraction"
+        )
     eval_data = config.eval_data or (config.real_data if real and real.query else config.synthetic_data)
     return samples, sources, sampler, eval_data
 
