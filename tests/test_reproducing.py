@@ -16,7 +16,7 @@ DOC = Path(__file__).resolve().parents[1] / "REPRODUCING.md"
 KEPT, IDENTITIES = 149_472, 4_896  # the paper's dataset (§IV-A): what the filter outputs here keep
 
 
-def documented_commands() -> list[tuple[list[str], dict[str, int]]]:
+def documented_commands() -> list[tuple[list[str], dict[str, int | str]]]:
     """(argv after `vehicle-diff`, the `# plan:` numbers) of every command in the file's bash blocks."""
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", DOC.read_text(), flags=re.S):
@@ -30,7 +30,8 @@ def documented_commands() -> list[tuple[list[str], dict[str, int]]]:
             if comment.startswith("plan: "):
                 for item in comment.removeprefix("plan: ").split(", "):
                     key, value = item.rsplit(" ", 1)
-                    expected[key] = int(value.replace(",", ""))
+                    number = value.replace(",", "")
+                    expected[key] = int(number) if number.isdigit() else value
             commands.append((argv[1:], expected))
     return commands
 
