@@ -445,6 +445,31 @@ def check_rescore(job: Job, config: FilterConfig, num_batches: int, ids_of) -> N
         )
 
 
+def planned_generation(generated: str) -> int | None:
+    """The image count of a generation that has only been planned (`generate --dry_run` wrote its plan.json
+    there and no records yet), or None."""
+    folder = Path(generated)
+    plan = read_json(folder / "plan.json")
+    if (folder / "records.parquet").is_file() or not plan or plan.get("stage") != "generate":
+        return None
+    return int(plan["images"])
+
+
+def dry_run_plan(config: FilterConfig, images: int, *, from_plan: bool) -> dict:
+    return {
+        "stage": "filter",
+        "images": images,
+        "images_from": "generate's plan.json (not generated yet)" if from_plan else "the generation records",
+        "batches": math.ceil(images / config.batch_size),
+        "batch_size": config.batch_size,
+        "detector": config.detector,
+        "detector_imgsz": config.detector_imgsz,
+        "clip_model": config.clip_model,
+        "estimated_disk_gb": round(images * 0.35e6 / 1e9, 2),
+        "disk_estimate_basis": "one PNG crop of ~0.35 MB per image",
+    }
+
+
 def filter_images(config: FilterConfig) -> Path:
     """Score every not-yet-scored batch (models run once per image), then decide, summarize and draw."""
     import torch
@@ -453,6 +478,9 @@ def filter_images(config: FilterConfig) -> Path:
 
     from vehicle_diff.models import torch_dtype
 
+    planned = planned_generation(config.generated) if config.dry_run else None
+    if planned is not None:  # the images are still to be generated: plan from generate's own plan
+        return write_plan(config.output_dir, dry_run_plan(config, planned, from_plan=True))
     table = read_generation_records(config.generated)
     unknown = sorted(set(table.column("color").to_pylist()) - set(config.colors))
     if unknown:
@@ -461,20 +489,7 @@ def filter_images(config: FilterConfig) -> Path:
         )
     num_batches = math.ceil(table.num_rows / config.batch_size)
     if config.dry_run:
-        return write_plan(
-            config.output_dir,
-            {
-                "stage": "filter",
-                "images": table.num_rows,
-                "batches": num_batches,
-                "batch_size": config.batch_size,
-                "detector": config.detector,
-                "detector_imgsz": config.detector_imgsz,
-                "clip_model": config.clip_model,
-                "estimated_disk_gb": round(table.num_rows * 0.35e6 / 1e9, 2),
-                "disk_estimate_basis": "one PNG crop of ~0.35 MB per image",
-            },
-        )
+        return write_plan(config.output_dir, dry_run_plan(config, table.num_rows, from_plan=False))
     state = PartialState(cpu=not torch.cuda.is_available())
     generated, job = Path(config.generated), job_for(config, table)
     out_dir, scores_dir = job.out_dir, job.shards_dir

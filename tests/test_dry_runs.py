@@ -108,6 +108,12 @@ def test_generate_dry_run_plans_the_paper_dataset_before_its_lora_exists(tmp_pat
     assert result["unet_evaluations"] == 163_020 * 50 * 2  # classifier-free guidance: two UNet passes a step
     assert 150 < result["estimated_disk_gb"] < 300
 
+    from vehicle_diff.generation.filter import main as filter_main
+
+    args = ["--preset", "paper", "--generated", str(tmp_path / "generated"), "--detector", NO_MODEL, "--dry_run"]
+    filter_main([*args, "--output_dir", str(tmp_path / "filtered")])  # images still to come: generate's plan
+    assert (plan(tmp_path / "filtered")["images"], plan(tmp_path / "filtered")["batches"]) == (163_020, 10_189)
+
     from vehicle_diff.generation.select import main as select
 
     select(

@@ -76,7 +76,8 @@ def paper_identities(count: int, identities: int) -> list[int]:
 
 def provide_inputs(argv: list[str], root: Path) -> None:
     """What a stage reads and an earlier stage would have written, made when missing, as large as the earlier
-    stage's dry-run plan says (the filter's keep count is the paper's: it is known only after filtering)."""
+    stage's dry-run plan says (the filter's keep count is the paper's: it is known only after filtering). The
+    filter plans from generate's plan alone."""
     flags = dict(zip(argv[1::2], argv[2::2], strict=False))
     if "--prompts" in flags and not (root / flags["--prompts"] / "prompts.parquet").is_file():
         from vehicle_diff.generation.prompts import main as prompts
@@ -90,21 +91,6 @@ def provide_inputs(argv: list[str], root: Path) -> None:
         )
         (captions / "train").mkdir(parents=True, exist_ok=True)
         (captions / "train" / "metadata.jsonl").write_text("".join(lines))
-    if "--generated" in flags and not (root / flags["--generated"] / "records.parquet").is_file():
-        generated = root / flags["--generated"]
-        count = planned(generated, "images", 163_020)
-        table = pa.table(
-            {
-                "image_id": [f"id-{i}" for i in range(count)],
-                "identity": [f"v{i // 33}" for i in range(count)],
-                "color": ["red"] * count,
-                "file_name": [f"images/{i}.png" for i in range(count)],
-                "width": [1024] * count,
-                "height": [1024] * count,
-            }
-        )
-        generated.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, generated / "records.parquet")
     for flag in ("--filtered", "--generated_images"):
         filtered = root / flags.get(flag, "-")
         if flag in flags and not (filtered / "records.parquet").is_file() and str(flags[flag]).startswith("out/"):
