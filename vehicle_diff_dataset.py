@@ -284,36 +284,44 @@ def write_preview(train: datasets.Dataset, out_file: Path, count: int = 32) -> N
 
 
 def export_veri(dataset: datasets.DatasetDict, out_dir: str | Path, *, id_offset: int = 1000) -> Path:
-    """VeRi-776 style folder for existing re-ID toolkits: image_train/VVVV_cCCC_N.jpg (ids shifted by
-    `id_offset`, clear of VeRi-776's 1..776), name_train.txt, and attributes_train.csv."""
+    """VeRi-776's layout, so that existing re-ID toolkits and `veri776:DIR` read it: image_train/ (and, when
+    identities were held out, the query in image_query/ and the gallery in image_test/) with VVVV_cCCC_N.jpg
+    names (ids shifted by `id_offset`, clear of VeRi-776's 1..776), name_{train,query,test}.txt and
+    attributes_{train,query,test}.csv. The query and test folders always exist (empty without held-out
+    identities) because the layout has all three."""
     import csv
 
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
-    (out_dir / "image_train").mkdir(parents=True, exist_ok=True)
-    train = dataset["train"]
-    colors, styles = train.features["color"].names, train.features["body_style"].names
-    names = []
-    with open(out_dir / "attributes_train.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["image_name", "vehicle_id", "color", "body_style", "brand", "model", "year"])
-        for index, row in enumerate(tqdm(train, desc="export: VeRi-style copy", unit="img")):
-            name = f"{row['vehicle_id'] + id_offset:04d}_c{row['camera'] % 1000:03d}_{index:08d}.jpg"
-            row["image"].convert("RGB").save(out_dir / "image_train" / name, quality=95)
-            writer.writerow(
-                [
-                    name,
-                    row["vehicle_id"] + id_offset,
-                    colors[row["color"]],
-                    styles[row["body_style"]],
-                    row["brand"],
-                    row["model"],
-                    row["year"],
-                ]
-            )
-            names.append(name)
-    (out_dir / "name_train.txt").write_text("\n".join(names) + "\n")
+    folders = {"train": "train", "query": "query", "gallery": "test"}
+    for split, folder in folders.items():
+        (out_dir / f"image_{folder}").mkdir(parents=True, exist_ok=True)
+        table = dataset[split] if split in dataset else None
+        if table is None or not len(table):
+            (out_dir / f"name_{folder}.txt").write_text("")
+            continue
+        colors, styles = table.features["color"].names, table.features["body_style"].names
+        names = []
+        with open(out_dir / f"attributes_{folder}.csv", "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["image_name", "vehicle_id", "color", "body_style", "brand", "model", "year"])
+            for index, row in enumerate(tqdm(table, desc=f"export: VeRi-style {folder}", unit="img")):
+                name = f"{row['vehicle_id'] + id_offset:04d}_c{row['camera'] % 1000:03d}_{index:08d}.jpg"
+                row["image"].convert("RGB").save(out_dir / f"image_{folder}" / name, quality=95)
+                writer.writerow(
+                    [
+                        name,
+                        row["vehicle_id"] + id_offset,
+                        colors[row["color"]],
+                        styles[row["body_style"]],
+                        row["brand"],
+                        row["model"],
+                        row["year"],
+                    ]
+                )
+                names.append(name)
+        (out_dir / f"name_{folder}.txt").write_text("\n".join(names) + "\n")
     return out_dir
 
 
@@ -332,7 +340,13 @@ class ExportConfig:
     preset: str = field(default="paper", metadata={"help": "paper, tiny, or a YAML file"})
     filtered: str = field(default="vehicle-diff-output/filtered", metadata={"help": "the filter stage's folder"})
     colors: list[str] = field(default_factory=lambda: list(VERI776_COLORS))
-    eval_fraction: float = field(default=0.1, metadata={"help": "share of identities held out as query / gallery"})
+    eval_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": "share of identities held out as query / gallery, for evaluating on synthetic data "
+            "(0: every kept image trains)"
+        },
+    )
     seed: int = 0
     skip_unreadable: bool = field(
         default=False, metadata={"help": "skip (and list) unreadable crops instead of failing"}
@@ -343,6 +357,7 @@ class ExportConfig:
     overwrite: bool = field(
         default=False, metadata={"help": "replace an earlier export made from other records or settings"}
     )
+    dry_run: bool = field(default=False, metadata={"help": "count the kept records per split; write plan.json only"})
 
     def __post_init__(self):
         if not self.colors:
@@ -396,6 +411,8 @@ def export_dataset(config: ExportConfig) -> Path:
     )
 
     filtered = Path(config.filtered)
+    if config.dry_run:
+        return dry_run(config)
     out = check_output_path(config.output_dir, inputs=[filtered])
     components = job_components(config)
     check_replaceable(out, "export", components, owned=DATASET_FILES, overwrite=config.overwrite, flag="--output_dir")
@@ -457,6 +474,26 @@ def export_dataset(config: ExportConfig) -> Path:
     if config.veri_dir:
         print(f"VeRi-style copy: {Path(config.veri_dir).resolve()}")
     return out
+
+
+def dry_run(config: ExportConfig) -> Path:
+    """The splits the export would write, from the kept records alone (no crop is read)."""
+    from vehicle_diff.jobs import write_plan
+
+    records = read_kept_records(Path(config.filtered))
+    identities = sorted({r["identity"] for r in records})
+    held_out = assign_splits(identities, config.eval_fraction, config.seed)
+    train = sum(r["identity"] not in held_out for r in records)
+    plan = {
+        "stage": "export",
+        "kept_images": len(records),
+        "identities": len(identities),
+        "train_images": train,
+        "train_identities": len(identities) - len(held_out),
+        "held_out_images": len(records) - train,
+        "held_out_identities": len(held_out),
+    }
+    return write_plan(config.output_dir, plan)
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -36,6 +36,7 @@ from vehicle_diff.jobs import (
 
 from .prompts import VERI776_COLORS
 from .scoring import (
+    BOX_RULES,
     REJECT_REASONS,
     ClipScorer,
     Thresholds,
@@ -51,8 +52,11 @@ SCORING_SETTINGS = (
     "detector",
     "detector_imgsz",
     "detection_floor",
+    "detection_iou",
+    "box_rule",
     "detection_confidence",
     "crop_margin",
+    "crop_pad",
     "crop_square",
     "clip_model",
     "colors",
@@ -74,10 +78,16 @@ class FilterConfig:
     detector: str = field(default="yolov5x6u.pt", metadata={"help": "ultralytics weights (the paper: YOLOv5x6)"})
     detector_imgsz: int = field(default=1280, metadata={"help": "inference size (YOLOv5x6 is trained at 1280)"})
     detection_floor: float = field(default=0.05, metadata={"help": "boxes below this are not even recorded"})
+    detection_iou: float = field(default=0.45, metadata={"help": "NMS IoU (YOLOv5's detect.py: 0.45)"})
+    box_rule: str = field(
+        default="most_confident",
+        metadata={"help": "the one box: most_confident (YOLOv5 max_det=1, the paper) or largest (confident boxes)"},
+    )
     detection_confidence: float = field(default=0.65, metadata={"help": "keep boxes at or above (paper: 0.65)"})
     min_box_side: float = field(default=250, metadata={"help": "drop a box whose width or height is <= this ..."})
     reference_side: float = field(default=1024, metadata={"help": "... on images of this size; scales with the image"})
-    crop_margin: float = field(default=0.0, metadata={"help": "grow the crop by this fraction of the box"})
+    crop_margin: float = field(default=0.0, metadata={"help": "grow each side of the crop by this fraction of the box"})
+    crop_pad: float = field(default=0.0, metadata={"help": "... and by this many pixels"})
     crop_square: bool = False
     clip_model: str = field(default="hf-hub:timm/vit_large_patch14_clip_224.openai", metadata={"help": "open_clip id"})
     colors: list[str] = field(default_factory=lambda: list(VERI776_COLORS), metadata={"help": "the prompt library's"})
@@ -97,7 +107,15 @@ class FilterConfig:
         check_ranges(self, non_negative=("contact_sheet_images",))
         if not self.colors:
             raise UserInputError("--colors: give at least one color")
-        for name in ("detection_floor", "detection_confidence", "identity_pair_threshold", "near_duplicate_threshold"):
+        if self.box_rule not in BOX_RULES:
+            raise UserInputError(f"--box_rule {self.box_rule!r}: use one of {', '.join(BOX_RULES)}")
+        for name in (
+            "detection_floor",
+            "detection_iou",
+            "detection_confidence",
+            "identity_pair_threshold",
+            "near_duplicate_threshold",
+        ):
             if not 0 <= getattr(self, name) <= 1:
                 raise UserInputError(f"--{name} must be in [0, 1] (got {getattr(self, name)})")
         if self.detection_floor > self.detection_confidence:
@@ -105,8 +123,8 @@ class FilterConfig:
         for name in ("detector_imgsz", "batch_size", "reference_side"):
             if getattr(self, name) <= 0:
                 raise UserInputError(f"--{name} must be positive (got {getattr(self, name)})")
-        if self.min_box_side < 0 or self.crop_margin < 0 or self.min_images_per_identity < 0:
-            raise UserInputError("--min_box_side, --crop_margin and --min_images_per_identity must be >= 0")
+        if min(self.min_box_side, self.crop_margin, self.crop_pad, self.min_images_per_identity) < 0:
+            raise UserInputError("--min_box_side, --crop_margin, --crop_pad and --min_images_per_identity must be >= 0")
         if "{color}" not in self.color_prompt:
             raise UserInputError(f"--color_prompt {self.color_prompt!r} must contain {{color}}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
@@ -116,8 +134,8 @@ class FilterConfig:
     @property
     def crop_settings(self) -> dict:
         """The keyword arguments of `score_images` that come from this config (filter and select cut alike)."""
-        return {"colors": self.colors, "detection_confidence": self.detection_confidence,
-                "crop_margin": self.crop_margin, "crop_square": self.crop_square}  # fmt: skip
+        return {"colors": self.colors, "detection_confidence": self.detection_confidence, "box_rule": self.box_rule,
+                "crop_margin": self.crop_margin, "crop_pad": self.crop_pad, "crop_square": self.crop_square}  # fmt: skip
 
     @property
     def thresholds(self) -> Thresholds:
@@ -430,6 +448,31 @@ def check_rescore(job: Job, config: FilterConfig, num_batches: int, ids_of) -> N
         )
 
 
+def planned_generation(generated: str) -> int | None:
+    """The image count of a generation that has only been planned (`generate --dry_run` wrote its plan.json
+    there and no records yet), or None."""
+    folder = Path(generated)
+    plan = read_json(folder / "plan.json")
+    if (folder / "records.parquet").is_file() or not plan or plan.get("stage") != "generate":
+        return None
+    return int(plan["images"])
+
+
+def dry_run_plan(config: FilterConfig, images: int, *, from_plan: bool) -> dict:
+    return {
+        "stage": "filter",
+        "images": images,
+        "images_from": "generate's plan.json (not generated yet)" if from_plan else "the generation records",
+        "batches": math.ceil(images / config.batch_size),
+        "batch_size": config.batch_size,
+        "detector": config.detector,
+        "detector_imgsz": config.detector_imgsz,
+        "clip_model": config.clip_model,
+        "estimated_disk_gb": round(images * 0.35e6 / 1e9, 2),
+        "disk_estimate_basis": "one PNG crop of ~0.35 MB per image",
+    }
+
+
 def filter_images(config: FilterConfig) -> Path:
     """Score every not-yet-scored batch (models run once per image), then decide, summarize and draw."""
     import torch
@@ -438,6 +481,9 @@ def filter_images(config: FilterConfig) -> Path:
 
     from vehicle_diff.models import torch_dtype
 
+    planned = planned_generation(config.generated) if config.dry_run else None
+    if planned is not None:  # the images are still to be generated: plan from generate's own plan
+        return write_plan(config.output_dir, dry_run_plan(config, planned, from_plan=True))
     table = read_generation_records(config.generated)
     unknown = sorted(set(table.column("color").to_pylist()) - set(config.colors))
     if unknown:
@@ -446,20 +492,7 @@ def filter_images(config: FilterConfig) -> Path:
         )
     num_batches = math.ceil(table.num_rows / config.batch_size)
     if config.dry_run:
-        return write_plan(
-            config.output_dir,
-            {
-                "stage": "filter",
-                "images": table.num_rows,
-                "batches": num_batches,
-                "batch_size": config.batch_size,
-                "detector": config.detector,
-                "detector_imgsz": config.detector_imgsz,
-                "clip_model": config.clip_model,
-                "estimated_disk_gb": round(table.num_rows * 0.35e6 / 1e9, 2),
-                "disk_estimate_basis": "one PNG crop of ~0.35 MB per image",
-            },
-        )
+        return write_plan(config.output_dir, dry_run_plan(config, table.num_rows, from_plan=False))
     state = PartialState(cpu=not torch.cuda.is_available())
     generated, job = Path(config.generated), job_for(config, table)
     out_dir, scores_dir = job.out_dir, job.shards_dir
@@ -479,7 +512,11 @@ def filter_images(config: FilterConfig) -> Path:
             if models is None:
                 dtype = torch_dtype(config.mixed_precision)
                 detector = VehicleDetector(
-                    config.detector, imgsz=config.detector_imgsz, device=state.device, floor=config.detection_floor
+                    config.detector,
+                    imgsz=config.detector_imgsz,
+                    device=state.device,
+                    floor=config.detection_floor,
+                    iou=config.detection_iou,
                 )
                 clip = ClipScorer(config.clip_model, device=state.device, dtype=dtype)
                 color_texts = clip.encode_texts([config.color_prompt.format(color=c) for c in config.colors])

@@ -272,11 +272,11 @@ def generate(config: GenerateConfig) -> Path:
 
     check_output_path(config.output_dir, inputs=[config.prompts, config.lora_weights])  # before any work
     library = read_prompt_library(config.prompts)
-    lora = lora_file(config.lora_weights) if config.lora_weights else None
     num_images = len(library["identity"]) * config.images_per_identity
     num_batches = math.ceil(num_images / config.batch_size)
-    if config.dry_run:
+    if config.dry_run:  # before the LoRA is looked at: the plan may be made before fine-tuning writes it
         return dry_run(config, library, num_images, num_batches)
+    lora = lora_file(config.lora_weights) if config.lora_weights else None
     state = PartialState(cpu=not torch.cuda.is_available())
     job = job_for(config).open()
     components, out_dir = job.components, job.out_dir

@@ -152,6 +152,7 @@ class PromptsConfig:
     colors: list[str] = field(default_factory=lambda: list(VERI776_COLORS), metadata={"help": "shared with the filter"})
     template_id: str = field(default="paper", metadata={"help": f"one of {sorted(TEMPLATES)}"})
     overwrite: bool = field(default=False, metadata={"help": "replace this stage's earlier outputs in --output_dir"})
+    dry_run: bool = field(default=False, metadata={"help": "print and write plan.json; write no library"})
 
     def __post_init__(self):
         check_ranges(self, non_negative=("seed",))
@@ -189,6 +190,11 @@ def build_library(config: PromptsConfig) -> Path:
     prototypes, skipped = load_catalog(config.catalog, skip_invalid=config.skip_invalid)
     identities = sample_identities(prototypes, config.colors, config.num_identities, config.seed)
     columns = library_rows(identities, config.template_id)
+    if config.dry_run:
+        from vehicle_diff.jobs import write_plan
+
+        plan = {"stage": "prompts", "identities": len(identities), "prototypes": len(prototypes)}
+        return write_plan(config.output_dir, {**plan, "colors": len(config.colors), "template_id": config.template_id})
     job = job_for(config).open()
     out_dir = job.out_dir
 

@@ -3,9 +3,12 @@
 Models turn images into numbers (boxes, confidences, similarities, embeddings); the functions at the top of
 this module turn numbers + thresholds into decisions. The filter and the candidate selection share both.
 
-"Most prominent vehicle": among the car / truck boxes whose confidence reaches the threshold, the one with the
-largest area; equal areas go to the higher confidence. With no box at the threshold, the most confident
-vehicle box below it is kept for the record (and the image is rejected as `low_confidence`).
+"The most prominent vehicle" (§III-C restricts YOLOv5x6 to one box) has two readings, `box_rule`:
+- `most_confident` (the paper's): YOLOv5 run with `max_det=1` keeps the highest-confidence car / truck box left
+  after NMS (IoU 0.45, YOLOv5's default); the confidence threshold and the size rule then decide on that box.
+- `largest`: among the car / truck boxes whose confidence reaches the threshold, the one with the largest area;
+  equal areas go to the higher confidence. With no box at the threshold, the most confident vehicle box below it
+  is kept for the record (and the image is rejected as `low_confidence`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 CAR, TRUCK = 2, 7  # COCO class ids
+BOX_RULES = ("most_confident", "largest")
 REJECT_REASONS = ("unreadable", "no_vehicle", "low_confidence", "too_small", "wrong_color", "near_duplicate")
 
 
@@ -25,12 +29,16 @@ def choose_box(
     classes: list[int],
     *,
     min_confidence: float,
+    rule: str = "most_confident",
     vehicle_classes=(CAR, TRUCK),
 ) -> int | None:
-    """Index of the most prominent vehicle box (see module doc), or None when there is no vehicle box."""
+    """Index of the most prominent vehicle box under `rule` (see module doc), or None when there is no vehicle
+    box. The boxes are what NMS left; on equal confidences the earlier box wins, as in NMS's order."""
     vehicles = [i for i, cls in enumerate(classes) if int(cls) in vehicle_classes]
     if not vehicles:
         return None
+    if rule == "most_confident":
+        return max(vehicles, key=lambda i: confidences[i])
     confident = [i for i in vehicles if confidences[i] >= min_confidence]
     if not confident:
         return max(vehicles, key=lambda i: confidences[i])
@@ -123,20 +131,27 @@ def close_identity_pairs(
 
 
 def crop_box(
-    box: list[float], image_width: int, image_height: int, *, margin: float = 0.0, square: bool = False
+    box: list[float],
+    image_width: int,
+    image_height: int,
+    *,
+    margin: float = 0.0,
+    pad: float = 0.0,
+    square: bool = False,
 ) -> tuple[int, int, int, int]:
-    """Integer crop rectangle: the box grown by `margin` (a fraction of its size), optionally made square
-    around its center, clipped to the image."""
+    """Integer crop rectangle: the box grown on each side by `margin` (a fraction of its size) and `pad` pixels,
+    optionally made square around its center, truncated to integers and clipped to the image. YOLOv5's
+    `save_one_box` (gain 1.02, pad 10 on the whole width and height) is margin 0.01 and pad 5 here."""
     x1, y1, x2, y2 = box
     width, height = x2 - x1, y2 - y1
-    x1, x2 = x1 - margin * width, x2 + margin * width
-    y1, y2 = y1 - margin * height, y2 + margin * height
+    x1, x2 = x1 - margin * width - pad, x2 + margin * width + pad
+    y1, y2 = y1 - margin * height - pad, y2 + margin * height + pad
     if square:
         side = max(x2 - x1, y2 - y1)
         cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
         x1, x2, y1, y2 = cx - side / 2, cx + side / 2, cy - side / 2, cy + side / 2
-    left, top = max(0, int(round(x1))), max(0, int(round(y1)))
-    right, bottom = min(image_width, int(round(x2))), min(image_height, int(round(y2)))
+    left, top = max(0, int(x1)), max(0, int(y1))
+    right, bottom = min(image_width, int(x2)), min(image_height, int(y2))
     return left, top, max(right, left + 1), max(bottom, top + 1)
 
 
@@ -149,7 +164,9 @@ def score_images(
     *,
     colors: list[str],
     detection_confidence: float,
+    box_rule: str = "most_confident",
     crop_margin: float = 0.0,
+    crop_pad: float = 0.0,
     crop_square: bool = False,
 ) -> tuple[list[dict], list, np.ndarray]:
     """Detect, crop and CLIP-score a batch, the one way the filter and the candidate selection share.
@@ -176,11 +193,17 @@ def score_images(
             found = detections[index]
             row["det_num_vehicles"] = len(found["boxes"])
             chosen = choose_box(
-                found["boxes"], found["confidences"], found["classes"], min_confidence=detection_confidence
+                found["boxes"],
+                found["confidences"],
+                found["classes"],
+                min_confidence=detection_confidence,
+                rule=box_rule,
             )
             if chosen is not None:
                 box = [round(v, 2) for v in found["boxes"][chosen]]
-                crop = image.crop(crop_box(box, image.width, image.height, margin=crop_margin, square=crop_square))
+                crop = image.crop(
+                    crop_box(box, image.width, image.height, margin=crop_margin, pad=crop_pad, square=crop_square)
+                )
                 row.update(
                     det_box=box,
                     det_class=found["classes"][chosen],
@@ -212,19 +235,36 @@ def load_image(path: Path):
 
 
 class VehicleDetector:
-    """ultralytics YOLO, batched; returns every car / truck box above a low scoring floor."""
+    """ultralytics YOLO, batched; returns every car / truck box above a low scoring floor that survives NMS at
+    IoU `iou` (YOLOv5's detect.py: 0.45; ultralytics' own default is 0.7)."""
 
-    def __init__(self, model_id: str, *, imgsz: int, device, floor: float = 0.05, vehicle_classes=(CAR, TRUCK)):
+    def __init__(
+        self,
+        model_id: str,
+        *,
+        imgsz: int,
+        device,
+        floor: float = 0.05,
+        iou: float = 0.45,
+        vehicle_classes=(CAR, TRUCK),
+    ):
         from vehicle_diff.models import load_yolo
 
         self.model = load_yolo(model_id)
-        self.imgsz, self.device, self.floor, self.vehicle_classes = imgsz, device, floor, list(vehicle_classes)
+        self.imgsz, self.device, self.floor, self.iou = imgsz, device, floor, iou
+        self.vehicle_classes = list(vehicle_classes)
 
     def __call__(self, images: list) -> list[dict]:
         if not images:
             return []
         results = self.model.predict(
-            images, imgsz=self.imgsz, conf=self.floor, classes=self.vehicle_classes, device=self.device, verbose=False
+            images,
+            imgsz=self.imgsz,
+            conf=self.floor,
+            iou=self.iou,
+            classes=self.vehicle_classes,
+            device=self.device,
+            verbose=False,
         )
         return [
             {

@@ -67,10 +67,13 @@ SELECT_FILTER_SETTINGS = (
     "detector",
     "detector_imgsz",
     "detection_floor",
+    "detection_iou",
+    "box_rule",
     "detection_confidence",
     "min_box_side",
     "reference_side",
     "crop_margin",
+    "crop_pad",
     "crop_square",
     "clip_model",
     "colors",
@@ -201,6 +204,9 @@ class SelectConfig:
     seed: int = 0
     yield_tolerance: float = field(default=0.9, metadata={"help": "eligible: yield >= this x the best yield"})
     overwrite: bool = field(default=False, metadata={"help": "replace this stage's earlier outputs in --output_dir"})
+    dry_run: bool = field(
+        default=False, metadata={"help": "print and write plan.json; load no model (candidates may not exist yet)"}
+    )
 
     def __post_init__(self):
         check_ranges(self, non_negative=("seed",))
@@ -253,8 +259,10 @@ def select_candidates(config: SelectConfig, *, generate_config: GenerateConfig, 
 
     from vehicle_diff.contact_sheet import contact_sheet
 
-    loras = {c: None if c == "base" else lora_file(c, "--candidates") for c in config.candidates}
     library = read_prompt_library(config.prompts)
+    if config.dry_run:
+        return dry_run(config, generate_config, library)
+    loras = {c: None if c == "base" else lora_file(c, "--candidates") for c in config.candidates}
     real_files = real_image_files(config.real_images) if config.real_images else []
     job = job_for(config, generate_config, filter_config, loras, real_files).open()
     out_dir = job.out_dir
@@ -279,7 +287,11 @@ def select_candidates(config: SelectConfig, *, generate_config: GenerateConfig, 
         device=device,
     )
     detector = VehicleDetector(
-        filter_config.detector, imgsz=filter_config.detector_imgsz, device=device, floor=filter_config.detection_floor
+        filter_config.detector,
+        imgsz=filter_config.detector_imgsz,
+        device=device,
+        floor=filter_config.detection_floor,
+        iou=filter_config.detection_iou,
     )
     clip = ClipScorer(filter_config.clip_model, device=device)
     color_texts = clip.encode_texts([filter_config.color_prompt.format(color=c) for c in filter_config.colors])
@@ -369,6 +381,27 @@ def select_candidates(config: SelectConfig, *, generate_config: GenerateConfig, 
         f"Ranking: {out_dir / 'ranking.md'}"
     )
     return out_dir
+
+
+def dry_run(config: SelectConfig, generate_config: GenerateConfig, library: dict) -> Path:
+    """The plan from the prompt library alone, so it can be made before any candidate LoRA is trained: the
+    images each candidate x template renders and the denoising steps in all."""
+    from vehicle_diff.jobs import write_plan
+
+    prompts = min(config.num_prompts, len(library["identity"]))
+    per_candidate = prompts * config.seeds_per_prompt * len(config.template_ids)
+    images = per_candidate * len(config.candidates)
+    guidance_passes = 2 if generate_config.guidance_scale > 1 else 1
+    plan = {
+        "stage": "select",
+        "candidates": list(config.candidates),
+        "template_ids": list(config.template_ids),
+        "prompts": prompts,
+        "images_per_candidate": per_candidate,
+        "images": images,
+        "unet_evaluations": images * generate_config.num_inference_steps * guidance_passes,
+    }
+    return write_plan(config.output_dir, plan)
 
 
 def main(argv: list[str] | None = None) -> Path:

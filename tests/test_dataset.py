@@ -34,15 +34,36 @@ def test_load_dataset_by_name_resolves_the_local_folder(tiny_dataset, tmp_path, 
     assert vdd.load("vehicle-diff")["train"].num_rows == datasets.load_dataset("vehicle-diff")["train"].num_rows > 0
 
 
-def test_veri_style_export(tiny_dataset, tmp_path):
+def test_veri_style_export_is_read_by_the_veri776_reader(tiny_dataset, tmp_path):
+    from vehicle_diff.training.reid_data import parse_veri_name, read_source
+
     loaded = datasets.load_dataset(str(tiny_dataset))
     out = vdd.export_veri(loaded, tmp_path / "veri", id_offset=1000)
     names = (out / "name_train.txt").read_text().split()
     assert len(names) == len(loaded["train"])
-    from vehicle_diff.training.reid_data import parse_veri_name
-
     assert all(parse_veri_name(out / "image_train" / n)[0] >= 1000 for n in names)
     assert (out / "attributes_train.csv").read_text().startswith("image_name,vehicle_id,color,body_style")
+    split = read_source(f"veri776:{out}")  # the held-out identities become VeRi-776's query and test folders
+    assert (len(split.train), len(split.query), len(split.gallery)) == tuple(
+        len(loaded[name]) for name in ("train", "query", "gallery")
+    )
+    assert {s.pid - 1000 for s in split.query} == set(loaded["query"]["vehicle_id"])
+
+
+def test_a_train_only_veri_copy_still_has_the_three_folders(tiny_dataset, tmp_path):
+    from vehicle_diff.training.reid_data import read_source
+
+    loaded = datasets.load_dataset(str(tiny_dataset))
+    out = vdd.export_veri(datasets.DatasetDict(train=loaded["train"]), tmp_path / "veri")
+    split = read_source(f"veri776:{out}")
+    assert (len(split.train), split.query, split.gallery) == (len(loaded["train"]), [], [])
+
+
+def test_the_paper_preset_exports_every_kept_image_for_training():
+    from vehicle_diff.config import parse_config
+
+    assert parse_config(vdd.ExportConfig, "export", ["--preset", "paper"]).eval_fraction == 0
+    assert vdd.ExportConfig().eval_fraction == 0
 
 
 def damaged_copy(tiny_filtered, tmp_path, change):

@@ -82,7 +82,7 @@ def test_finetune_dry_run_counts_steps_warmup_and_the_sdxl_lora(tmp_path):
     assert result["checkpoints_written"] == 75
 
 
-def test_generate_dry_run_plans_the_paper_dataset(tmp_path):
+def test_generate_dry_run_plans_the_paper_dataset_before_its_lora_exists(tmp_path):
     from vehicle_diff.generation.generate import main as generate
     from vehicle_diff.generation.prompts import main as prompts
 
@@ -95,15 +95,35 @@ def test_generate_dry_run_plans_the_paper_dataset(tmp_path):
             str(library),
             "--pretrained_model_name_or_path",
             NO_MODEL,
+            "--lora_weights",
+            str(tmp_path / "lora-to-come"),
             "--output_dir",
             str(tmp_path / "generated"),
             "--dry_run",
         ]
     )
     result = plan(tmp_path / "generated")
-    assert (result["identities"], result["images"], result["batches"]) == (4_940, 148_200, 37_050)
-    assert result["unet_evaluations"] == 148_200 * 50 * 2  # classifier-free guidance: two UNet passes a step
+    # 33 an identity: enough for Table V's 160,758 images after detection
+    assert (result["identities"], result["images"], result["batches"]) == (4_940, 163_020, 40_755)
+    assert result["unet_evaluations"] == 163_020 * 50 * 2  # classifier-free guidance: two UNet passes a step
     assert 150 < result["estimated_disk_gb"] < 300
+
+    from vehicle_diff.generation.filter import main as filter_main
+
+    args = ["--preset", "paper", "--generated", str(tmp_path / "generated"), "--detector", NO_MODEL, "--dry_run"]
+    filter_main([*args, "--output_dir", str(tmp_path / "filtered")])  # images still to come: generate's plan
+    assert (plan(tmp_path / "filtered")["images"], plan(tmp_path / "filtered")["batches"]) == (163_020, 10_189)
+
+    from vehicle_diff.generation.select import main as select
+
+    select(
+        [
+            *("--preset", "paper", "--prompts", str(library), "--output_dir", str(tmp_path / "select")),
+            *("--candidates", "base", str(tmp_path / "lora-to-come"), "--dry_run"),
+        ]
+    )
+    result = plan(tmp_path / "select")
+    assert (result["images_per_candidate"], result["images"], result["unet_evaluations"]) == (20, 40, 4_000)
 
 
 def test_filter_dry_run_reads_the_records_only(tmp_path):
@@ -161,3 +181,49 @@ def test_reid_dry_run_trains_as_long_as_fast_reid_on_veri(veri_layout, tmp_path)
     assert (result["num_images"], result["num_identities"], result["batch_size"]) == (37_778, 576, 64)
     assert (result["steps_per_epoch"], result["total_steps"], result["warmup_steps"]) == (590, 35_400, 5_900)
     assert result["batch_share"] == {"real": 1.0, "synthetic": 0.0}
+
+
+@pytest.fixture(scope="module")
+def paper_export(tmp_path_factory):
+    """An export the size of the paper's dataset, 149,472 images of 4,896 identities (2,592 with 31 images, the
+    rest 30), every image in `train` as the paper preset exports it; the image cells are empty."""
+    root = tmp_path_factory.mktemp("export") / "vehicle-diff"
+    (root / "data").mkdir(parents=True)
+    vehicle_ids = [identity for identity in range(4_896) for _ in range(31 if identity < 2_592 else 30)]
+    image = pa.array([{"bytes": b"", "path": None}] * len(vehicle_ids))
+    table = pa.table({"image": image, "vehicle_id": vehicle_ids, "camera": list(range(len(vehicle_ids)))})
+    pq.write_table(table, root / "data" / "train-00000-of-00001.parquet")
+    return root
+
+
+@pytest.mark.parametrize(
+    "mode, extra, images, identities, steps",
+    [
+        ("S", [], 149_472, 4_896, 140_100),  # 2,335 steps an epoch
+        ("S", ["--max_synthetic_images", "45338"], 45_338, 4_896, 42_480),  # 708 an epoch
+        ("D", [], 37_778 + 149_472, 576 + 4_896, 175_500),  # 2,925 an epoch
+        ("B", [], 37_778 + 149_472, 576 + 4_896, 175_500),
+    ],
+)
+def test_reid_dry_run_plans_every_synthetic_image(
+    paper_export, veri_layout, tmp_path, mode, extra, images, identities, steps
+):
+    """Every exported image trains, and the 45,338-image subsample of Table VI spreads over all 4,896 identities."""
+    from vehicle_diff.training.train_reid import main
+
+    real = ["--real_data" if mode != "S" else "--eval_data", f"veri776:{veri_layout}"]
+    args = ["--preset", "paper", "--synthetic_data", str(paper_export), "--data_mode", mode, *real, *extra]
+    main([*args, "--backbone", NO_MODEL, "--output_dir", str(tmp_path / "reid"), "--dry_run"])
+    result = plan(tmp_path / "reid")
+    assert (result["num_images"], result["num_identities"]) == (images, identities)
+    assert result["total_steps"] == steps == 60 * (images // 64) and result["warmup_steps"] == steps // 6
+
+
+def test_a_whole_synthetic_export_needs_eval_data_before_any_training(paper_export, tmp_path):
+    from vehicle_diff.training.train_reid import main
+
+    from vehicle_diff.errors import UserInputError
+
+    args = ["--preset", "paper", "--synthetic_data", str(paper_export), "--data_mode", "S", "--backbone", NO_MODEL]
+    with pytest.raises(UserInputError, match="pass --eval_data"):
+        main([*args, "--output_dir", str(tmp_path / "reid"), "--dry_run"])

@@ -52,7 +52,7 @@ def test_variants_pictures_and_metrics_of_the_features(model_folder, veri_folder
     from vehicle_diff.training.evaluate import eval_transform
     from vehicle_diff.training.reid_data import load_image
 
-    transform = eval_transform([32, 32])
+    transform = eval_transform([32, 32], mean=model.mean, std=model.std)
     with torch.no_grad():
         features = [
             model.extract(torch.stack([transform(load_image(s.image)) for s in part]), flip=flip)

@@ -206,3 +206,94 @@ def test_fid_refuses_files_that_are_not_the_inception_state_dict(tmp_path, fid_i
         main([*args, "--inception_weights", str(tmp_path / "pickled.pth")])
     with pytest.raises(UserInputError, match="--batch_size must be positive"):
         main([*args, "--batch_size", "0"])
+
+
+def fake_filter_output(folder, crops, rejected):
+    """A filter output's files: crops/ and records.parquet, with `rejected` (indexes) failing the color check."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (folder / "crops" / "v0").mkdir(parents=True)
+    rows = []
+    for index, crop in enumerate(crops):
+        shutil.copy(crop, folder / "crops" / "v0" / f"img-{index}.png")
+        rows.append(
+            {
+                "image_id": f"img-{index}",
+                "identity": "v0",
+                "vehicle_id": 0,
+                "color": "red",
+                "kept": index not in rejected,
+                "reject_reason": "wrong_color" if index in rejected else None,
+                "crop_file": f"crops/v0/img-{index}.png",
+            }
+        )
+    pq.write_table(pa.Table.from_pylist(rows), folder / "records.parquet")
+    return folder
+
+
+def test_fid_of_a_filter_output_uses_its_kept_crops_only(fid_inputs, tmp_path):
+    """Two filter outputs of the same crops, with and without the color check: the check's rejects leave the
+    FID, which then equals torchmetrics on exactly the kept crops; an exported dataset of them gives the same."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from vehicle_diff.training.fid import main
+
+    root, weights, real, _ = fid_inputs
+    crops = write_images(tmp_path / "crops", [(30 + 3 * i, 20 + 5 * i) for i in range(6)], seed=3)  # all sizes differ
+    crops += write_images(tmp_path / "odd", [(30, 30)] * 2, seed=4)  # unlike the others: what the check drops
+    without = fake_filter_output(tmp_path / "no-sf", crops, rejected=set())
+    with_check = fake_filter_output(tmp_path / "sf", crops, rejected={6, 7})
+
+    def fid(generated, name):
+        args = ["--real_images", str(root / "real"), "--generated_images", str(generated), "--batch_size", "4"]
+        out = main([*args, "--inception_weights", str(weights), "--output_dir", str(tmp_path / name)])
+        return json.loads((out / "fid.json").read_text())
+
+    result, unchecked = fid(with_check, "fid-sf"), fid(without, "fid-no-sf")
+    assert result["generated_images"] == 6 and unchecked["generated_images"] == 8
+    assert result["images"]["generated_images"] == [f"img-{i}" for i in range(6)]
+    assert result["sources"]["generated_images"]["kind"].startswith("filter output")
+    assert result["fid"] != pytest.approx(unchecked["fid"], rel=1e-3)
+
+    metric = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(weights), antialias=False)
+    with torch.no_grad():
+        for files, is_real in ((real, True), (crops[:6], False)):
+            for file in files:
+                metric.update(uint8_tensor(file)[None], real=is_real)
+        expected = float(metric.compute())
+    assert result["fid"] == pytest.approx(expected, rel=1e-4)
+
+    exported = tmp_path / "vehicle-diff" / "data"
+    exported.mkdir(parents=True)
+    for split, part in (("train", range(4)), ("gallery", range(4, 6))):
+        images = [{"bytes": crops[i].read_bytes(), "path": None} for i in part]
+        table = pa.table({"image": images, "image_id": [f"img-{i}" for i in part]})
+        pq.write_table(table, exported / f"{split}-00000-of-00001.parquet", row_group_size=1)
+    from_dataset = fid(exported.parent, "fid-dataset")
+    assert from_dataset["sources"]["generated_images"]["kind"] == "exported dataset"
+    assert from_dataset["fid"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_fid_holds_at_most_a_batch_of_images_whatever_their_sizes(tmp_path):
+    """Images of all different sizes used to wait until the last file; now no update waits for more than a batch."""
+    from PIL import Image
+    from vehicle_diff.training.fid import update_with_images
+
+    files = write_images(tmp_path, [(10 + i, 12) for i in range(10)], seed=1)
+    waiting, seen = [], []
+
+    class Metric:
+        def update(self, batch, real):
+            seen.append(batch.shape[0])
+
+    def open_image(name):
+        waiting.append(len(waiting) - sum(seen))
+        return Image.open(files[int(name)])
+
+    update_with_images(Metric(), [str(i) for i in range(10)], open_image, real=True, batch_size=3, device="cpu")
+    assert sum(seen) == 10 and max(waiting) < 3

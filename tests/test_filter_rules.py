@@ -13,13 +13,34 @@ from vehicle_diff.generation.scoring import (
     predict_color,
 )
 
+from vehicle_diff.errors import UserInputError
+
 BIG, SMALL = [0, 0, 600, 400], [10, 10, 300, 300]
 
 
-def test_choose_box_prefers_the_largest_confident_vehicle():
-    assert choose_box([SMALL, BIG], [0.9, 0.7], [2, 7], min_confidence=0.65) == 1  # truck counts; larger wins
-    assert choose_box([SMALL, BIG], [0.9, 0.6], [2, 2], min_confidence=0.65) == 0  # the large box is not confident
-    assert choose_box([BIG, BIG], [0.7, 0.8], [2, 2], min_confidence=0.65) == 1  # equal area: confidence decides
+def largest(*args, **kwargs):
+    return choose_box(*args, rule="largest", **kwargs)
+
+
+def test_choose_box_largest_rule_prefers_the_largest_confident_vehicle():
+    assert largest([SMALL, BIG], [0.9, 0.7], [2, 7], min_confidence=0.65) == 1  # truck counts; larger wins
+    assert largest([SMALL, BIG], [0.9, 0.6], [2, 2], min_confidence=0.65) == 0  # the large box is not confident
+    assert largest([BIG, BIG], [0.7, 0.8], [2, 2], min_confidence=0.65) == 1  # equal area: confidence decides
+
+
+def test_the_papers_rule_is_yolov5_max_det_1_then_the_thresholds():
+    """YOLOv5 with max_det=1 keeps the highest-confidence car/truck box after NMS; the threshold and the size
+    rule then judge that box alone, even when a larger confident box exists."""
+    assert choose_box([BIG, SMALL], [0.7, 0.9], [2, 7], min_confidence=0.65) == 1  # not the largest
+    assert choose_box([BIG, SMALL], [0.99, 0.9], [0, 2], min_confidence=0.65) == 1  # a person is not a vehicle
+    assert choose_box([SMALL, BIG], [0.8, 0.8], [2, 2], min_confidence=0.65) == 0  # a tie: NMS order
+    chosen = choose_box([BIG, SMALL], [0.7, 0.9], [2, 2], min_confidence=0.65)
+    record = scored(confidence=0.9, box=[BIG, SMALL][chosen], size=1024)
+    assert decide(record, Thresholds()) is None and largest([BIG, SMALL], [0.7, 0.9], [2, 2], min_confidence=0.65) == 0
+    tiny = [0, 0, 240, 600]  # most confident but narrower than 250 px: the image is rejected, no fallback box
+    chosen = choose_box([BIG, tiny], [0.7, 0.9], [2, 2], min_confidence=0.65)
+    assert decide(scored(confidence=0.9, box=[BIG, tiny][chosen], size=1024), Thresholds()) == "too_small"
+    assert largest([BIG, tiny], [0.7, 0.9], [2, 2], min_confidence=0.65) == 0
 
 
 def test_choose_box_ignores_other_classes_and_handles_no_box():
@@ -104,3 +125,23 @@ def test_crop_box_margin_square_and_clipping():
     assert crop_box([10, 20, 50, 40], 100, 100, margin=0.5) == (0, 10, 70, 50)
     assert crop_box([10, 20, 50, 40], 100, 100, square=True) == (10, 10, 50, 50)
     assert crop_box([90, 90, 100, 100], 95, 95, margin=1.0) == (80, 80, 95, 95)
+
+
+def test_the_papers_crop_is_yolov5_save_one_box():
+    """save_one_box(gain=1.02, pad=10): width and height x 1.02 + 10 px about the center, truncated to integers,
+    clipped to the image (worked by hand from its formula: x1 = cx - (w * 1.02 + 10) / 2, ...)."""
+    assert crop_box([100.4, 200.7, 400.2, 500.9], 1024, 1024, margin=0.01, pad=5) == (92, 192, 408, 508)
+    assert crop_box([0.5, 3, 300, 1020], 1024, 1024, margin=0.01, pad=5) == (0, 0, 307, 1024)
+    assert crop_box([100.4, 200.7, 400.2, 500.9], 1024, 1024) == (100, 200, 400, 500)  # a tight crop truncates too
+
+
+def test_the_paper_preset_runs_yolov5s_rule():
+    from vehicle_diff.generation.filter import FilterConfig
+
+    from vehicle_diff.config import parse_config
+
+    config = parse_config(FilterConfig, "filter", ["--preset", "paper"])
+    assert (config.box_rule, config.detection_iou, config.detection_confidence) == ("most_confident", 0.45, 0.65)
+    assert (config.crop_margin, config.crop_pad, config.crop_square) == (0.01, 5, False)
+    with pytest.raises(UserInputError, match="--box_rule"):
+        FilterConfig(box_rule="biggest")

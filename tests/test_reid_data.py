@@ -234,3 +234,66 @@ def test_a_split_parquet_damaged_behind_its_footer_is_named_in_one_line(syntheti
     with pytest.raises(UserInputError, match=r"gallery-00000-of-00001\.parquet: cannot be read") as error:
         read_source(str(folder))
     assert "\n" not in str(error.value)
+
+
+def fake_cityflow(root, with_labels):
+    """CityFlowV2's files, empty images: 3 training identities, 2 queries and 3 test images with labels."""
+    (root / "image_train").mkdir(parents=True)
+    items = "".join(
+        f'<Item imageName="{i:06d}.jpg" vehicleID="{1 + i % 3:04d}" cameraID="c{1 + i % 2:03d}" />' for i in range(6)
+    )
+    (root / "train_label.xml").write_text(
+        f'<?xml version="1.0" encoding="gb2312"?><TrainingImages><Items>{items}</Items></TrainingImages>'
+    )
+    for part, count in (("query", 2), ("test", 3)):
+        (root / f"image_{part}").mkdir()
+        names = [f"{i + 1:06d}.jpg" for i in range(count)]
+        for name in names:
+            (root / f"image_{part}" / name).touch()
+        (root / f"name_{part}.txt").write_text("\n".join(names) + "\n")
+    if with_labels:
+        np.save(root / "query_annotation.npy", np.array([[5, 400], [6, 401]]))
+        np.save(root / "gallery_annotation.npy", np.array([[5, 401], [7, 400], [5, 400]]))
+    return root
+
+
+def test_cityflow_evaluates_on_the_official_query_and_test_when_labels_are_given(tmp_path):
+    split = read_source(f"cityflow:{fake_cityflow(tmp_path / 'labelled', with_labels=True)}")
+    assert "official" in split.name and len(split.train) == 6
+    assert [(s.image.name, s.pid) for s in split.query] == [("000001.jpg", 400), ("000002.jpg", 401)]
+    assert [(s.image.parent.name, s.pid) for s in split.gallery] == [("image_test", 401), ("image_test", 400)] + [
+        ("image_test", 400)
+    ]
+    # the offline evaluation counts every gallery image: a same-camera match is never junk
+    assert len({s.camid for s in split.gallery}) == 3 and not split.cameras
+
+    fallback = read_source(f"cityflow:{fake_cityflow(tmp_path / 'unlabelled', with_labels=False)}")
+    assert "TRAINING identities" in fallback.name
+    assert all(s.image.parent.name == "image_train" for s in fallback.query + fallback.gallery)
+
+
+def test_cityflow_labels_that_do_not_match_the_name_list_are_refused(tmp_path):
+    root = fake_cityflow(tmp_path / "c", with_labels=True)
+    np.save(root / "gallery_annotation.npy", np.array([[5, 401]]))
+    with pytest.raises(UserInputError, match="gallery_annotation.npy: expected 3 rows"):
+        read_source(f"cityflow:{root}")
+
+
+def test_random_sampler_deals_shuffled_images_without_identity_structure():
+    """The IDE baseline's sampling: each epoch a seeded shuffle of the pool's images in batches of P x K."""
+    labels = veri_like_labels()
+    sources = ["real"] * len(labels)
+    sampler = IdentityBatchSampler(labels, sources, p=16, k=4, mode="R", seed=0, random_batches=True)
+    batches = sampler.batches()
+    assert len(batches) == len(sampler) == 590 and all(len(batch) == 64 for batch in batches)
+    flat = [i for batch in batches for i in batch]
+    assert len(set(flat)) == len(flat) == 590 * 64  # no image twice in an epoch
+    identity_sampler = IdentityBatchSampler(labels, sources, p=16, k=4, mode="R", seed=0)
+    assert (
+        max(len(set(labels[i] for i in b)) for b in batches)
+        > 16
+        >= len({labels[i] for i in identity_sampler.batches()[0]})
+    )
+    mixed = ["real"] * 10_000 + ["synthetic"] * (len(labels) - 10_000)
+    with pytest.raises(UserInputError, match="balances identities"):
+        IdentityBatchSampler(labels, mixed, p=16, k=4, mode="B", seed=0, random_batches=True)

@@ -150,3 +150,49 @@ def test_last_stride_one_is_timms_output_stride_where_the_family_takes_it():
         model = ReIDModel(architecture="resnet50", num_classes=576)
         feature_map = model.feature_maps(torch.empty(1, 3, 256, 256))[1]
     assert feature_map.shape == (1, 2048, 16, 16)
+
+
+def test_evaluation_normalises_as_training_did_from_the_saved_data_config(tmp_path):
+    """timm's test_resnet normalises with mean = std = 0.5, not ImageNet's: training uses it, the saved
+    config.json carries it, and the reloaded model's evaluation transform applies it."""
+    import json
+
+    from PIL import Image
+    from vehicle_diff.training.evaluate import eval_transform_of
+
+    model = ReIDModel("test_resnet", num_classes=3, aux_head=False, image_size=[32, 32])
+    assert model.mean == model.std == (0.5, 0.5, 0.5)
+    model.save_pretrained(tmp_path / "model")
+    saved = json.loads((tmp_path / "model" / "config.json").read_text())["pretrained_cfg"]
+    assert saved["mean"] == saved["std"] == [0.5, 0.5, 0.5]
+    reloaded = ReIDModel.from_pretrained(tmp_path / "model")
+    gray = eval_transform_of(reloaded)(Image.new("RGB", (40, 40), (255, 255, 255)))
+    assert gray.shape == (3, 32, 32) and torch.allclose(gray, torch.ones_like(gray))  # (1 - 0.5) / 0.5
+
+
+def test_the_ide_baseline_has_no_bn_neck_and_cross_entropy_alone(tmp_path):
+    """VehicleX's IDE: the pooled feature feeds the classifier and is the retrieval feature; the loss is
+    cross-entropy only. Both survive a save and reload."""
+    import torch.nn.functional as F
+    from vehicle_diff.training.reid_model import reid_loss
+
+    model = ReIDModel("test_resnet", num_classes=3, aux_head=False, image_size=[32, 32], bn_neck=False).eval()
+    images = torch.rand(4, 3, 32, 32)
+    outputs = model(images)
+    assert torch.equal(outputs["embedding"], outputs["features"])
+    assert torch.allclose(model.extract(images), F.normalize(outputs["embedding"], dim=1))
+    labels = torch.tensor([0, 1, 2, 0])
+    loss, parts = reid_loss(
+        outputs, labels, label_smoothing=0.1, circle_m=0.25, circle_gamma=128, aux_weight=1, circle=False
+    )
+    assert set(parts) == {"ce"} and torch.isclose(loss, F.cross_entropy(outputs["logits"], labels, label_smoothing=0.1))
+    model.save_pretrained(tmp_path / "ide")
+    reloaded = ReIDModel.from_pretrained(tmp_path / "ide").eval()
+    assert isinstance(reloaded.head.neck, torch.nn.Identity) and torch.allclose(
+        reloaded.extract(images), model.extract(images)
+    )
+    import timm
+
+    with torch.no_grad():  # timm alone gives the IDE embedding too: no neck, an identity classifier
+        features = timm.create_model(f"local-dir:{tmp_path / 'ide'}", pretrained=True).eval()(images)
+    assert torch.nn.functional.cosine_similarity(features, model.extract(images)).min() >= 0.9999

@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from vehicle_diff.training.evaluate import main as evaluate
 from vehicle_diff.training.reid_data import IdentityBatchSampler, parse_veri_name, read_source, read_veri776, relabel
 from vehicle_diff.training.reid_model import ReIDModel
@@ -203,3 +204,14 @@ def test_a_checkpoint_of_another_architecture_is_refused_in_one_line(synthetic_d
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and str(checkpoint) in lines[0] and "another training plan" in lines[0]
     assert "backbone" in lines[0]
+
+
+def test_the_ide_baseline_trains_and_reloads(synthetic_dataset, tiny_zoo, tmp_path):
+    """Table II's baseline rows: cross-entropy only, no BN-neck, random batches, no auxiliary head."""
+    ide = ["--circle_loss", "false", "--bn_neck", "false", "--sampler", "random", "--aux_head", "false"]
+    args = tiny("--synthetic_data", str(synthetic_dataset), "--data_mode", "S", *ide, "--max_train_steps", "2")
+    out = main([*args, "--output_dir", str(tmp_path / "ide")])
+    model = ReIDModel.from_pretrained(out)
+    assert isinstance(model.head.neck, torch.nn.Identity) and model.aux_head is None
+    with pytest.raises(UserInputError, match="balances identities"):
+        main(tiny("--real_data", "x", "--synthetic_data", "y", "--data_mode", "B", "--sampler", "random"))

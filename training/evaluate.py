@@ -33,12 +33,19 @@ VEHICLEID_SIZES = (800, 1600, 2400)
 COLORS = {"match": (0, 158, 72), "wrong": (214, 39, 40), "junk": (150, 150, 150), "query": (40, 40, 40)}
 
 
-def eval_transform(image_size: list[int]):
+def eval_transform(image_size: list[int], *, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """Resize and normalise as training did: callers pass the model's own mean / std (`eval_transform_of`)."""
     from torchvision import transforms
 
     return transforms.Compose(
-        [transforms.Resize(tuple(image_size)), transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+        [transforms.Resize(tuple(image_size)), transforms.ToTensor(), transforms.Normalize(mean, std)]
     )
+
+
+def eval_transform_of(model):
+    """The preprocessing the model was trained with: its input size and its backbone's mean / std, the data
+    config saved with it (config.json's pretrained_cfg)."""
+    return eval_transform(model.image_size, mean=model.mean, std=model.std)
 
 
 @torch.no_grad()
@@ -55,7 +62,7 @@ def extract_features(
     """L2-normalised retrieval features of `samples`, batched, on `device` (returned on the CPU)."""
     from tqdm.auto import tqdm
 
-    transform = eval_transform(model.image_size)
+    transform = eval_transform_of(model)
     model.eval()
     features = []
     with tqdm(total=len(samples), desc=desc, unit="img", disable=not progress) as bar:
@@ -366,6 +373,7 @@ class EvaluateConfig:
     batch_size: int = 64
     retrieval_queries: int = field(default=8, metadata={"help": "queries (rows) in retrieval.png"})
     retrieval_top_k: int = field(default=10, metadata={"help": "gallery images per query in retrieval.png"})
+    dry_run: bool = field(default=False, metadata={"help": "read the data lists only; print and write plan.json"})
 
     def __post_init__(self):
         for name in ("batch_size", "vehicleid_draws", "retrieval_queries", "retrieval_top_k"):
@@ -388,6 +396,12 @@ def evaluate(config: EvaluateConfig) -> Path:
 
     from .reid_model import ReIDModel
 
+    if config.dry_run:  # the model may not be trained yet
+        from vehicle_diff.jobs import write_plan
+
+        split = read_source(config.eval_data)
+        plan = {"stage": "evaluate", "data": split.name, "query_images": len(split.query)}
+        return write_plan(config.output_dir, {**plan, "gallery_images": len(split.gallery), "model": config.model})
     model_dir, data_root = Path(config.model), Path(config.eval_data.split(":", 1)[-1].rsplit(":", 1)[0])
     components = {"settings": output_settings(config, ignore=("model", "eval_data")),
                   "model": folder_digest(model_dir) if model_dir.is_dir() else config.model,

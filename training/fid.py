@@ -1,5 +1,9 @@
 """The `vehicle-diff fid` stage: standard FID (the Fréchet distance itself lives in `vehicle_diff.stats`).
 
+Each side is a dataset's images: a filter output or an exported dataset gives exactly the crops the dataset holds
+(the filter's kept records, never a rejected crop), a plain folder every image in it. Images stream through the
+metric in bounded batches, so memory does not grow with their number.
+
 The stage is torchmetrics' FrechetInceptionDistance on torch-fidelity's port of the TensorFlow FID Inception-v3
 (`pt_inception-2015-12-05`, the weights pytorch-fid uses too), so its numbers compare with published FIDs. The
 weights come from a local file: nothing is downloaded at run time.
@@ -28,8 +32,12 @@ class FidConfig:
 
     output_dir: str = field(default="vehicle-diff-output/fid", metadata={"help": "fid.json"})
     preset: str = field(default="paper", metadata={"help": "paper, tiny, or a YAML file"})
-    real_images: str = field(default="", metadata={"help": "folder of real images (recursive)"})
-    generated_images: str = field(default="", metadata={"help": "folder of generated images (recursive)"})
+    real_images: str = field(
+        default="", metadata={"help": "a folder of real images (recursive), a filter output or an exported dataset"}
+    )
+    generated_images: str = field(
+        default="", metadata={"help": "a filter output or exported dataset (its kept images), or a folder"}
+    )
     inception_weights: str | None = field(
         default=None,
         metadata={
@@ -40,6 +48,7 @@ class FidConfig:
     batch_size: int = 32
     max_images: int | None = field(default=None, metadata={"help": "a seeded sample of at most this many per side"})
     seed: int = 0
+    dry_run: bool = field(default=False, metadata={"help": "count both sides' images; print and write plan.json"})
 
     def __post_init__(self):
         if self.batch_size <= 0:
@@ -88,25 +97,81 @@ def fid_metric(weights_file: Path):
         ) from error
 
 
-def update_with_images(metric, files: list[Path], *, real: bool, batch_size: int, device) -> None:
-    """uint8 CHW tensors, batched by size (the metric's Inception resizes every batch to 299 x 299 itself)."""
-    import torch
+def image_set(path: str, flag: str) -> tuple[str, list[str], object]:
+    """What a path names as a set of images: (kind, image names, a function opening a name as an RGB image).
+    A filter output (records.parquet) gives its kept crops by image_id; an exported dataset (data/*.parquet)
+    every row of its splits by image_id, the images read from the Parquet files one row group at a time; any
+    other folder its image files by relative path."""
+    import pyarrow.parquet as pq
     from PIL import Image
+
+    from vehicle_diff.io import list_images
+
+    root = Path(path)
+    if (root / "records.parquet").is_file():
+        from vehicle_diff_dataset import read_kept_records
+
+        files = {row["image_id"]: root / row["crop_file"] for row in read_kept_records(root)}
+        return "filter output (kept crops)", list(files), lambda name: Image.open(files[name])
+    shards = sorted((root / "data").glob("*.parquet")) if root.is_dir() else []
+    if shards:
+        names = [
+            name for shard in shards for name in pq.read_table(shard, columns=["image_id"])["image_id"].to_pylist()
+        ]
+        return "exported dataset", names, ParquetImages(shards)
+    files = {str(file.relative_to(root)): file for file in list_images(path, flag=flag)}
+    return "folder", list(files), lambda name: Image.open(files[name])
+
+
+class ParquetImages:
+    """Opens an exported dataset's images by image_id, reading the Parquet files in order one batch at a time
+    (names are asked for in file order, so each batch is read once)."""
+
+    def __init__(self, shards: list[Path]):
+        self.shards, self.cache = shards, {}
+        self.batches = self._batches()
+
+    def _batches(self):
+        import pyarrow.parquet as pq
+
+        for shard in self.shards:
+            for batch in pq.ParquetFile(shard).iter_batches(batch_size=256, columns=["image_id", "image"]):
+                yield batch.to_pylist()
+
+    def __call__(self, name: str):
+        import io
+
+        from PIL import Image
+
+        while name not in self.cache:
+            self.cache = {row["image_id"]: row["image"]["bytes"] for row in next(self.batches)}
+        return Image.open(io.BytesIO(self.cache[name]))
+
+
+def update_with_images(metric, names: list[str], open_image, *, real: bool, batch_size: int, device) -> None:
+    """uint8 CHW tensors of any sizes, at most `batch_size` of them in memory: same-sized images share an update
+    (the metric's Inception resizes every batch to 299 x 299 itself, like TensorFlow's original), and all that is
+    pending goes through the metric whenever `batch_size` images are waiting. Memory stays flat in the number of
+    images whatever their sizes."""
+    import torch
+    from tqdm.auto import tqdm
 
     pending: dict[tuple[int, int], list] = {}
 
-    def flush(size):
-        metric.update(torch.stack(pending.pop(size)).to(device), real=real)
+    def flush():
+        for size in list(pending):
+            metric.update(torch.stack(pending.pop(size)).to(device), real=real)
 
-    for file in files:
-        with Image.open(file) as image:
+    waiting = 0
+    for name in tqdm(names, desc=f"fid: {'real' if real else 'generated'}", unit="img"):
+        with open_image(name) as image:
             array = np.asarray(image.convert("RGB"))
-        tensor = torch.from_numpy(array.copy()).permute(2, 0, 1)
-        pending.setdefault(array.shape[:2], []).append(tensor)
-        if len(pending[array.shape[:2]]) == batch_size:
-            flush(array.shape[:2])
-    for size in list(pending):
-        flush(size)
+        pending.setdefault(array.shape[:2], []).append(torch.from_numpy(array.copy()).permute(2, 0, 1))
+        waiting += 1
+        if waiting == batch_size:
+            flush()
+            waiting = 0
+    flush()
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -116,34 +181,44 @@ def main(argv: list[str] | None = None) -> Path:
     import torch
 
     from vehicle_diff.config import parse_config, save_config
-    from vehicle_diff.io import list_images, sha256_file
+    from vehicle_diff.io import sha256_file
 
     config = parse_config(FidConfig, "fid", argv)
-    weights_file = inception_weights_file(config.inception_weights)
+    weights_file = None if config.dry_run else inception_weights_file(config.inception_weights)
     sides = {}
     for name in ("real_images", "generated_images"):
         if not getattr(config, name):
             raise UserInputError(f"--{name} is required")
-        files = list_images(getattr(config, name), flag=f"--{name}")
-        if len(files) < 2:
+        kind, names, open_image = image_set(getattr(config, name), flag=f"--{name}")
+        if len(names) < 2:
             raise UserInputError(
-                f"--{name} {getattr(config, name)}: a Fréchet distance needs at least 2 images, found {len(files)}"
+                f"--{name} {getattr(config, name)}: a Fréchet distance needs at least 2 images, found {len(names)}"
             )
-        if config.max_images and len(files) > config.max_images:
-            files = sorted(random.Random(config.seed).sample(files, config.max_images))
-        sides[name] = files
+        if config.max_images and len(names) > config.max_images:
+            chosen = set(random.Random(config.seed).sample(range(len(names)), config.max_images))
+            names = [n for i, n in enumerate(names) if i in chosen]  # the source's order: Parquet reads once
+        sides[name] = kind, names, open_image
+    if config.dry_run:
+        from vehicle_diff.jobs import write_plan
+
+        counts = {name: len(names) for name, (_, names, _) in sides.items()}
+        return write_plan(config.output_dir, {"stage": "fid", **counts, "inception_passes": sum(counts.values())})
     device = "cuda" if torch.cuda.is_available() else "cpu"
     metric = fid_metric(weights_file).to(device)
     with torch.no_grad():
-        for name, files in sides.items():
-            update_with_images(metric, files, real=name == "real_images", batch_size=config.batch_size, device=device)
+        for name, (_, names, open_image) in sides.items():
+            update_with_images(
+                metric, names, open_image, real=name == "real_images", batch_size=config.batch_size, device=device
+            )
         fid = float(metric.compute())
     out_dir = Path(config.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = {
         "fid": fid,
-        "real_images": len(sides["real_images"]),
-        "generated_images": len(sides["generated_images"]),
+        "real_images": len(sides["real_images"][1]),
+        "generated_images": len(sides["generated_images"][1]),
+        "sources": {name: {"path": getattr(config, name), "kind": kind} for name, (kind, _, _) in sides.items()},
+        "images": {name: names for name, (_, names, _) in sides.items()},  # image_ids, or paths in a folder
         "features": "Inception-v3 pool3, 2048-d (torchmetrics FrechetInceptionDistance, torch-fidelity extractor)",
         "weights": WEIGHTS_NAME,
         "weights_file": weights_file.name,

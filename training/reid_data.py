@@ -61,10 +61,17 @@ def read_veri776(root: str) -> Split:
     return Split(relabel(samples("image_train")), samples("image_query"), samples("image_test"), "VeRi-776")
 
 
+CITYFLOW_LABELS = ("query_annotation.npy", "gallery_annotation.npy")
+
+
 def read_cityflow(root: str, query_fraction: float = 0.2, seed: int = 0) -> Split:
-    """CityFlowV2 (AI City Challenge track 2): image_train/ + train_label.xml. Its test labels are not public,
-    so evaluation uses an identity-disjoint split of the training set: a seeded 1/3 of identities is held out,
-    one image per (identity, camera) of it is a query (up to `query_fraction` of its images), the rest gallery."""
+    """CityFlowV2 (AI City Challenge track 2): image_train/ + train_label.xml train. The benchmark's own test is
+    image_query/ against image_test/ (in the order of name_query.txt / name_test.txt); when ROOT holds their
+    ground truth in the public offline evaluation's format (query_annotation.npy, gallery_annotation.npy: one
+    (camera id, vehicle id) row per listed image), evaluation uses exactly that, and, as that evaluation does,
+    counts every gallery image (no same-camera junk). Without those files the test labels are unknown, so a
+    seeded 1/3 of the training identities is held out instead (one image per (identity, camera) of it is a
+    query, up to `query_fraction` of its images, the rest gallery) and the split's name says so."""
     root = Path(root)
     label_file = root / "train_label.xml"
     images = _folder(root, "image_train", "CityFlowV2 (AIC track 2)")
@@ -76,6 +83,9 @@ def read_cityflow(root: str, query_fraction: float = 0.2, seed: int = 0) -> Spli
         Sample(images / item.get("imageName"), int(item.get("vehicleID")), int(item.get("cameraID").lstrip("c")))
         for item in items
     ]
+    if all((root / name).is_file() for name in CITYFLOW_LABELS):
+        query, gallery = (official_cityflow_split(root, part) for part in ("query", "test"))
+        return Split(relabel(samples), query, gallery, "CityFlowV2 (official query / test)", cameras=False)
     pids = sorted({s.pid for s in samples})
     held_out = set(random.Random(seed).sample(pids, len(pids) // 3))
     train = relabel([s for s in samples if s.pid not in held_out])
@@ -86,7 +96,33 @@ def read_cityflow(root: str, query_fraction: float = 0.2, seed: int = 0) -> Spli
             query.append(sample)
         else:
             gallery.append(sample)
-    return Split(train, query, gallery, "CityFlowV2 (local identity-disjoint split)")
+    return Split(
+        train, query, gallery, "CityFlowV2 (no test labels given: a held-out third of the TRAINING identities)"
+    )
+
+
+def official_cityflow_split(root: Path, part: str) -> list[Sample]:
+    """image_{part}/ in name_{part}.txt's order with the offline evaluation's labels. The camera becomes a
+    per-image stand-in, because that evaluation treats no gallery image as junk."""
+    import numpy as np
+
+    names_file, folder = root / f"name_{part}.txt", _folder(root, f"image_{part}", "CityFlowV2 (AIC track 2)")
+    labels_file = root / CITYFLOW_LABELS[part == "test"]
+    if not names_file.is_file():
+        raise UserInputError(f"{names_file}: missing; the labels in {labels_file.name} follow its order")
+    names = names_file.read_text().split()
+    try:
+        labels = np.load(labels_file, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise UserInputError(f"{labels_file}: not a (camera id, vehicle id) array ({error})") from error
+    if labels.ndim != 2 or labels.shape != (len(names), 2):
+        raise UserInputError(
+            f"{labels_file}: expected {len(names)} rows of (camera id, vehicle id), one per line of "
+            f"{names_file.name}; found shape {labels.shape}"
+        )
+    return [
+        Sample(folder / name, int(pid), index) for index, (name, (_, pid)) in enumerate(zip(names, labels, strict=True))
+    ]
 
 
 def read_vehicleid(root: str, test_size: int = 800, draw: int = 0) -> Split:
@@ -338,15 +374,18 @@ class IdentityBatchSampler:
         seed: int,
         rank: int = 0,
         world: int = 1,
+        random_batches: bool = False,
     ):
         if mode not in ("R", "S", "D", "B"):
             raise UserInputError(f"--data_mode {mode!r}: use R, S, D or B")
+        if random_batches and mode == "B":
+            raise UserInputError("--sampler random draws from one pool; data mode B balances identities (use D)")
         if p < 1 or k < 1:
             raise UserInputError(f"--ids_per_batch and --images_per_id must be positive (got {p}, {k})")
         if mode == "B" and p % 2:
             raise UserInputError(f"--ids_per_batch {p} must be even in balanced mode (half real, half synthetic)")
         self.p, self.k, self.mode, self.seed, self.rank, self.world, self.epoch = p, k, mode, seed, rank, world, 0
-        self.skip = 0
+        self.skip, self.random_batches = 0, random_batches
         self.by_identity: dict[str, dict[int, list[int]]] = {"real": {}, "synthetic": {}}
         for index, (label, source) in enumerate(zip(labels, sources, strict=True)):
             self.by_identity[source].setdefault(label, []).append(index)
@@ -381,6 +420,12 @@ class IdentityBatchSampler:
             real_groups = identity_groups(rng, real, self.p // 2, self.k)
             synthetic_groups = identity_groups(rng, synthetic, self.p // 2, self.k)
             return [next(real_groups) + next(synthetic_groups) for _ in range(self.steps_per_epoch)]
+        if self.random_batches:  # the IDE baseline: shuffled images of the pool, no identity structure
+            sources = {"R": ["real"], "S": ["synthetic"], "D": ["real", "synthetic"]}[self.mode]
+            indices = sorted(i for source in sources for group in self.by_identity[source].values() for i in group)
+            rng.shuffle(indices)
+            size = self.p * self.k
+            return [indices[start * size : (start + 1) * size] for start in range(self.steps_per_epoch)]
         pool = {}
         if self.mode in ("R", "D"):
             pool.update({("real", i): v for i, v in real.items()})

@@ -26,7 +26,6 @@ from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
 from torch import nn
 
 TIMM_CONFIG, BACKBONE_WEIGHTS, HEADS_WEIGHTS = "config.json", "model.safetensors", "reid_heads.safetensors"
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # the re-ID transforms' normalisation
 
 
 def backbone_spec(model_id: str) -> tuple[str, dict]:
@@ -41,12 +40,14 @@ def backbone_spec(model_id: str) -> tuple[str, dict]:
 
 
 class BNNeckHead(nn.Module):
-    """Pool -> embedding (metric losses) -> BatchNorm (its bias frozen) -> classifier (cross-entropy)."""
+    """Pool -> embedding (metric losses) -> BatchNorm (its bias frozen) -> classifier (cross-entropy). Without
+    `bn_neck` (the IDE baseline) the pooled embedding feeds the classifier and is the retrieval feature."""
 
-    def __init__(self, channels: int, num_classes: int):
+    def __init__(self, channels: int, num_classes: int, bn_neck: bool = True):
         super().__init__()
-        self.neck = nn.BatchNorm1d(channels)
-        self.neck.bias.requires_grad_(False)
+        self.neck = nn.BatchNorm1d(channels) if bn_neck else nn.Identity()
+        if bn_neck:
+            self.neck.bias.requires_grad_(False)
         self.classifier = nn.Linear(channels, num_classes, bias=False)
         nn.init.normal_(self.classifier.weight, std=0.001)
 
@@ -86,6 +87,7 @@ class ReIDModel(
         last_stride_1: bool = True,
         aux_head: bool = True,
         image_size: list[int] | None = None,
+        bn_neck: bool = True,
     ):
         super().__init__()
         import timm
@@ -96,9 +98,14 @@ class ReIDModel(
         # the whole timm model without its classifier: its parameters keep timm's names, so the saved backbone is
         # an ordinary timm checkpoint; the two last stages come from `forward_intermediates`
         self.backbone = timm.create_model(architecture, pretrained=False, **{**self.timm_args, "num_classes": 0})
+        # the backbone's own normalisation: training, the saved config and evaluation all read it from here
+        from timm.data import resolve_data_config
+
+        data_config = resolve_data_config(model=self.backbone)
+        self.mean, self.std = tuple(data_config["mean"]), tuple(data_config["std"])
         channels = [info["num_chs"] for info in self.backbone.feature_info[-2:]]
-        self.head = BNNeckHead(channels[-1], num_classes)
-        self.aux_head = BNNeckHead(channels[-2], num_classes) if aux_head else None
+        self.head = BNNeckHead(channels[-1], num_classes, bn_neck)
+        self.aux_head = BNNeckHead(channels[-2], num_classes, bn_neck) if aux_head else None
 
     def load_backbone(self, model_id: str) -> None:
         """Start from the weights of a timm id or folder (the paper: ImageNet-trained backbones)."""
@@ -139,15 +146,19 @@ class ReIDModel(
         import timm
 
         neck = self.head.neck
-        channels = neck.num_features
+        channels = self.head.classifier.in_features
         model = timm.create_model(self.architecture, pretrained=False, **{**self.timm_args, "num_classes": channels})
         missing, unexpected = model.load_state_dict(self.backbone.state_dict(), strict=False)
         classifier = model.get_classifier()
         if unexpected or {name.rsplit(".", 1)[0] for name in missing} != {self.classifier_name}:
             raise RuntimeError(f"{self.architecture}: the backbone does not fit timm's model ({missing}, {unexpected})")
-        scale = neck.weight / torch.sqrt(neck.running_var + neck.eps)
-        classifier.weight.copy_(torch.diag(scale))
-        classifier.bias.copy_(neck.bias - neck.running_mean * scale)
+        if isinstance(neck, nn.BatchNorm1d):
+            scale = neck.weight / torch.sqrt(neck.running_var + neck.eps)
+            classifier.weight.copy_(torch.diag(scale))
+            classifier.bias.copy_(neck.bias - neck.running_mean * scale)
+        else:  # the IDE baseline has no neck: the pooled feature is the embedding
+            classifier.weight.copy_(torch.eye(channels))
+            classifier.bias.zero_()
         return model.eval()
 
     @property
@@ -164,8 +175,8 @@ class ReIDModel(
         save_directory = Path(save_directory)
         data_config = {
             "input_size": (3, *self.image_size),
-            "mean": IMAGENET_MEAN,
-            "std": IMAGENET_STD,
+            "mean": self.mean,
+            "std": self.std,
             "interpolation": "bilinear",
             "crop_pct": 1.0,
         }
@@ -276,15 +287,17 @@ def reid_loss(
     circle_m: float,
     circle_gamma: float,
     aux_weight: float,
+    circle: bool = True,
 ) -> tuple[torch.Tensor, dict]:
-    """L_total = L_ce + L_circle on the main head, and the same on the auxiliary head (paper §III-D)."""
-    parts = {
-        "ce": F.cross_entropy(outputs["logits"].float(), labels, label_smoothing=label_smoothing),
-        "circle": circle_loss(outputs["embedding"], labels, circle_m, circle_gamma),
-    }
+    """L_total = L_ce + L_circle on the main head, and the same on the auxiliary head (paper §III-D); without
+    `circle`, cross-entropy alone (the IDE baseline)."""
+    parts = {"ce": F.cross_entropy(outputs["logits"].float(), labels, label_smoothing=label_smoothing)}
+    if circle:
+        parts["circle"] = circle_loss(outputs["embedding"], labels, circle_m, circle_gamma)
     if "aux_logits" in outputs:
         parts["aux_ce"] = aux_weight * F.cross_entropy(
             outputs["aux_logits"].float(), labels, label_smoothing=label_smoothing
         )
-        parts["aux_circle"] = aux_weight * circle_loss(outputs["aux_embedding"], labels, circle_m, circle_gamma)
+        if circle:
+            parts["aux_circle"] = aux_weight * circle_loss(outputs["aux_embedding"], labels, circle_m, circle_gamma)
     return sum(parts.values()), {name: value.item() for name, value in parts.items()}

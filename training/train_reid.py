@@ -39,7 +39,7 @@ def train_transform(
     image_size: list[int], *, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), random_erasing: float = 0.5
 ):
     """Resize, random flip, pad-and-crop, normalise with the backbone's own mean / std, random erasing (the
-    strong re-ID baseline's augmentation, as fast-reid's VeRi recipe uses it)."""
+    strong re-ID baseline's augmentation, Luo et al. 2019)."""
     from torchvision import transforms
 
     steps = [
@@ -86,13 +86,19 @@ class TrainReIDConfig:
     learning_rate: float = 3.5e-4
     weight_decay: float = 5e-4
     lr_scheduler: str = "cosine"
-    lr_warmup_epochs: float = field(default=5, metadata={"help": "warm-up, in epochs (fast-reid's VeRi: 5 of 60)"})
+    lr_warmup_epochs: float = field(default=5, metadata={"help": "warm-up, in epochs (the paper preset: 10)"})
     lr_warmup_steps: int | None = field(default=None, metadata={"help": "warm-up in steps; overrides epochs"})
     random_erasing: float = field(default=0.5, metadata={"help": "random erasing probability (0 = off)"})
     max_synthetic_images: int | None = field(
         default=None, metadata={"help": "a seeded subsample of the synthetic images, identities kept balanced"}
     )
     label_smoothing: float = 0.1
+    circle_loss: bool = field(default=True, metadata={"help": "false: cross-entropy only (the IDE baseline)"})
+    bn_neck: bool = field(default=True, metadata={"help": "false: no BatchNorm neck (the IDE baseline)"})
+    sampler: str = field(
+        default="identity",
+        metadata={"help": "identity (P x K, or B's balance) or random (shuffled images, the IDE baseline)"},
+    )
     circle_m: float = field(default=0.25, metadata={"help": "relaxation margin m (Sun et al. 2020)"})
     circle_gamma: float = field(default=128.0, metadata={"help": "scale gamma"})
     mixed_precision: str = "no"
@@ -124,7 +130,11 @@ class TrainReIDConfig:
         for name in ("ids_per_batch", "images_per_id", "num_train_epochs", "checkpointing_steps", "eval_every_epochs"):
             if getattr(self, name) <= 0:
                 raise UserInputError(f"--{name} must be positive (got {getattr(self, name)})")
-        if self.images_per_id < 2:
+        if self.sampler not in ("identity", "random"):
+            raise UserInputError(f"--sampler {self.sampler!r}: use identity or random")
+        if self.sampler == "random" and self.data_mode == "B":
+            raise UserInputError("--sampler random draws from one pool; data mode B balances identities (use D)")
+        if self.images_per_id < 2 and self.circle_loss:
             raise UserInputError("--images_per_id must be >= 2: circle loss needs positive pairs")
         if not 0 <= self.label_smoothing < 1:
             raise UserInputError(f"--label_smoothing must be in [0, 1) (got {self.label_smoothing})")
@@ -168,10 +178,16 @@ def training_data(config: TrainReIDConfig, *, rank: int = 0, world: int = 1):
         seed=config.seed,
         rank=rank,
         world=world,
+        random_batches=config.sampler == "random",
     )
     if len(sampler) == 0:
         raise UserInputError(
             f"no full batch of {config.ids_per_batch} identities x {config.images_per_id} images per process"
+        )
+    if not config.eval_data and not (real and real.query) and not (synthetic and synthetic.query):
+        raise UserInputError(
+            f"--synthetic_data {config.synthetic_data}: every image is in train (no held-out query / gallery), so "
+            "there is nothing to evaluate on; pass --eval_data (e.g. veri776:ROOT), or export with --eval_fraction"
         )
     eval_data = config.eval_data or (config.real_data if real and real.query else config.synthetic_data)
     return samples, sources, sampler, eval_data
@@ -209,6 +225,9 @@ def dry_run(config: TrainReIDConfig) -> Path:
         "total_steps": total,
         "warmup_steps": warmup,
         "batch_share": {"real": real_share, "synthetic": round(1 - real_share, 4)},
+        "sampler": config.sampler,
+        "losses": "cross-entropy + circle" if config.circle_loss else "cross-entropy",
+        "bn_neck": config.bn_neck,
         "eval_data": eval_data,
     }
     return write_plan(config.output_dir, plan)
@@ -243,7 +262,6 @@ def train_reid(config: TrainReIDConfig) -> Path:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
-    from timm.data import resolve_data_config
     from tqdm.auto import tqdm
 
     from .checkpointing import checkpoint_to_resume, open_training_output, resume, save_checkpoint
@@ -286,15 +304,13 @@ def train_reid(config: TrainReIDConfig) -> Path:
         last_stride_1=config.last_stride_1,
         aux_head=config.aux_head,
         image_size=config.image_size,
+        bn_neck=config.bn_neck,
     )
     if config.pretrained_backbone:
         model.load_backbone(config.backbone)
-    data_config = resolve_data_config(model=model.backbone)  # the backbone's own normalisation
-    dataset = ReIDImages(
+    dataset = ReIDImages(  # normalised with the backbone's own mean / std, as the model saves it for evaluation
         samples,
-        train_transform(
-            config.image_size, mean=data_config["mean"], std=data_config["std"], random_erasing=config.random_erasing
-        ),
+        train_transform(config.image_size, mean=model.mean, std=model.std, random_erasing=config.random_erasing),
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     steps_per_epoch = len(sampler)
@@ -350,6 +366,7 @@ def train_reid(config: TrainReIDConfig) -> Path:
                 circle_m=config.circle_m,
                 circle_gamma=config.circle_gamma,
                 aux_weight=config.aux_loss_weight,
+                circle=config.circle_loss,
             )
             accelerator.backward(loss)
             optimizer.step()
@@ -418,7 +435,7 @@ def train_reid(config: TrainReIDConfig) -> Path:
             architecture,
             # how timm rebuilds the published embedding network, for the card's loading notes
             timm_args=final.timm_args,
-            embedding_dim=final.head.neck.num_features,
+            embedding_dim=final.head.classifier.in_features,
         )
         job.mark_done({"steps": step, "resumed_from": resumed_from})
         accelerator.print(
