@@ -112,7 +112,12 @@ def test_same_records_and_settings_give_byte_identical_images(reference_run, tin
 
 def test_rerun_of_a_finished_run_changes_nothing(reference_run, tiny_prompts):
     before = {p: p.stat().st_mtime_ns for p in (reference_run / "images").rglob("*.png")}
-    orphan = next((reference_run / "images").iterdir()) / ".x-0000.png.abc123.tmp"  # what a SIGKILL mid-write leaves
+    import socket
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    # what a SIGKILL mid-write leaves: atomic_path's temp file, named after a writer that is gone
+    orphan = next((reference_run / "images").iterdir()) / f".x-0000.png~{socket.gethostname()}~{gone.pid}~abc123.tmp"
     orphan.write_bytes(b"half an image")
     main(tiny_args(tiny_prompts, reference_run))
     assert not orphan.exists()
