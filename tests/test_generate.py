@@ -189,3 +189,64 @@ def test_two_processes_split_the_batches(tiny_prompts, reference_run, tmp_path):
     assert "generate [process 1]" in result.stderr and "generate [process 0]" in result.stderr
     assert records(tmp_path / "gen") == records(reference_run)
     assert images(tmp_path / "gen").keys() == images(reference_run).keys()
+
+
+def test_writer_threads_write_the_bytes_that_writing_in_turn_writes(reference_run, tiny_prompts, tmp_path):
+    in_turn = main(tiny_args(tiny_prompts, tmp_path / "gen", "--image_writers", "0"))
+    assert images(in_turn) == images(reference_run)  # the reference ran with the default writer threads
+    assert (in_turn / "records.parquet").read_bytes() == (reference_run / "records.parquet").read_bytes()
+    assert {r["unet_quantization"] for r in records(in_turn)} == {""}
+
+
+def test_compile_prepares_and_compiles_the_unet_once(tiny_prompts, tiny_lora, tmp_path, monkeypatch, capsys):
+    """The flag's plumbing: torch.compile itself takes minutes for even a tiny UNet on the CPU, so it is recorded
+    here instead of run (a GPU benchmark runs it for real)."""
+    import torch
+
+    compiled = []
+
+    def record_compile(module, **kwargs):
+        compiled.append(module)
+        return module
+
+    monkeypatch.setattr(torch, "compile", record_compile)
+    flags = ("--compile", "--lora_weights", str(tiny_lora), "--images_per_identity", "1")
+    out = main(tiny_args(tiny_prompts, tmp_path / "gen", *flags))
+    (unet,) = compiled
+    assert unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert any(getattr(m, "fused_projections", False) for m in unet.modules())
+    assert not any("lora" in name for name, _ in unet.named_parameters())  # fused into the weights
+    assert capsys.readouterr().out.count("compiled the UNet") == 1
+    assert len(records(out)) == 8 and len(images(out)) == 8
+
+
+def test_fp8_is_refused_where_it_cannot_run_before_any_work(tiny_prompts, tmp_path, monkeypatch):
+    import importlib.util
+
+    import torch
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "torchao" else find_spec(name, *a)
+    )
+    with pytest.raises(UserInputError, match="pip install torchao"):
+        main(tiny_args(tiny_prompts, tmp_path / "gen", "--quantize", "fp8"))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "torchao" else None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserInputError, match="FP8 tensor cores"):
+        main(tiny_args(tiny_prompts, tmp_path / "gen", "--quantize", "fp8"))
+    assert not (tmp_path / "gen").exists()
+    with pytest.raises(UserInputError, match="--quantize 'int3'"):
+        main(tiny_args(tiny_prompts, tmp_path / "gen", "--quantize", "int3"))
+
+
+def test_every_record_says_its_image_came_from_a_quantized_unet(tiny_prompts, tmp_path, monkeypatch):
+    """The recording, with the quantizer itself stubbed: FP8 kernels need a Hopper or Ada GPU."""
+    import vehicle_diff.generation.generate as generate
+
+    quantized = []
+    monkeypatch.setattr(generate, "check_quantization", lambda quantize: None)
+    monkeypatch.setattr(generate, "quantize_unet", lambda unet, quantize: quantized.append(quantize))
+    out = main(tiny_args(tiny_prompts, tmp_path / "gen", "--quantize", "fp8", "--images_per_identity", "1"))
+    assert quantized == ["fp8"]
+    assert {r["unet_quantization"] for r in records(out)} == {"fp8"}

@@ -192,3 +192,17 @@ def test_a_held_folder_refuses_a_second_holder(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "in use by another `finetune` run" in result.stdout
+
+
+def test_a_held_claim_outlives_the_yield_until_its_shard_is_written(tmp_path):
+    job = Job(tmp_path / "out", "generate", {"a": 1}, owned=[]).open()
+    claims = job.out_dir / ".claims"
+    batches = job.batches(2)
+    assert next(batches) == 0
+    job.hold_claim(0)  # its shard is written later, by a writer thread
+    assert next(batches) == 1
+    assert (claims / "batch-0000000").exists(), "another worker could take a batch whose files are being written"
+    job.write_shard(0, [])
+    assert not (claims / "batch-0000000").exists()
+    job.write_shard(1, [])
+    assert list(batches) == [] and not list(claims.iterdir())

@@ -259,6 +259,7 @@ class Job:
         self.shards_dir = self.out_dir / shards
         self.owned = [*owned, shards, CLAIMS_DIR, DONE_FILE, JOB_FILE]
         self._lock = None
+        self._held_claims: set[int] = set()  # batches whose shard a writer thread writes later (see hold_claim)
 
     # -- the folder
 
@@ -364,7 +365,16 @@ class Job:
     def write_shard(self, batch_index: int, records: list[dict], side_files: Iterable[Path] = ()) -> Path:
         path = write_shard(self.shards_dir, batch_index, records, side_files)
         fault_point(f"{self.stage}.shard_written")
+        if batch_index in self._held_claims:
+            self._held_claims.discard(batch_index)
+            (self.out_dir / CLAIMS_DIR / f"batch-{batch_index:07d}").unlink(missing_ok=True)
         return path
+
+    def hold_claim(self, batch_index: int) -> None:
+        """Keep the claim of a batch that `batches` yielded until its shard is written (by `write_shard`, maybe on
+        another thread after `batches` moved on), so no other worker takes a batch whose files are still being
+        written."""
+        self._held_claims.add(batch_index)
 
     def valid_batches(
         self, num_batches: int, ids_of: Callable[[int], list] | None, id_key: str = "image_id"
@@ -418,7 +428,8 @@ class Job:
                     yield index
                     done.add(index)
                 finally:
-                    (claims / f"batch-{index:07d}").unlink(missing_ok=True)
+                    if index not in self._held_claims:
+                        (claims / f"batch-{index:07d}").unlink(missing_ok=True)
             if not waiting:
                 return
             time.sleep(POLL_S)
