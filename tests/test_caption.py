@@ -151,3 +151,17 @@ def test_bad_input(tmp_path):
         )
     with pytest.raises(UserInputError, match="no images found"):
         main(["--preset", "tiny", "--input_images", str(tmp_path), "--output_dir", str(tmp_path / "c")])
+
+
+def test_reading_in_loader_workers_gives_the_bytes_of_reading_in_turn(tiny_zoo, target_folder, tmp_path):
+    def outputs(out):
+        return {
+            p.relative_to(out): p.read_bytes()
+            for p in sorted(out.rglob("*"))
+            if p.is_file() and p.parent.name in ("train", out.name) and p.suffix in (".jpg", ".jsonl")
+        }
+
+    in_turn = main(args(target_folder, tmp_path / "in-turn", "--batch_size", "3", "--dataloader_num_workers", "0"))
+    workers = main(args(target_folder, tmp_path / "workers", "--batch_size", "3", "--dataloader_num_workers", "2"))
+    assert outputs(in_turn) == outputs(workers)
+    assert len(outputs(in_turn)) == 12  # 10 images, metadata.jsonl, skipped.jsonl (the corrupt file's reason)
