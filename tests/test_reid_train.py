@@ -159,3 +159,16 @@ def test_bad_input(tmp_path, synthetic_dataset):
         )
     with pytest.raises(UserInputError, match="image_train: missing"):
         main(tiny("--real_data", f"veri776:{tmp_path}", "--data_mode", "R", "--output_dir", str(tmp_path / "r")))
+
+
+def test_loader_workers_do_not_change_what_is_learned(synthetic_dataset, tiny_zoo, tmp_path):
+    """Augmentation is drawn from (seed, epoch, image) alone, so the worker count changes the speed only."""
+    import torch
+
+    weights = []
+    for workers in ("0", "2"):
+        flags = ("--synthetic_data", str(synthetic_dataset), "--data_mode", "S", "--max_train_steps", "2")
+        out = main(tiny(*flags, "--dataloader_num_workers", workers, "--output_dir", str(tmp_path / workers)))
+        weights.append(ReIDModel.from_pretrained(out).state_dict())
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
