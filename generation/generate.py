@@ -331,49 +331,52 @@ def generate(config: GenerateConfig) -> Path:
     # Encoding, hashing and the shard of batch N run on writer threads while batch N+1 denoises (PNG encoding and
     # hashing release the GIL); at most `image_writers` rendered batches wait, so memory stays bounded.
     pending = deque()
-    with ThreadPoolExecutor(max_workers=max(config.image_writers, 1), thread_name_prefix="image-writer") as writers:
-        for batch_index in job.batches(num_batches, lambda b: [r["image_id"] for r in requests_of(b)], order=order):
-            if pipe is None:
-                pipe = pipeline_for(config, lora, state.device)
-                scheduler = type(pipe.scheduler).__name__
-                progress = tqdm(
-                    total=num_images,
-                    desc=f"generate [process {state.process_index}]",
-                    unit="img",
-                    position=state.process_index,
-                    dynamic_ncols=True,
-                )
-                first_batch_started = time.perf_counter()
-            requests = requests_of(batch_index)
-            images = render(pipe, [r["prompt"] for r in requests], [r["seed"] for r in requests], **render_settings)
-            if first_batch_started is not None and config.compile:  # reported once: the compiler's cost
-                seconds = time.perf_counter() - first_batch_started
-                progress.write(f"compiled the UNet: the first batch took {seconds:.0f} s, compilation included")
-            first_batch_started = None
-            common = {
-                "base_model": base_model_name,
-                "base_model_revision": components["base_model_revision"],
-                "lora_sha256": components["lora_sha256"] or "",
-                "lora_scale": config.lora_scale if lora else 0.0,
-                "scheduler": scheduler,
-                "num_inference_steps": config.num_inference_steps,
-                "guidance_scale": config.guidance_scale,
-                "negative_prompt": config.negative_prompt or "",
-                "height": config.height,
-                "width": config.width,
-                "mixed_precision": config.mixed_precision,
-                "unet_quantization": config.quantize or "",
-            }
-            write = (job, out_dir, batch_index, requests, images, common, config.image_format, config.image_quality)
-            if config.image_writers == 0:
-                progress.update(write_batch(*write))
-                continue
-            job.hold_claim(batch_index)  # released when the writer has written the shard
-            pending.append(writers.submit(write_batch, *write))
-            while len(pending) > config.image_writers:
+    try:
+        with ThreadPoolExecutor(max_workers=max(config.image_writers, 1), thread_name_prefix="image-writer") as writers:
+            for batch_index in job.batches(num_batches, lambda b: [r["image_id"] for r in requests_of(b)], order=order):
+                if pipe is None:
+                    pipe = pipeline_for(config, lora, state.device)
+                    scheduler = type(pipe.scheduler).__name__
+                    progress = tqdm(
+                        total=num_images,
+                        desc=f"generate [process {state.process_index}]",
+                        unit="img",
+                        position=state.process_index,
+                        dynamic_ncols=True,
+                    )
+                    first_batch_started = time.perf_counter()
+                requests = requests_of(batch_index)
+                images = render(pipe, [r["prompt"] for r in requests], [r["seed"] for r in requests], **render_settings)
+                if first_batch_started is not None and config.compile:  # reported once: the compiler's cost
+                    seconds = time.perf_counter() - first_batch_started
+                    progress.write(f"compiled the UNet: the first batch took {seconds:.0f} s, compilation included")
+                first_batch_started = None
+                common = {
+                    "base_model": base_model_name,
+                    "base_model_revision": components["base_model_revision"],
+                    "lora_sha256": components["lora_sha256"] or "",
+                    "lora_scale": config.lora_scale if lora else 0.0,
+                    "scheduler": scheduler,
+                    "num_inference_steps": config.num_inference_steps,
+                    "guidance_scale": config.guidance_scale,
+                    "negative_prompt": config.negative_prompt or "",
+                    "height": config.height,
+                    "width": config.width,
+                    "mixed_precision": config.mixed_precision,
+                    "unet_quantization": config.quantize or "",
+                }
+                write = (job, out_dir, batch_index, requests, images, common, config.image_format, config.image_quality)
+                if config.image_writers == 0:
+                    progress.update(write_batch(*write))
+                    continue
+                job.hold_claim(batch_index)  # released when the writer has written the shard
+                pending.append(writers.submit(write_batch, *write))
+                while len(pending) > config.image_writers:
+                    progress.update(pending.popleft().result())
+            while pending:
                 progress.update(pending.popleft().result())
-        while pending:
-            progress.update(pending.popleft().result())
+    finally:  # a failed writer's batch is not left claimed by this (living) process
+        job.release_held_claims()
     if progress is not None:
         progress.close()
     state.wait_for_everyone()

@@ -250,3 +250,24 @@ def test_every_record_says_its_image_came_from_a_quantized_unet(tiny_prompts, tm
     out = main(tiny_args(tiny_prompts, tmp_path / "gen", "--quantize", "fp8", "--images_per_identity", "1"))
     assert quantized == ["fp8"]
     assert {r["unet_quantization"] for r in records(out)} == {"fp8"}
+
+
+def test_a_failed_writer_leaves_no_claim_and_a_rerun_finishes(reference_run, tiny_prompts, tmp_path, monkeypatch):
+    import vehicle_diff.generation.generate as generate
+
+    write_batch, calls = generate.write_batch, []
+
+    def full_disk_on_the_second_batch(*args):
+        calls.append(args[2])
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return write_batch(*args)
+
+    monkeypatch.setattr(generate, "write_batch", full_disk_on_the_second_batch)
+    with pytest.raises(OSError, match="No space left"):
+        main(tiny_args(tiny_prompts, tmp_path / "gen"))
+    assert not list((tmp_path / "gen" / ".claims").iterdir())
+    monkeypatch.setattr(generate, "write_batch", write_batch)
+    main(tiny_args(tiny_prompts, tmp_path / "gen"))
+    assert images(tmp_path / "gen") == images(reference_run)
+    assert (tmp_path / "gen" / "records.parquet").read_bytes() == (reference_run / "records.parquet").read_bytes()

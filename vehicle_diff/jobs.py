@@ -376,6 +376,12 @@ class Job:
         written."""
         self._held_claims.add(batch_index)
 
+    def release_held_claims(self) -> None:
+        """Give up the held claims whose shard will not be written (a writer failed): the batches are redone."""
+        for batch_index in list(self._held_claims):
+            self._held_claims.discard(batch_index)
+            (self.out_dir / CLAIMS_DIR / f"batch-{batch_index:07d}").unlink(missing_ok=True)
+
     def valid_batches(
         self, num_batches: int, ids_of: Callable[[int], list] | None, id_key: str = "image_id"
     ) -> set[int]:
