@@ -100,7 +100,7 @@ class FilterConfig:
     dry_run: bool = field(default=False, metadata={"help": "print and write plan.json; load no model"})
 
     def __post_init__(self):
-        check_ranges(self, non_negative=("contact_sheet_images",))
+        check_ranges(self, non_negative=("contact_sheet_images", "dataloader_num_workers"))
         if not self.colors:
             raise UserInputError("--colors: give at least one color")
         for name in ("detection_floor", "detection_confidence", "identity_pair_threshold", "near_duplicate_threshold"):
@@ -108,8 +108,6 @@ class FilterConfig:
                 raise UserInputError(f"--{name} must be in [0, 1] (got {getattr(self, name)})")
         if self.detection_floor > self.detection_confidence:
             raise UserInputError("--detection_floor must not exceed --detection_confidence")
-        if self.dataloader_num_workers is not None and self.dataloader_num_workers < 0:
-            raise UserInputError(f"--dataloader_num_workers must be >= 0 (got {self.dataloader_num_workers})")
         for name in ("detector_imgsz", "batch_size", "reference_side"):
             if getattr(self, name) <= 0:
                 raise UserInputError(f"--{name} must be positive (got {getattr(self, name)})")

@@ -136,6 +136,7 @@ def test_two_processes_score_disjoint_batches(damaged_generation, filtered, tmp_
         (["--detection_confidence", "1.5"], r"--detection_confidence must be in \[0, 1\]"),
         (["--near_duplicate_threshold", "-0.1"], r"--near_duplicate_threshold must be in \[0, 1\]"),
         (["--batch_size", "0"], "--batch_size must be positive"),
+        (["--dataloader_num_workers", "-1"], "--dataloader_num_workers must be >= 0"),
         (["--colors", "red", "blue"], "lacks; add them"),
     ],
 )
