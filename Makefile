@@ -8,7 +8,7 @@ DEMO_DIR ?= demo-output
 export HF_HUB_OFFLINE ?= 1
 export YOLO_OFFLINE ?= 1
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test bench bench-gpu lint clean
 
 setup: $(VENV)/.installed
 
@@ -27,6 +27,11 @@ test: setup
 
 bench: setup
 	$(PY) -m benchmarks
+
+# On a CUDA machine: full-size architectures with random weights, each stage's code against the bare library loop.
+# Anywhere: `$(PY) -m benchmarks.bench_gpu --smoke` runs the same rows at toy size on the CPU.
+bench-gpu: setup
+	$(PY) -m benchmarks.bench_gpu
 
 lint: setup
 	$(VENV)/bin/ruff check .

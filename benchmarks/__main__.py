@@ -1,9 +1,12 @@
-"""Run every benchmark and write BENCHMARKS.md: figure, same-run baseline, ratio, target, machine, date."""
+"""Run the CPU benchmarks and write their section of BENCHMARKS.md: figure, same-run baseline, ratio, target,
+machine, date. The GPU section is written by `python -m benchmarks.bench_gpu` (`make bench-gpu`); each command
+replaces only its own section."""
 
 from __future__ import annotations
 
 import datetime as dt
 import importlib
+import os
 import platform
 import sys
 from pathlib import Path
@@ -17,16 +20,43 @@ MODULES = [
     "benchmarks.bench_filter",
     "benchmarks.bench_dataset",
     "benchmarks.bench_reid",
-    "benchmarks.bench_gpu",
+]
+BENCHMARKS_FILE = Path("BENCHMARKS.md")
+HEADER = [
+    "# Benchmarks",
+    "",
+    "Ratio: the figure against its same-run baseline, read with the row's target column.",
+    "",
 ]
 
 
 def machine() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    import os
-
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
+
+
+def write_table(rows: list[dict], section: str, file: Path = BENCHMARKS_FILE) -> None:
+    """Replace the section `## {section}` of `file` (or add it) with the table of `rows`; others stay as they are."""
+    today = dt.date.today().isoformat()
+    table = [
+        f"## {section}",
+        "",
+        f"Written on {today}, {machine()}.",
+        "",
+        "| benchmark | measured | baseline (same run) | ratio | target |",
+        "|---|---|---|---|---|",
+        *[f"| {r['benchmark']} | {r['measured']} | {r['baseline']} | {r['ratio']} | {r['target']} |" for r in rows],
+        "",
+    ]
+    lines = file.read_text().splitlines() if file.exists() else list(HEADER)
+    start = next((i for i, line in enumerate(lines) if line == f"## {section}"), None)
+    if start is None:
+        lines = [*lines, *([""] if lines and lines[-1] else []), *table]
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        lines = [*lines[:start], *table, *lines[end:]]
+    file.write_text("\n".join(lines).rstrip("\n") + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,19 +67,8 @@ def main(argv: list[str] | None = None) -> None:
         for row in importlib.import_module(name).run():
             print("  " + " | ".join(str(v) for v in row.values()), flush=True)
             rows.append(row)
-    today = dt.date.today().isoformat()
-    lines = [
-        "# Benchmarks",
-        "",
-        f"Written by `make bench` on {today}, {machine()}. Ratio: the figure against its same-run baseline, "
-        "read with the row's target column.",
-        "",
-        "| benchmark | measured | baseline (same run) | ratio | target |",
-        "|---|---|---|---|---|",
-    ]
-    lines += [f"| {r['benchmark']} | {r['measured']} | {r['baseline']} | {r['ratio']} | {r['target']} |" for r in rows]
-    Path("BENCHMARKS.md").write_text("\n".join(lines) + "\n")
-    print("wrote BENCHMARKS.md")
+    write_table(rows, "CPU (`make bench`)")
+    print(f"wrote {BENCHMARKS_FILE}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from PIL import Image, ImageDraw
 
 from benchmarks.common import peak_rss_of_module, row
 
+SMALL, LARGE = 2_000, 20_000
+
 
 def fake_filter_output(root: Path, count: int, per_identity: int = 20) -> Path:
     """`count` smooth 256 px crops (they compress like real ones, unlike noise) and kept filter records."""
@@ -48,6 +50,7 @@ def fake_filter_output(root: Path, count: int, per_identity: int = 20) -> Path:
                 "base_model": "m",
                 "base_model_revision": None,
                 "lora_sha256": None,
+                "scheduler": "EulerDiscreteScheduler",
             }
         )
     pq.write_table(pa.Table.from_pylist(records), root / "records.parquet")
@@ -61,7 +64,7 @@ def run():
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        small, large = fake_filter_output(Path(tmp) / "f2k", 2_000), fake_filter_output(Path(tmp) / "f20k", 20_000)
+        small, large = fake_filter_output(Path(tmp) / "f2k", SMALL), fake_filter_output(Path(tmp) / "f20k", LARGE)
         started = time.perf_counter()
         vehicle_diff_dataset.main(
             ["--preset", "tiny", "--filtered", str(large), "--output_dir", f"{tmp}/ds20k", "--eval_fraction", "0"]
@@ -75,9 +78,9 @@ def run():
         raw_s = time.perf_counter() - started
         rows.append(
             row(
-                "export 20,000 crops of 256 px (build + Parquet + card)",
-                f"{20_000 / export_s:.0f} img/s",
-                f"{20_000 / raw_s:.0f} img/s (bytes -> one Parquet with pyarrow)",
+                f"export {LARGE:,} crops of 256 px (build + Parquet + card)",
+                f"{LARGE / export_s:.0f} img/s",
+                f"{LARGE / raw_s:.0f} img/s (bytes -> one Parquet with pyarrow)",
                 raw_s / export_s,
                 "reported",
             )
@@ -91,7 +94,7 @@ def run():
         )
         rows.append(
             row(
-                "export peak RSS, 20,000 vs 2,000 crops",
+                f"export peak RSS, {LARGE:,} vs {SMALL:,} crops",
                 f"{large_rss:.0f} MiB",
                 f"{small_rss:.0f} MiB",
                 large_rss / small_rss,
@@ -108,7 +111,7 @@ def run():
         rows_per_s = len(loaded) / (time.perf_counter() - started)
         rows.append(
             row(
-                "load_dataset of the 20,000-crop export: time to first row",
+                f"load_dataset of the {LARGE:,}-crop export: time to first row",
                 f"{first_row_s:.1f} s",
                 "-",
                 1.0,

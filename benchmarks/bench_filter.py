@@ -8,19 +8,21 @@ from pathlib import Path
 from benchmarks.common import peak_rss_of_module, row, run_child
 from vehicle_diff.testing import fake_generation
 
+SMALL, LARGE = 1000, 10_000
+
 
 def run():
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        small = fake_generation(Path(tmp) / "gen1k", 1000)
+        small = fake_generation(Path(tmp) / "gen1k", SMALL)
         args = ["-m", "vehicle_diff.generation.filter", "--preset", "tiny", "--generated", str(small)]
         batched_s = run_child([*args, "--batch_size", "32", "--output_dir", f"{tmp}/f32"])
         single_s = run_child([*args, "--batch_size", "1", "--output_dir", f"{tmp}/f1"])
         rows.append(
             row(
-                "filter, tiny, 1,000 images: batch 32 vs batch 1 (whole command)",
-                f"{1000 / batched_s:.0f} img/s",
-                f"{1000 / single_s:.0f} img/s (batch 1)",
+                f"filter, tiny, {SMALL:,} images: batch 32 vs batch 1 (whole command)",
+                f"{SMALL / batched_s:.0f} img/s",
+                f"{SMALL / single_s:.0f} img/s (batch 1)",
                 single_s / batched_s,
                 "> 1 (speed-up)",
             )
@@ -29,7 +31,7 @@ def run():
             "vehicle_diff.generation.filter",
             ["--preset", "tiny", "--generated", str(small), "--batch_size", "32", "--output_dir", f"{tmp}/rss1k"],
         )
-        large = fake_generation(Path(tmp) / "gen10k", 10_000)
+        large = fake_generation(Path(tmp) / "gen10k", LARGE)
         large_rss = peak_rss_of_module(
             "vehicle_diff.generation.filter",
             ["--preset", "tiny", "--generated", str(large), "--batch_size", "32", "--output_dir", f"{tmp}/f10k"],
@@ -37,9 +39,9 @@ def run():
         kept = json.loads((Path(tmp) / "f10k" / "summary.json").read_text())["images"]
         rows.append(
             row(
-                f"filter peak RSS, {kept:,} images vs 1,000",
+                f"filter peak RSS, {kept:,} images vs {SMALL:,}",
                 f"{large_rss:.0f} MiB",
-                f"{small_rss:.0f} MiB (1,000 images)",
+                f"{small_rss:.0f} MiB ({SMALL:,} images)",
                 large_rss / small_rss,
                 "~1 (bounded)",
             )

@@ -1,15 +1,21 @@
 """Full-size architectures on a CUDA GPU, with random weights (no download): the SDXL UNet's LoRA training step
-and its 50-step CFG sampling at 1024^2, and the filter's YOLOv5x6 (1280) + CLIP ViT-L/14. Without a GPU every
-row says it was skipped. The same functions run at toy size on the CPU in the tests, so they are known to work.
+and its 50-step CFG sampling at 1024^2, the filter's YOLOv5x6 (1280) + CLIP ViT-L/14, and the `generate` stage's
+own loop against bare `pipe()` calls on the same random-weight SDXL pipeline. Without a GPU every row says it was
+skipped; `python -m benchmarks.bench_gpu --smoke` runs the same rows at toy size on the CPU (the figures mean
+nothing there: it shows that the code runs), and the tests run them too.
+
+    make bench-gpu                                  # on a GPU machine: the table, with the device name
+    python -m benchmarks.bench_gpu --smoke          # anywhere, a few minutes
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 
-from benchmarks.common import row
+from benchmarks.common import row, tiny_prompts
 from vehicle_diff.models import SDXL_UNET
 
 POOLED_DIM = 1280  # text_encoder_2's projection
@@ -123,17 +129,86 @@ def filter_models(
     return {"images_per_s": batch / min(timings[1:])}
 
 
-def run():
-    if not torch.cuda.is_available():
-        return [
-            row(
-                "GPU rows (SDXL UNet LoRA step and sampling at 1024^2, YOLOv5x6 + CLIP ViT-L/14)",
-                "skipped",
-                "no CUDA device",
-                1.0,
-                "-",
-            )
-        ]
+def build_sdxl_pipeline(out_dir: Path, dtype) -> Path:
+    """SDXL base 1.0's architecture (UNet, VAE, CLIP ViT-L and OpenCLIP bigG text encoders) with random weights,
+    saved as a local diffusers folder that `generate` loads like the real one."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from vehicle_diff.tiny_models import clip_tokenizer
+
+    def text_config(width, layers, heads, act):
+        return CLIPTextConfig(
+            hidden_size=width,
+            intermediate_size=4 * width,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            projection_dim=width,
+            hidden_act=act,
+            vocab_size=49408,
+            max_position_embeddings=77,
+        )
+
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=2,
+        sample_size=1024,
+        scaling_factor=0.13025,
+        force_upcast=True,
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=CLIPTextModel(text_config(768, 12, 12, "quick_gelu")),
+        text_encoder_2=CLIPTextModelWithProjection(text_config(1280, 32, 20, "gelu")),
+        tokenizer=clip_tokenizer(),
+        tokenizer_2=clip_tokenizer(pad_token="!"),
+        unet=UNet2DConditionModel(**SDXL_UNET),
+        scheduler=EulerDiscreteScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            steps_offset=1,
+            timestep_spacing="leading",
+        ),
+    ).to(dtype=dtype)
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir
+
+
+def generate_stage_vs_bare(
+    model: str, *, images: int, batch: int, resolution: int, steps: int, mixed_precision: str, device, extra=()
+) -> dict:
+    """s/image of `vehicle-diff generate` (whole command in this process: hashing, loading, rendering, writing)
+    against loading the same pipeline and calling `pipe()` on the same prompts, seeds and batches."""
+    import tempfile
+
+    from vehicle_diff.generation.generate import batch_requests, load_pipeline, main, read_prompt_library, render
+
+    settings = {"num_inference_steps": steps, "guidance_scale": 8.0, "height": resolution, "width": resolution}
+    with tempfile.TemporaryDirectory() as tmp:
+        prompts = tiny_prompts(Path(tmp) / "prompts", images)
+        started = time.perf_counter()
+        pipe = load_pipeline(model, revision=None, mixed_precision=mixed_precision, device=device)
+        library = read_prompt_library(str(prompts))
+        for index in range(-(-images // batch)):
+            requests = batch_requests(library, 1, index, batch, 0, [])
+            render(pipe, [r["prompt"] for r in requests], [r["seed"] for r in requests], **settings)
+        synchronize(device)
+        bare_s = time.perf_counter() - started
+        del pipe
+        args = ["--preset", "tiny", "--prompts", str(prompts), "--pretrained_model_name_or_path", model]
+        args += ["--images_per_identity", "1", "--batch_size", str(batch), "--mixed_precision", mixed_precision]
+        args += [f"--{k}={v}" for k, v in settings.items()]
+        started = time.perf_counter()
+        main([*args, *extra, "--output_dir", f"{tmp}/generated"])
+        stage_s = time.perf_counter() - started
+    return {"stage_s_per_image": stage_s / images, "bare_s_per_image": bare_s / images}
+
+
+def gpu_rows(device: str = "cuda") -> list[dict]:
     name = torch.cuda.get_device_name(0)
     peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
     rows = []
@@ -143,7 +218,7 @@ def run():
                 SDXL_UNET,
                 batch=batch,
                 resolution=1024,
-                device="cuda",
+                device=device,
                 dtype=torch.bfloat16,
                 gradient_checkpointing=checkpointing,
             )
@@ -156,8 +231,10 @@ def run():
                     "reported",
                 )
             )
+    flops_per_image = None
     for batch in (1, 4, 8):
-        result = cfg_sampling(SDXL_UNET, batch=batch, resolution=1024, device="cuda", dtype=torch.bfloat16)
+        result = cfg_sampling(SDXL_UNET, batch=batch, resolution=1024, device=device, dtype=torch.bfloat16)
+        flops_per_image = result["flops_per_unet_call"] / (2 * batch) * 2 * 50
         ratio = result["achieved_tflops"] / peak if peak else float("nan")
         rows.append(
             row(
@@ -169,7 +246,7 @@ def run():
             )
         )
     for batch in (16, 32):
-        result = filter_models(batch=batch, device="cuda")
+        result = filter_models(batch=batch, device=device)
         rows.append(
             row(
                 f"[GPU {name}] YOLOv5x6 @1280 + CLIP ViT-L/14, batch {batch}",
@@ -179,4 +256,103 @@ def run():
                 "reported",
             )
         )
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = str(build_sdxl_pipeline(Path(tmp) / "sdxl-random", torch.bfloat16))
+        for label, extra in (("", ()), (" --compile", ("--compile",))):
+            result = generate_stage_vs_bare(
+                model, images=16, batch=4, resolution=1024, steps=50, mixed_precision="bf16", device=device, extra=extra
+            )
+            limit = f", FLOP limit {flops_per_image / (peak * 1e12):.2f} s" if peak and flops_per_image else ""
+            rows.append(
+                row(
+                    f"[GPU {name}] generate{label} 16 images, 1024^2, 50 steps, CFG 8, bf16, batch 4 (whole command)",
+                    f"{result['stage_s_per_image']:.2f} s/img",
+                    f"{result['bare_s_per_image']:.2f} s/img (load + bare pipe() calls{limit})",
+                    result["bare_s_per_image"] / result["stage_s_per_image"],
+                    ">= 1.0",
+                )
+            )
     return rows
+
+
+def smoke_rows(tiny_zoo: Path) -> list[dict]:
+    """The rows of `gpu_rows` at toy size on the CPU: the same functions, so a broken one shows here."""
+    import json
+
+    config = json.loads((tiny_zoo / "sdxl" / "unet" / "config.json").read_text())
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    cpu, fp32 = "cpu", torch.float32
+    step = lora_training_step(
+        config, batch=2, resolution=64, device=cpu, dtype=fp32, gradient_checkpointing=True, steps=1
+    )
+    sampling = cfg_sampling(config, batch=2, resolution=64, device=cpu, dtype=fp32, steps=2)
+    models = filter_models(
+        batch=2,
+        device=cpu,
+        detector_yaml="yolov5n-p6.yaml",
+        imgsz=64,
+        clip=f"local-dir:{tiny_zoo / 'open_clip'}",
+        iterations=1,
+    )
+    generate = generate_stage_vs_bare(
+        "tiny:sdxl", images=4, batch=2, resolution=64, steps=2, mixed_precision="no", device=cpu
+    )
+    note = "toy size on CPU: means nothing"
+    return [
+        row("[smoke] LoRA step, tiny UNet, 64^2", f"{step['s_per_step']:.3f} s/step", note, 1.0, "runs"),
+        row("[smoke] CFG sampling, tiny UNet, 64^2", f"{sampling['images_per_s']:.2f} img/s", note, 1.0, "runs"),
+        row("[smoke] YOLOv5n6 @64 + tiny CLIP", f"{models['images_per_s']:.1f} img/s", note, 1.0, "runs"),
+        row(
+            "[smoke] generate vs bare pipe(), tiny:sdxl, 64^2, 2 steps",
+            f"{generate['stage_s_per_image']:.3f} s/img",
+            f"{generate['bare_s_per_image']:.3f} s/img (bare); {note}",
+            generate["bare_s_per_image"] / generate["stage_s_per_image"],
+            "runs",
+        ),
+    ]
+
+
+def run():
+    """The GPU section of BENCHMARKS.md (`make bench-gpu`); without CUDA one row says it was skipped."""
+    if not torch.cuda.is_available():
+        return [
+            row(
+                "GPU rows (SDXL UNet LoRA step and sampling at 1024^2, YOLOv5x6 + CLIP ViT-L/14, generate vs pipe())",
+                "skipped",
+                "no CUDA device",
+                1.0,
+                "-",
+            )
+        ]
+    return gpu_rows()
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_gpu", description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="the same rows at toy size on the CPU (a few minutes)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        from vehicle_diff.tiny_models import ensure_zoo
+
+        print("--smoke: toy sizes on the CPU; the figures mean nothing, they show that every row's code runs.")
+        rows = smoke_rows(ensure_zoo())
+    else:
+        if not torch.cuda.is_available():
+            raise SystemExit(
+                "bench_gpu: no CUDA device here; run it on a GPU machine, or use --smoke for the code path"
+            )
+        from benchmarks.__main__ import write_table
+
+        rows = gpu_rows()
+        write_table(rows, "GPU (`make bench-gpu`)")
+    for result in rows:
+        print(" | ".join(str(v) for v in result.values()), flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -15,6 +15,7 @@ from benchmarks.common import peak_rss_of_module, row
 from vehicle_diff.testing import reference_eval
 
 QUERIES, GALLERY, DIM, IDS, CAMERAS = 1678, 11579, 2048, 200, 20
+TRAIN_STEPS = 24
 
 
 def evaluator_rows():
@@ -70,25 +71,26 @@ def evaluator_rows():
     ]
 
 
-def veri_scale_features():
+def veri_scale_features(queries: int = QUERIES, gallery_size: int = GALLERY):
     """Random L2-normalised features in VeRi-776's numbers of query and gallery images, with random ids."""
     generator = torch.Generator().manual_seed(0)
     normalize = torch.nn.functional.normalize
-    query = normalize(torch.randn(QUERIES, DIM, generator=generator), dim=1)
-    gallery = normalize(torch.randn(GALLERY, DIM, generator=generator), dim=1)
-    ids = torch.randint(0, IDS, (QUERIES + GALLERY,), generator=generator)
-    cameras = torch.randint(0, CAMERAS, (QUERIES + GALLERY,), generator=generator)
+    query = normalize(torch.randn(queries, DIM, generator=generator), dim=1)
+    gallery = normalize(torch.randn(gallery_size, DIM, generator=generator), dim=1)
+    ids = torch.randint(0, IDS, (queries + gallery_size,), generator=generator)
+    cameras = torch.randint(0, CAMERAS, (queries + gallery_size,), generator=generator)
     return query, gallery, ids, cameras
 
 
-def timed_evaluation(kind: str, out_file: str) -> None:
+def timed_evaluation(kind: str, out_file: str, queries: str = str(QUERIES), gallery_size: str = str(GALLERY)) -> None:
     """One evaluation at VeRi-776 scale in this process ("plain" or "rerank"); its seconds go to out_file."""
     from vehicle_diff.training.metrics import evaluate_rank, k_reciprocal_rerank, pairwise_distance
 
-    query, gallery, ids, cameras = veri_scale_features()
+    queries = int(queries)
+    query, gallery, ids, cameras = veri_scale_features(queries, int(gallery_size))
     started = time.perf_counter()
     distance = k_reciprocal_rerank(query, gallery) if kind == "rerank" else pairwise_distance(query, gallery)
-    evaluate_rank(distance, ids[:QUERIES], ids[QUERIES:], cameras[:QUERIES], cameras[QUERIES:])
+    evaluate_rank(distance, ids[:queries], ids[queries:], cameras[:queries], cameras[queries:])
     Path(out_file).write_text(json.dumps({"seconds": time.perf_counter() - started}))
 
 
@@ -96,7 +98,8 @@ def rerank_rows():
     measured = {}
     with tempfile.TemporaryDirectory() as tmp:
         for kind in ("plain", "rerank"):
-            rss = peak_rss_of_module("benchmarks.bench_reid", [kind, f"{tmp}/{kind}.json"])
+            args = [kind, f"{tmp}/{kind}.json", str(QUERIES), str(GALLERY)]
+            rss = peak_rss_of_module("benchmarks.bench_reid", args)
             measured[kind] = (json.loads(Path(f"{tmp}/{kind}.json").read_text())["seconds"], rss)
     (plain_s, plain_mib), (rerank_s, rerank_mib) = measured["plain"], measured["rerank"]
     scale = f"{QUERIES:,} + {GALLERY:,} images, {DIM}-d, k1=20 k2=6"
@@ -135,7 +138,7 @@ def training_rows():
         fixtures.write_images(root / "image_query", [f"{p:04d}_c001_00000009_0.jpg" for p in range(40, 44)], seed=1)
         fixtures.write_images(root / "image_test", [f"{p:04d}_c002_00000001_0.jpg" for p in range(40, 44)], seed=2)
         steps, flags = (
-            24,
+            TRAIN_STEPS,
             [
                 "--preset",
                 "tiny",
@@ -192,5 +195,7 @@ def run():
     return evaluator_rows() + rerank_rows() + training_rows()
 
 
-if __name__ == "__main__":  # a measurement in a fresh process: python -m benchmarks.bench_reid plain|rerank OUT_JSON
+if (
+    __name__ == "__main__"
+):  # a measurement in a fresh process: python -m benchmarks.bench_reid plain|rerank OUT_JSON [QUERIES GALLERY]
     timed_evaluation(*sys.argv[1:])

@@ -20,7 +20,8 @@ from pathlib import Path
 from vehicle_diff.config import check_ranges, parse_config, save_config
 from vehicle_diff.errors import UserInputError
 from vehicle_diff.io import atomic_path, list_images, open_rgb
-from vehicle_diff.jobs import Job, output_settings, write_plan
+from vehicle_diff.jobs import Job, output_settings, shard_path, write_plan
+from vehicle_diff.loading import PrefetchedBatches, default_num_workers
 
 
 def select_subset(count: int, *, fraction: float | None, num_images: int | None, seed: int) -> list[int]:
@@ -61,11 +62,14 @@ class CaptionConfig:
     max_new_tokens: int = 30
     batch_size: int = 16
     mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16"})
+    dataloader_num_workers: int | None = field(
+        default=None, metadata={"help": "processes that read the next batches (default: one a spare CPU core)"}
+    )
     overwrite: bool = field(default=False, metadata={"help": "replace this stage's earlier outputs in --output_dir"})
     dry_run: bool = field(default=False, metadata={"help": "print and write plan.json; load no model"})
 
     def __post_init__(self):
-        check_ranges(self, non_negative=("seed",))
+        check_ranges(self, non_negative=("seed", "dataloader_num_workers"))
         if (self.input_images is None) == (self.input_dataset is None):
             raise UserInputError("give exactly one of --input_images FOLDER or --input_dataset NAME")
         if self.num_images is None and not 0 < self.fraction <= 1:
@@ -164,11 +168,27 @@ def job_for(config: CaptionConfig, source: ImageSource | None = None, selected: 
     )
 
 
+class LoadOrError:
+    """(image, bytes, suffix, None) of a source's item, or (None, None, None, why it cannot be read): a loader
+    worker hands the reason back instead of dying on a bad file."""
+
+    def __init__(self, source: ImageSource):
+        self.source = source
+
+    def __call__(self, index: int) -> tuple:
+        from PIL import UnidentifiedImageError
+
+        try:
+            return (*self.source.load(index), None)
+        except (OSError, ValueError, SyntaxError) as error:
+            reason = "not an image PIL can identify" if isinstance(error, UnidentifiedImageError) else str(error)
+            return None, None, None, f"{type(error).__name__}: {reason}"
+
+
 def caption(config: CaptionConfig) -> Path:
     """Caption every not-yet-finished batch of the selection, then write the imagefolder's metadata."""
     import torch
     from accelerate import PartialState
-    from PIL import UnidentifiedImageError
     from tqdm.auto import tqdm
 
     from vehicle_diff.models import load_blip2, torch_dtype
@@ -213,9 +233,15 @@ def caption(config: CaptionConfig) -> Path:
     dtype = torch_dtype(config.mixed_precision)
     model = progress = None
     order = list(range(num_batches))
-    for batch_index in job.batches(
-        num_batches, indices_of, id_key="index", order=order[state.process_index :: state.num_processes] + order
-    ):
+    order = order[state.process_index :: state.num_processes] + order
+    workers = config.dataloader_num_workers
+    loaded = PrefetchedBatches(  # images are read and decoded in worker processes while BLIP-2 captions
+        [i for i in dict.fromkeys(order) if not shard_path(job.shards_dir, i).exists()],
+        indices_of,
+        LoadOrError(source),
+        num_workers=default_num_workers(state.num_processes) if workers is None else workers,
+    )
+    for batch_index in job.batches(num_batches, indices_of, id_key="index", order=order):
         if model is None:
             model, processor = load_blip2(config.caption_model, torch_dtype=dtype)
             model.to(state.device).eval()
@@ -226,13 +252,10 @@ def caption(config: CaptionConfig) -> Path:
                 position=state.process_index,
             )
         records, images = [], []
-        for index in indices_of(batch_index):
+        for index, (image, data, suffix, error) in zip(indices_of(batch_index), loaded(batch_index), strict=True):
             record = {"index": index, "source": source.names[index]}
-            try:
-                image, data, suffix = source.load(index)
-            except (OSError, ValueError, SyntaxError) as error:
-                reason = "not an image PIL can identify" if isinstance(error, UnidentifiedImageError) else str(error)
-                records.append({**record, "error": f"{type(error).__name__}: {reason}"})
+            if error is not None:
+                records.append({**record, "error": error})
                 continue
             file_name = f"{index:07d}{suffix}"
             with atomic_path(out_dir / "train" / file_name) as tmp:
@@ -249,6 +272,7 @@ def caption(config: CaptionConfig) -> Path:
                     record["text"] = caption_text(next(captions), config.prompt_prefix)
         job.write_shard(batch_index, records)
         progress.update(len(records))
+    loaded.close()
     if progress is not None:
         progress.close()
     state.wait_for_everyone()

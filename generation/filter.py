@@ -30,9 +30,11 @@ from vehicle_diff.jobs import (
     output_settings,
     read_json,
     read_shard,
+    shard_path,
     write_parquet,
     write_plan,
 )
+from vehicle_diff.loading import PrefetchedBatches, default_num_workers
 
 from .prompts import VERI776_COLORS
 from .scoring import (
@@ -98,13 +100,16 @@ class FilterConfig:
     min_images_per_identity: int = 2
     batch_size: int = 16
     mixed_precision: str = field(default="no", metadata={"help": "no or fp16 (the CLIP model)"})
+    dataloader_num_workers: int | None = field(
+        default=None, metadata={"help": "processes that decode the next batches (default: one a spare CPU core)"}
+    )
     contact_sheet_images: int = 24
     rescore_only: bool = field(default=False, metadata={"help": "re-decide from stored scores; load no model"})
     overwrite: bool = field(default=False, metadata={"help": "replace this stage's earlier outputs in --output_dir"})
     dry_run: bool = field(default=False, metadata={"help": "print and write plan.json; load no model"})
 
     def __post_init__(self):
-        check_ranges(self, non_negative=("contact_sheet_images",))
+        check_ranges(self, non_negative=("contact_sheet_images", "dataloader_num_workers"))
         if not self.colors:
             raise UserInputError("--colors: give at least one color")
         if self.box_rule not in BOX_RULES:
@@ -191,10 +196,10 @@ def input_digest(table, generated: Path) -> str:
 
 
 def score_batch(
-    records: list[dict], config: FilterConfig, generated: Path, out_dir: Path, detector, clip, color_texts: np.ndarray
+    records: list[dict], loaded: list, config: FilterConfig, out_dir: Path, detector, clip, color_texts: np.ndarray
 ) -> tuple[list[dict], np.ndarray]:
-    """Run the models on one batch and save the crops: the records with their scores, and the embeddings."""
-    loaded = [load_image(generated / record["file_name"]) for record in records]
+    """Run the models on one batch of decoded images (`load_image` of each record's file) and save the crops: the
+    records with their scores, and the embeddings."""
     scores, crops, embeddings = score_images(
         [image for image, _ in loaded],
         [record["color"] for record in records],
@@ -506,9 +511,20 @@ def filter_images(config: FilterConfig) -> Path:
         job.open()
         models, progress = None, None
         order = list(range(num_batches))
-        for batch_index in job.batches(
-            num_batches, ids_of, order=order[state.process_index :: state.num_processes] + order
-        ):
+        order = order[state.process_index :: state.num_processes] + order
+        file_names = table.column("file_name").to_pylist()
+
+        def files_of(batch_index: int) -> list[Path]:
+            return [generated / name for name in file_names[batch_index * config.batch_size :][: config.batch_size]]
+
+        workers = config.dataloader_num_workers
+        decoded = PrefetchedBatches(
+            [i for i in dict.fromkeys(order) if not shard_path(scores_dir, i).exists()],
+            files_of,
+            load_image,
+            num_workers=default_num_workers(state.num_processes) if workers is None else workers,
+        )
+        for batch_index in job.batches(num_batches, ids_of, order=order):
             if models is None:
                 dtype = torch_dtype(config.mixed_precision)
                 detector = VehicleDetector(
@@ -528,13 +544,14 @@ def filter_images(config: FilterConfig) -> Path:
                     position=state.process_index,
                 )
             records = table.slice(batch_index * config.batch_size, config.batch_size).to_pylist()
-            scored, embeddings = score_batch(records, config, generated, out_dir, *models)
+            scored, embeddings = score_batch(records, decoded(batch_index), config, out_dir, *models)
             embeddings_file = scores_dir / f"batch-{batch_index:07d}.npy"
             with atomic_path(embeddings_file) as tmp:
                 with open(tmp, "wb") as handle:
                     np.save(handle, embeddings.astype(np.float16))
             job.write_shard(batch_index, scored, side_files=[embeddings_file])
             progress.update(len(records))
+        decoded.close()
         if progress is not None:
             progress.close()
     state.wait_for_everyone()

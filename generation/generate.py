@@ -15,6 +15,9 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +35,8 @@ ATTRIBUTES = ("color", "year", "brand", "model", "body_style")
 SAFE_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # rough bytes per pixel of a 1024 px photo-like image, for the dry run's disk estimate
 BYTES_PER_PIXEL = {"png": 1.5, "jpg": 0.35, "webp": 0.25}
+QUANTIZATIONS = ("fp8",)
+FP8_MIN_CAPABILITY = (8, 9)  # Ada and Hopper have FP8 tensor cores
 
 
 def image_seed(seed: int, image_id: str) -> int:
@@ -213,6 +218,16 @@ class GenerateConfig:
     mixed_precision: str = field(default="no", metadata={"help": "no (fp32), fp16 or bf16"})
     image_format: str = field(default="png", metadata={"help": "png (lossless), jpg or webp"})
     image_quality: int = field(default=95, metadata={"help": "for jpg / webp"})
+    image_writers: int = field(
+        default=2,
+        metadata={"help": "threads that encode, hash and write a batch while the next one renders (0: in turn)"},
+    )
+    compile: bool = field(
+        default=False, metadata={"help": "channels_last, fused QKV projections and torch.compile of the UNet"}
+    )
+    quantize: str | None = field(
+        default=None, metadata={"help": "fp8: the UNet's linear layers in FP8 with torchao (changes pixels)"}
+    )
     overwrite: bool = field(default=False, metadata={"help": "replace this stage's earlier outputs in --output_dir"})
     dry_run: bool = field(default=False, metadata={"help": "print and write plan.json; load no model, render nothing"})
 
@@ -230,6 +245,10 @@ class GenerateConfig:
             raise UserInputError(f"--mixed_precision {self.mixed_precision!r}: use one of {list(PRECISIONS)}")
         if self.image_format not in IMAGE_FORMATS:
             raise UserInputError(f"--image_format {self.image_format!r}: use one of {list(IMAGE_FORMATS)}")
+        if self.image_writers < 0:
+            raise UserInputError(f"--image_writers must be >= 0 (got {self.image_writers})")
+        if self.quantize is not None and self.quantize not in QUANTIZATIONS:
+            raise UserInputError(f"--quantize {self.quantize!r}: use one of {list(QUANTIZATIONS)} or leave it unset")
         if not 1 <= self.image_quality <= 100:
             raise UserInputError(f"--image_quality must be in 1..100 (got {self.image_quality})")
         if self.guidance_scale < 0:
@@ -243,7 +262,8 @@ def job_components(config: GenerateConfig, lora: Path | None) -> dict:
     from vehicle_diff.models import resolved_revision
 
     return {
-        "settings": output_settings(config, ignore=("prompts", "lora_weights")),
+        # the writer count changes when files are written, never what they hold
+        "settings": output_settings(config, ignore=("prompts", "lora_weights", "image_writers")),
         "prompt_library_sha256": sha256_file(prompt_library_file(config.prompts)),
         "lora_sha256": sha256_file(lora) if lora else None,
         "base_model_revision": resolved_revision(
@@ -277,6 +297,7 @@ def generate(config: GenerateConfig) -> Path:
     if config.dry_run:  # before the LoRA is looked at: the plan may be made before fine-tuning writes it
         return dry_run(config, library, num_images, num_batches)
     lora = lora_file(config.lora_weights) if config.lora_weights else None
+    check_quantization(config.quantize)
     state = PartialState(cpu=not torch.cuda.is_available())
     job = job_for(config).open()
     components, out_dir = job.components, job.out_dir
@@ -298,39 +319,39 @@ def generate(config: GenerateConfig) -> Path:
         name: getattr(config, name)
         for name in ("num_inference_steps", "guidance_scale", "height", "width", "negative_prompt")
     }
-    if lora:
+    if lora and not (config.compile or config.quantize):  # otherwise the LoRA is fused into the weights
         render_settings["lora_scale"] = config.lora_scale
     from vehicle_diff.cards import model_ref
 
     base_model_name = model_ref(config.pretrained_model_name_or_path)["name"]  # a local folder: its name, no path
-    pipe, progress, suffix = None, None, "." + config.image_format
+    pipe, progress, scheduler, first_batch_started = None, None, None, None
     # processes start at different batches so that they rarely wait on each other's claims
     order = list(range(num_batches))
     order = order[state.process_index :: state.num_processes] + order
-    for batch_index in job.batches(num_batches, lambda b: [r["image_id"] for r in requests_of(b)], order=order):
-        if pipe is None:
-            pipe = pipeline_for(config, lora, state.device)
-            scheduler = type(pipe.scheduler).__name__
-            progress = tqdm(
-                total=num_images,
-                desc=f"generate [process {state.process_index}]",
-                unit="img",
-                position=state.process_index,
-                dynamic_ncols=True,
-            )
-        requests = requests_of(batch_index)
-        images = render(pipe, [r["prompt"] for r in requests], [r["seed"] for r in requests], **render_settings)
-        records = []
-        for request, image in zip(requests, images, strict=True):
-            file_name = f"images/{request['identity']}/{request['image_id']}{suffix}"
-            with atomic_path(out_dir / file_name) as tmp:
-                image.save(tmp, format=IMAGE_FORMATS[config.image_format], quality=config.image_quality)
-                image_sha256 = sha256_file(tmp)
-            records.append(
-                {
-                    **request,
-                    "file_name": file_name,
-                    "image_sha256": image_sha256,
+    # Encoding, hashing and the shard of batch N run on writer threads while batch N+1 denoises (PNG encoding and
+    # hashing release the GIL); at most `image_writers` rendered batches wait, so memory stays bounded.
+    pending = deque()
+    try:
+        with ThreadPoolExecutor(max_workers=max(config.image_writers, 1), thread_name_prefix="image-writer") as writers:
+            for batch_index in job.batches(num_batches, lambda b: [r["image_id"] for r in requests_of(b)], order=order):
+                if pipe is None:
+                    pipe = pipeline_for(config, lora, state.device)
+                    scheduler = type(pipe.scheduler).__name__
+                    progress = tqdm(
+                        total=num_images,
+                        desc=f"generate [process {state.process_index}]",
+                        unit="img",
+                        position=state.process_index,
+                        dynamic_ncols=True,
+                    )
+                    first_batch_started = time.perf_counter()
+                requests = requests_of(batch_index)
+                images = render(pipe, [r["prompt"] for r in requests], [r["seed"] for r in requests], **render_settings)
+                if first_batch_started is not None and config.compile:  # reported once: the compiler's cost
+                    seconds = time.perf_counter() - first_batch_started
+                    progress.write(f"compiled the UNet: the first batch took {seconds:.0f} s, compilation included")
+                first_batch_started = None
+                common = {
                     "base_model": base_model_name,
                     "base_model_revision": components["base_model_revision"],
                     "lora_sha256": components["lora_sha256"] or "",
@@ -342,10 +363,20 @@ def generate(config: GenerateConfig) -> Path:
                     "height": config.height,
                     "width": config.width,
                     "mixed_precision": config.mixed_precision,
+                    "unet_quantization": config.quantize or "",
                 }
-            )
-        job.write_shard(batch_index, records)
-        progress.update(len(requests))
+                write = (job, out_dir, batch_index, requests, images, common, config.image_format, config.image_quality)
+                if config.image_writers == 0:
+                    progress.update(write_batch(*write))
+                    continue
+                job.hold_claim(batch_index)  # released when the writer has written the shard
+                pending.append(writers.submit(write_batch, *write))
+                while len(pending) > config.image_writers:
+                    progress.update(pending.popleft().result())
+            while pending:
+                progress.update(pending.popleft().result())
+    finally:  # a failed writer's batch is not left claimed by this (living) process
+        job.release_held_claims()
     if progress is not None:
         progress.close()
     state.wait_for_everyone()
@@ -367,6 +398,70 @@ def main(argv: list[str] | None = None) -> Path:
     return generate(parse_config(GenerateConfig, "generate", argv))
 
 
+def write_batch(
+    job: Job,
+    out_dir: Path,
+    batch_index: int,
+    requests: list[dict],
+    images: list,
+    common: dict,
+    image_format: str,
+    image_quality: int,
+) -> int:
+    """Encode and hash the images of one batch, then write its record shard: the batch counts as done only once
+    every file is whole. Runs on a writer thread, so nothing here may touch the pipeline."""
+    records = []
+    for request, image in zip(requests, images, strict=True):
+        file_name = f"images/{request['identity']}/{request['image_id']}.{image_format}"
+        with atomic_path(out_dir / file_name) as tmp:
+            image.save(tmp, format=IMAGE_FORMATS[image_format], quality=image_quality)
+            image_sha256 = sha256_file(tmp)
+        records.append({**request, "file_name": file_name, "image_sha256": image_sha256, **common})
+    job.write_shard(batch_index, records)
+    return len(records)
+
+
+def check_quantization(quantize: str | None) -> None:
+    """Refuse `--quantize fp8` before any work where it cannot run: torchao missing, or no FP8 tensor cores."""
+    if quantize is None:
+        return
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("torchao") is None:
+        raise UserInputError("--quantize fp8 needs torchao: `pip install torchao` (or `pip install vehicle-diff[fp8]`)")
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < FP8_MIN_CAPABILITY:
+        raise UserInputError(
+            "--quantize fp8 needs a CUDA GPU with FP8 tensor cores (compute capability 8.9+: Ada, Hopper); "
+            "run without --quantize here"
+        )
+
+
+def quantize_unet(unet, quantize: str) -> None:
+    """FP8 weights and dynamic FP8 activations for the UNet's linear layers (torchao), the Hopper serving recipe."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, quantize_
+
+    quantize_(unet, Float8DynamicActivationFloat8WeightConfig())
+
+
+def speed_up_unet(pipe, *, compile_unet: bool, quantize: str | None, lora_scale: float | None) -> None:
+    """The diffusers speed recipe: channels_last, fused QKV projections, `torch.compile` of the UNet (and FP8 when
+    asked). A LoRA is fused into the weights first, since the QKV fusion and the compiler need plain linear layers;
+    rendering then passes no LoRA scale."""
+    import torch
+
+    if lora_scale is not None:
+        pipe.fuse_lora(lora_scale=lora_scale)
+        pipe.unload_lora_weights()
+    if quantize:
+        quantize_unet(pipe.unet, quantize)
+    if compile_unet:
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.fuse_qkv_projections()
+        pipe.unet = torch.compile(pipe.unet, fullgraph=True)
+
+
 def pipeline_for(config: GenerateConfig, lora: Path | None, device):
     pipe = load_pipeline(
         config.pretrained_model_name_or_path,
@@ -376,6 +471,13 @@ def pipeline_for(config: GenerateConfig, lora: Path | None, device):
     )
     if lora is not None:
         attach_lora(pipe, lora, config.pretrained_model_name_or_path)
+    if config.compile or config.quantize:
+        speed_up_unet(
+            pipe,
+            compile_unet=config.compile,
+            quantize=config.quantize,
+            lora_scale=config.lora_scale if lora is not None else None,
+        )
     return pipe
 
 

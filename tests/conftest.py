@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +11,13 @@ from vehicle_diff.testing import fake_generation, write_images  # noqa: F401 (te
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["YOLO_OFFLINE"] = "1"
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_hash_cache(tmp_path_factory):
+    """Model content hashes are remembered in a folder of this test session, not in the user's cache."""
+    os.environ["VEHICLE_DIFF_CACHE"] = str(tmp_path_factory.mktemp("hash-cache"))
+    return Path(os.environ["VEHICLE_DIFF_CACHE"])
 
 
 def launch_two_processes(module: str, args: list[str]) -> subprocess.CompletedProcess:

@@ -1,41 +1,28 @@
 """The GPU benchmark's functions at toy size on the CPU (so they are known to run), and at full size on a GPU."""
 
-import json
-
 import pytest
 import torch
 
-from benchmarks.bench_gpu import SDXL_UNET, cfg_sampling, filter_models, lora_training_step
+from benchmarks.bench_gpu import SDXL_UNET, lora_training_step, main, run
 
 
-@pytest.fixture(scope="module")
-def tiny_unet_config(tiny_zoo):
-    config = json.loads((tiny_zoo / "sdxl" / "unet" / "config.json").read_text())
-    return {k: v for k, v in config.items() if not k.startswith("_")}
+def test_smoke_runs_every_gpu_row_at_toy_size_on_cpu(tiny_zoo, capsys):
+    rows = main(["--smoke"])
+    assert "mean nothing" in capsys.readouterr().out
+    assert [r["benchmark"].split(",")[0] for r in rows] == [
+        "[smoke] LoRA step",
+        "[smoke] CFG sampling",
+        "[smoke] YOLOv5n6 @64 + tiny CLIP",
+        "[smoke] generate vs bare pipe()",
+    ]
+    assert all(float(r["measured"].split()[0]) > 0 for r in rows)
 
 
-def test_toy_size_on_cpu(tiny_unet_config, tiny_zoo):
-    step = lora_training_step(
-        tiny_unet_config,
-        batch=2,
-        resolution=64,
-        device="cpu",
-        dtype=torch.float32,
-        gradient_checkpointing=True,
-        steps=1,
-    )
-    assert step["s_per_step"] > 0 and step["peak_gib"] is None
-    sampling = cfg_sampling(tiny_unet_config, batch=2, resolution=64, device="cpu", dtype=torch.float32, steps=2)
-    assert sampling["images_per_s"] > 0 and sampling["flops_per_unet_call"] > 0
-    models = filter_models(
-        batch=2,
-        device="cpu",
-        detector_yaml="yolov5n-p6.yaml",
-        imgsz=64,
-        clip=f"local-dir:{tiny_zoo / 'open_clip'}",
-        iterations=1,
-    )
-    assert models["images_per_s"] > 0
+def test_without_cuda_the_full_run_says_so_and_points_to_smoke(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="--smoke"):
+        main([])
+    assert run()[0]["measured"] == "skipped"
 
 
 def test_sdxl_config_is_the_real_architecture():

@@ -165,3 +165,17 @@ def test_an_output_folder_inside_its_input_folder_is_not_part_of_the_input(tiny_
     main(args(target_folder, out, "--overwrite", "--seed", "1"))
     selected = json.loads((out / "selection.json").read_text())["selected"]
     assert len(selected) == 11 and not any(name.startswith("captions/") for name in selected)
+
+
+def test_reading_in_loader_workers_gives_the_bytes_of_reading_in_turn(tiny_zoo, target_folder, tmp_path):
+    def outputs(out):
+        return {
+            p.relative_to(out): p.read_bytes()
+            for p in sorted(out.rglob("*"))
+            if p.is_file() and p.parent.name in ("train", out.name) and p.suffix in (".jpg", ".jsonl")
+        }
+
+    in_turn = main(args(target_folder, tmp_path / "in-turn", "--batch_size", "3", "--dataloader_num_workers", "0"))
+    workers = main(args(target_folder, tmp_path / "workers", "--batch_size", "3", "--dataloader_num_workers", "2"))
+    assert outputs(in_turn) == outputs(workers)
+    assert len(outputs(in_turn)) == 12  # 10 images, metadata.jsonl, skipped.jsonl (the corrupt file's reason)

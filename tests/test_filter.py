@@ -139,6 +139,7 @@ def test_two_processes_score_disjoint_batches(damaged_generation, filtered, tmp_
         (["--detection_confidence", "1.5"], r"--detection_confidence must be in \[0, 1\]"),
         (["--near_duplicate_threshold", "-0.1"], r"--near_duplicate_threshold must be in \[0, 1\]"),
         (["--batch_size", "0"], "--batch_size must be positive"),
+        (["--dataloader_num_workers", "-1"], "--dataloader_num_workers must be >= 0"),
         (["--colors", "red", "blue"], "lacks; add them"),
     ],
 )
@@ -165,3 +166,27 @@ def test_the_fingerprint_reads_the_images_on_disk_not_the_hashes_in_the_records(
     files = table.column("file_name").to_pylist()
     (copy / files[0]).write_bytes((copy / files[1]).read_bytes())  # replaced after generation, records unchanged
     assert input_digest(read_generation_records(copy), copy) != before
+
+
+def test_decoding_in_loader_workers_gives_the_bytes_of_decoding_in_turn(filtered, damaged_generation, tmp_path):
+    in_turn = main(tiny_args(damaged_generation, tmp_path / "out", "--dataloader_num_workers", "0"))
+    prefetched = main(tiny_args(damaged_generation, tmp_path / "two", "--dataloader_num_workers", "2"))
+    for out in (in_turn, prefetched):
+        assert (out / "records.parquet").read_bytes() == (filtered / "records.parquet").read_bytes()
+        crops = {p.relative_to(out): p.read_bytes() for p in sorted((out / "crops").rglob("*.png"))}
+        assert crops == {p.relative_to(filtered): p.read_bytes() for p in sorted((filtered / "crops").rglob("*.png"))}
+        assert crops
+
+
+def test_prefetched_batches_follow_the_claims_in_any_order(tmp_path):
+    from vehicle_diff.loading import PrefetchedBatches
+
+    def files_of(index):
+        return [tmp_path / f"{index}-{j}" for j in range(2)]
+
+    decoded = PrefetchedBatches([0, 1, 2, 3], files_of, str, num_workers=1)
+    assert decoded(2) == [str(tmp_path / "2-0"), str(tmp_path / "2-1")]  # 0 and 1 were taken by another worker
+    assert decoded(0) == [str(tmp_path / "0-0"), str(tmp_path / "0-1")]  # a dead worker's claim, taken over
+    assert decoded(3) == [str(tmp_path / "3-0"), str(tmp_path / "3-1")]
+    assert decoded(7) == [str(tmp_path / "7-0"), str(tmp_path / "7-1")]  # not in the plan of this process
+    decoded.close()

@@ -95,9 +95,16 @@ def test_scope_all_and_text_encoder_training(tiny_captions, tmp_path):
     assert any(k.startswith("text_encoder.") for k in keys) and any(k.startswith("text_encoder_2.") for k in keys)
 
 
-def test_cached_inputs_train(tiny_captions, tmp_path):
-    out = main(tiny_args(tiny_captions, tmp_path / "lora", "--cache_inputs", "--max_train_steps", "3"))
-    assert (out / "pytorch_lora_weights.safetensors").is_file()
+def test_cached_inputs_learn_what_encoding_every_step_learns(tiny_captions, tmp_path):
+    """Within the first epoch (whose augmentation the cache holds) the cached run trains on the same latents and
+    draws the same noise: the same loss curve, so the same LoRA."""
+    flags = ["--max_train_steps", "3", "--dataloader_num_workers", "1"]
+    encoded = main(tiny_args(tiny_captions, tmp_path / "encoded", *flags))
+    cached = main(tiny_args(tiny_captions, tmp_path / "cached", *flags, "--cache_inputs"))
+    encoded, cached = (load_file(out / "pytorch_lora_weights.safetensors") for out in (encoded, cached))
+    assert encoded.keys() == cached.keys()
+    for key in encoded:
+        torch.testing.assert_close(cached[key], encoded[key], atol=1e-6, rtol=0)
 
 
 def test_bad_training_sets_fail_before_any_model_loads(tiny_captions, tmp_path):

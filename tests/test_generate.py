@@ -245,3 +245,85 @@ def test_overwrite_waits_for_no_one_and_two_plans_never_mix(tiny_prompts, tmp_pa
     seeds = [r["seed"] for r in records(out)]
     assert len(seeds) == 8 and not set(seeds) & set(seeds_of_plan_0)
     assert '"seed": 1' in (out / "job.json").read_text()
+
+
+def test_writer_threads_write_the_bytes_that_writing_in_turn_writes(reference_run, tiny_prompts, tmp_path):
+    in_turn = main(tiny_args(tiny_prompts, tmp_path / "gen", "--image_writers", "0"))
+    assert images(in_turn) == images(reference_run)  # the reference ran with the default writer threads
+    assert (in_turn / "records.parquet").read_bytes() == (reference_run / "records.parquet").read_bytes()
+    assert {r["unet_quantization"] for r in records(in_turn)} == {""}
+
+
+def test_compile_prepares_and_compiles_the_unet_once(tiny_prompts, tiny_lora, tmp_path, monkeypatch, capsys):
+    """The flag's plumbing: torch.compile itself takes minutes for even a tiny UNet on the CPU, so it is recorded
+    here instead of run (a GPU benchmark runs it for real)."""
+    import torch
+
+    compiled = []
+
+    def record_compile(module, **kwargs):
+        compiled.append(module)
+        return module
+
+    monkeypatch.setattr(torch, "compile", record_compile)
+    flags = ("--compile", "--lora_weights", str(tiny_lora), "--images_per_identity", "1")
+    out = main(tiny_args(tiny_prompts, tmp_path / "gen", *flags))
+    (unet,) = compiled
+    assert unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert any(getattr(m, "fused_projections", False) for m in unet.modules())
+    assert not any("lora" in name for name, _ in unet.named_parameters())  # fused into the weights
+    assert capsys.readouterr().out.count("compiled the UNet") == 1
+    assert len(records(out)) == 8 and len(images(out)) == 8
+
+
+def test_fp8_is_refused_where_it_cannot_run_before_any_work(tiny_prompts, tmp_path, monkeypatch):
+    import importlib.util
+
+    import torch
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "torchao" else find_spec(name, *a)
+    )
+    with pytest.raises(UserInputError, match="pip install torchao"):
+        main(tiny_args(tiny_prompts, tmp_path / "gen", "--quantize", "fp8"))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "torchao" else None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserInputError, match="FP8 tensor cores"):
+        main(tiny_args(tiny_prompts, tmp_path / "gen", "--quantize", "fp8"))
+    assert not (tmp_path / "gen").exists()
+    with pytest.raises(UserInputError, match="--quantize 'int3'"):
+        main(tiny_args(tiny_prompts, tmp_path / "gen", "--quantize", "int3"))
+
+
+def test_every_record_says_its_image_came_from_a_quantized_unet(tiny_prompts, tmp_path, monkeypatch):
+    """The recording, with the quantizer itself stubbed: FP8 kernels need a Hopper or Ada GPU."""
+    import vehicle_diff.generation.generate as generate
+
+    quantized = []
+    monkeypatch.setattr(generate, "check_quantization", lambda quantize: None)
+    monkeypatch.setattr(generate, "quantize_unet", lambda unet, quantize: quantized.append(quantize))
+    out = main(tiny_args(tiny_prompts, tmp_path / "gen", "--quantize", "fp8", "--images_per_identity", "1"))
+    assert quantized == ["fp8"]
+    assert {r["unet_quantization"] for r in records(out)} == {"fp8"}
+
+
+def test_a_failed_writer_leaves_no_claim_and_a_rerun_finishes(reference_run, tiny_prompts, tmp_path, monkeypatch):
+    import vehicle_diff.generation.generate as generate
+
+    write_batch, calls = generate.write_batch, []
+
+    def full_disk_on_the_second_batch(*args):
+        calls.append(args[2])
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return write_batch(*args)
+
+    monkeypatch.setattr(generate, "write_batch", full_disk_on_the_second_batch)
+    with pytest.raises(OSError, match="No space left"):
+        main(tiny_args(tiny_prompts, tmp_path / "gen"))
+    assert not list((tmp_path / "gen" / ".claims").iterdir())
+    monkeypatch.setattr(generate, "write_batch", write_batch)
+    main(tiny_args(tiny_prompts, tmp_path / "gen"))
+    assert images(tmp_path / "gen") == images(reference_run)
+    assert (tmp_path / "gen" / "records.parquet").read_bytes() == (reference_run / "records.parquet").read_bytes()

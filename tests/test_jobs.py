@@ -304,3 +304,17 @@ def test_a_worker_stops_before_merging_when_its_plan_was_replaced(tmp_path):
         job.merge(1, out / "records.parquet")
     with pytest.raises(UserInputError, match="replaced this run's plan"):
         job.mark_done()
+
+
+def test_a_held_claim_outlives_the_yield_until_its_shard_is_written(tmp_path):
+    job = Job(tmp_path / "out", "generate", {"a": 1}, owned=[]).open()
+    claims = job.out_dir / ".claims"
+    batches = job.batches(2)
+    assert next(batches) == 0
+    job.hold_claim(0)  # its shard is written later, by a writer thread
+    assert next(batches) == 1
+    assert (claims / "batch-0000000").exists(), "another worker could take a batch whose files are being written"
+    job.write_shard(0, [])
+    assert not (claims / "batch-0000000").exists()
+    job.write_shard(1, [])
+    assert list(batches) == [] and not list(claims.iterdir())

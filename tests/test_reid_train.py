@@ -215,3 +215,16 @@ def test_the_ide_baseline_trains_and_reloads(synthetic_dataset, tiny_zoo, tmp_pa
     assert isinstance(model.head.neck, torch.nn.Identity) and model.aux_head is None
     with pytest.raises(UserInputError, match="balances identities"):
         main(tiny("--real_data", "x", "--synthetic_data", "y", "--data_mode", "B", "--sampler", "random"))
+
+
+def test_loader_workers_do_not_change_what_is_learned(synthetic_dataset, tiny_zoo, tmp_path):
+    """Augmentation is drawn from (seed, epoch, image) alone, so the worker count changes the speed only."""
+    import torch
+
+    weights = []
+    for workers in ("0", "2"):
+        flags = ("--synthetic_data", str(synthetic_dataset), "--data_mode", "S", "--max_train_steps", "2")
+        out = main(tiny(*flags, "--dataloader_num_workers", workers, "--output_dir", str(tmp_path / workers)))
+        weights.append(ReIDModel.from_pretrained(out).state_dict())
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -1,5 +1,7 @@
 """Each tiny model loads through the same call the stages use, and produces output of the right type and shape."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -209,3 +211,32 @@ def test_resolved_revision_hashes_local_models_and_reads_the_hub_cache(tiny_zoo,
         models.resolved_revision("stabilityai/stable-diffusion-xl-base-1.0")  # offline in tests
     with pytest.raises(UserInputError, match="no such file or folder"):
         models.resolved_revision("./no/such/model")
+
+
+def test_content_hashes_are_remembered_by_file_identity(tmp_path, monkeypatch, model_hash_cache):
+    import hashlib
+
+    folder = tmp_path / "model"
+    (folder / "unet").mkdir(parents=True)
+    (folder / "unet" / "weights.bin").write_bytes(b"w" * 3_000_000)
+    (folder / "config.json").write_text("{}")
+    first = models.content_hash(folder)
+    assert (model_hash_cache / "content-hashes.json").is_file()
+
+    reads = []
+    real_open = open
+
+    def counting_open(file, *args, **kwargs):
+        reads.append(Path(file).name)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", counting_open)
+    assert models.content_hash(folder) == first
+    assert reads == [], "an unchanged model is read again"
+    (folder / "config.json").write_text('{"a": 1}')
+    second = models.content_hash(folder)
+    assert reads == ["config.json"] and second != first
+    config_digest = hashlib.sha256(b'{"a": 1}').hexdigest()
+    weights_digest = hashlib.sha256(b"w" * 3_000_000).hexdigest()
+    expected = f"config.json\0{config_digest}\nunet/weights.bin\0{weights_digest}\n"
+    assert second == hashlib.sha256(expected.encode()).hexdigest()

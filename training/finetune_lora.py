@@ -129,6 +129,28 @@ class CaptionedImages:
         return {"pixel_values": pixels, "time_ids": time_ids, "caption": row[self.caption_column], "index": index}
 
 
+def posterior_sample(vae, pixels, indices: list[int], *, seed: int, epoch: int):
+    """Scaled latents drawn from the VAE's posterior, each image's noise from (seed, epoch, index) alone: a run
+    with cached inputs (encoded once, at epoch 0) and one without train on the same latents and leave the global
+    RNG, which draws the training noise and timesteps, in the same state."""
+    import torch
+
+    posterior = vae.encode(pixels).latent_dist
+    noise = torch.stack(
+        [
+            torch.randn(
+                posterior.mean.shape[1:],
+                generator=torch.Generator().manual_seed(
+                    random.Random(f"latent/{seed}/{epoch}/{index}").getrandbits(63)
+                ),
+                dtype=torch.float32,
+            )
+            for index in indices
+        ]
+    ).to(posterior.mean.device, posterior.mean.dtype)
+    return (posterior.mean + posterior.std * noise) * vae.config.scaling_factor
+
+
 def collate(examples: list[dict]) -> dict:
     import torch
 
@@ -233,7 +255,9 @@ class FinetuneConfig:
         metadata={"help": "latest (continue this run), checkpoint-STEP, a checkpoint folder, or none (start afresh)"},
     )
     seed: int = 0
-    dataloader_num_workers: int = 0
+    dataloader_num_workers: int | None = field(
+        default=None, metadata={"help": "loader worker processes (default: one a spare CPU core, at most 8)"}
+    )
     validation_prompts: list[str] = field(
         default_factory=lambda: [
             "a red 2012 Toyota Camry sedan driving down the road.",
@@ -504,12 +528,21 @@ def finetune(config: FinetuneConfig) -> Path:
         random_flip=config.random_flip,
         seed=config.seed,
     )
+    from vehicle_diff.loading import default_num_workers
+
+    # Workers decode and augment while the UNet trains (none once the inputs are cached: nothing is left to
+    # decode). They are not kept across epochs, since each epoch's augmentation is read from `dataset.epoch`.
+    workers = config.dataloader_num_workers
+    workers = (
+        0 if config.cache_inputs else default_num_workers(accelerator.num_processes) if workers is None else workers
+    )
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=config.train_batch_size,
         shuffle=True,
         collate_fn=collate,
-        num_workers=config.dataloader_num_workers,
+        num_workers=workers,
+        pin_memory=accelerator.device.type == "cuda",
         generator=torch.Generator().manual_seed(config.seed),
     )
 
@@ -520,7 +553,7 @@ def finetune(config: FinetuneConfig) -> Path:
             return tuple(torch.cat([entry[k] for entry in entries]) for k in range(4))
         with torch.no_grad():
             pixels = batch["pixel_values"].to(vae.device, vae.dtype)
-            latents = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
+            latents = posterior_sample(vae, pixels, batch["indices"], seed=config.seed, epoch=dataset.epoch)
         with torch.set_grad_enabled(config.train_text_encoder):
             prompt_embeds, pooled = encode_prompt(text_encoders, tokenizers, batch["captions"], accelerator.device)
         return latents, batch["time_ids"].to(accelerator.device), prompt_embeds, pooled

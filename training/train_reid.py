@@ -24,15 +24,38 @@ from .reid_data import IdentityBatchSampler, load_image, read_source, relabel, s
 
 
 class ReIDImages(torch.utils.data.Dataset):
-    def __init__(self, samples, transform):
-        self.samples, self.transform = samples, transform
+    """With `seed`, an image's random augmentation is drawn from (seed, epoch, index) alone, so it is the same
+    whichever loader worker (or the main process) reads it, and a resumed epoch sees what it would have seen."""
+
+    def __init__(self, samples, transform, seed: int | None = None):
+        self.samples, self.transform, self.seed, self.epoch = samples, transform, seed, 0
 
     def __len__(self):
         return len(self.samples)
 
     def __getitem__(self, index):
         sample = self.samples[index]
-        return self.transform(load_image(sample.image)), sample.pid
+        if self.seed is None:
+            return self.transform(load_image(sample.image)), sample.pid
+        with torch.random.fork_rng(devices=[]):  # the caller's RNG stream stays as it was
+            torch.manual_seed(hash_seed(self.seed, self.epoch, index))
+            return self.transform(load_image(sample.image)), sample.pid
+
+
+def hash_seed(*parts) -> int:
+    """A 63-bit seed from the parts (stable across processes, unlike `hash`)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "big") >> 1
+
+
+def loader_settings(num_workers: int | None, num_processes: int, cuda: bool) -> dict:
+    """Workers that decode and augment while the model trains (one a spare core unless given), and pinned memory
+    for the copy to a GPU."""
+    from vehicle_diff.loading import default_num_workers
+
+    workers = default_num_workers(num_processes) if num_workers is None else num_workers
+    return {"num_workers": workers, "pin_memory": cuda, "prefetch_factor": 4 if workers else None}
 
 
 def train_transform(
@@ -111,7 +134,9 @@ class TrainReIDConfig:
     eval_every_epochs: int = 10
     flip_test: bool = field(default=False, metadata={"help": "average features with the mirrored image at evaluation"})
     seed: int = 0
-    dataloader_num_workers: int = 0
+    dataloader_num_workers: int | None = field(
+        default=None, metadata={"help": "loader worker processes (default: one a spare CPU core, at most 8)"}
+    )
     overwrite: bool = field(default=False, metadata={"help": "replace this stage's earlier outputs in --output_dir"})
     dry_run: bool = field(default=False, metadata={"help": "read the data lists only; print and write plan.json"})
 
@@ -311,6 +336,7 @@ def train_reid(config: TrainReIDConfig) -> Path:
     dataset = ReIDImages(  # normalised with the backbone's own mean / std, as the model saves it for evaluation
         samples,
         train_transform(config.image_size, mean=model.mean, std=model.std, random_erasing=config.random_erasing),
+        seed=config.seed,
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     steps_per_epoch = len(sampler)
@@ -349,11 +375,14 @@ def train_reid(config: TrainReIDConfig) -> Path:
         sampler.set_epoch(epoch)
         sampler.skip = step - epoch * steps_per_epoch if epoch == first_epoch else 0
         # its own generator: creating the iterator must not draw from the global RNG that checkpoints restore
+        dataset.epoch = epoch
         loader = torch.utils.data.DataLoader(
             dataset,
             batch_sampler=sampler,
-            num_workers=config.dataloader_num_workers,
             generator=torch.Generator().manual_seed(config.seed + epoch),
+            **loader_settings(
+                config.dataloader_num_workers, accelerator.num_processes, accelerator.device.type == "cuda"
+            ),
         )
         model.train()
         for images, labels in loader:

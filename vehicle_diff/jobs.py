@@ -327,6 +327,7 @@ class Job:
         self.owned = [*owned, f"{shards}/*", f"{CLAIMS_DIR}/batch-*", DONE_FILE, JOB_FILE, PLAN_FILE]
         self._lock = None
         self._opened = False  # the plan in `job.json` is this job's own (see `check_plan`)
+        self._held_claims: set[int] = set()  # batches whose shard a writer thread writes later (see hold_claim)
 
     # -- the folder
 
@@ -478,7 +479,22 @@ class Job:
     def write_shard(self, batch_index: int, records: list[dict], side_files: Iterable[Path] = ()) -> Path:
         path = write_shard(self.shards_dir, batch_index, records, side_files)
         fault_point(f"{self.stage}.shard_written")
+        if batch_index in self._held_claims:
+            self._held_claims.discard(batch_index)
+            (self.out_dir / CLAIMS_DIR / f"batch-{batch_index:07d}").unlink(missing_ok=True)
         return path
+
+    def hold_claim(self, batch_index: int) -> None:
+        """Keep the claim of a batch that `batches` yielded until its shard is written (by `write_shard`, maybe on
+        another thread after `batches` moved on), so no other worker takes a batch whose files are still being
+        written."""
+        self._held_claims.add(batch_index)
+
+    def release_held_claims(self) -> None:
+        """Give up the held claims whose shard will not be written (a writer failed): the batches are redone."""
+        for batch_index in list(self._held_claims):
+            self._held_claims.discard(batch_index)
+            (self.out_dir / CLAIMS_DIR / f"batch-{batch_index:07d}").unlink(missing_ok=True)
 
     def valid_batches(
         self, num_batches: int, ids_of: Callable[[int], list] | None, id_key: str = "image_id"
@@ -532,7 +548,8 @@ class Job:
                     yield index
                     done.add(index)
                 finally:
-                    (claims / f"batch-{index:07d}").unlink(missing_ok=True)
+                    if index not in self._held_claims:
+                        (claims / f"batch-{index:07d}").unlink(missing_ok=True)
             if not waiting:
                 return
             time.sleep(POLL_S)

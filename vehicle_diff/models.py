@@ -244,10 +244,28 @@ def create_timm(model_id: str, pretrained: bool = True, flag="--backbone", **kwa
         return timm.create_model(name, pretrained=pretrained, **kwargs)
 
 
+def hash_cache_file() -> Path:
+    """Where the sha256 of model files is remembered between runs ($VEHICLE_DIFF_CACHE, else the user cache)."""
+    root = os.environ.get("VEHICLE_DIFF_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "vehicle-diff"
+    return Path(root).expanduser() / "content-hashes.json"
+
+
+def file_identity(file: Path) -> list:
+    """What changes whenever a file's content can have changed: size, mtime, ctime and inode (a rewrite moves
+    ctime even when mtime is put back)."""
+    stat = file.stat()
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+
+
 def content_hash(path: Path) -> str:
     """sha256 over a file, or over a folder's files (relative name and content, sorted); hidden entries
-    (`.git`, `.cache` of `hf download --local-dir`) are not part of the model."""
+    (`.git`, `.cache` of `hf download --local-dir`) are not part of the model. Each file's digest is remembered by
+    its real path and `file_identity`, so a 7 GB base model is read once, not at every start."""
+    import json
+
     from tqdm.auto import tqdm
+
+    from .io import atomic_path
 
     path = Path(path)
     files = (
@@ -259,9 +277,16 @@ def content_hash(path: Path) -> str:
             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
         )
     )
+    cache_file = hash_cache_file()
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):  # no cache yet, or a damaged one: hash again
+        cache = {}
+    identities = {str(f.resolve()): file_identity(f) for f in files}
+    to_read = {f for f in files if cache.get(str(f.resolve()), {}).get("identity") != identities[str(f.resolve())]}
     digest = hashlib.sha256()
     with tqdm(
-        total=sum(f.stat().st_size for f in files),
+        total=sum(f.stat().st_size for f in to_read),
         unit="B",
         unit_scale=True,
         desc=f"hashing {path.name}",
@@ -269,13 +294,23 @@ def content_hash(path: Path) -> str:
         leave=False,
     ) as bar:
         for file in files:
-            file_digest = hashlib.sha256()
-            with open(file, "rb") as handle:
-                for chunk in iter(lambda: handle.read(1 << 20), b""):
-                    file_digest.update(chunk)
-                    bar.update(len(chunk))
+            key = str(file.resolve())
+            if file in to_read:
+                file_digest = hashlib.sha256()
+                with open(file, "rb") as handle:
+                    for chunk in iter(lambda: handle.read(1 << 20), b""):
+                        file_digest.update(chunk)
+                        bar.update(len(chunk))
+                cache[key] = {"identity": identities[key], "sha256": file_digest.hexdigest()}
             name = "" if file == path else file.relative_to(path).as_posix()
-            digest.update(f"{name}\0{file_digest.hexdigest()}\n".encode())
+            digest.update(f"{name}\0{cache[key]['sha256']}\n".encode())
+    if to_read:
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(cache_file) as tmp:
+                tmp.write_text(json.dumps(cache))
+        except OSError:  # a read-only home: the hash is right, only the next start reads the files again
+            pass
     return digest.hexdigest()
 
 
