@@ -395,7 +395,11 @@ DATASET_FILES = [
     "export_config.yaml",
     "skipped.txt",
 ]
-VERI_FILES = ["image_train/*.jpg", "name_train.txt", "attributes_train.csv"]
+VERI_FILES = [
+    f"{kind}_{split}{ext}"
+    for split in ("train", "query", "test")
+    for kind, ext in (("image", "/*.jpg"), ("name", ".txt"), ("attributes", ".csv"))
+]
 
 
 def export_dataset(config: ExportConfig) -> Path:

@@ -160,11 +160,11 @@ def test_bad_input(tmp_path):
 def test_an_output_folder_inside_its_input_folder_is_not_part_of_the_input(tiny_zoo, target_folder):
     out = target_folder / "captions"
     main(args(target_folder, out))
-    assert len(json.loads((out / "selection.json").read_text())["selected"]) == 11
+    count = len(json.loads((out / "selection.json").read_text())["selected"])
     main(args(target_folder, out))  # the same command again: its own outputs are not a changed input
     main(args(target_folder, out, "--overwrite", "--seed", "1"))
     selected = json.loads((out / "selection.json").read_text())["selected"]
-    assert len(selected) == 11 and not any(name.startswith("captions/") for name in selected)
+    assert len(selected) == count and not any(name.startswith("captions/") for name in selected)
 
 
 def test_reading_in_loader_workers_gives_the_bytes_of_reading_in_turn(tiny_zoo, target_folder, tmp_path):
