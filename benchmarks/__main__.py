@@ -1,6 +1,7 @@
 """Run the CPU benchmarks and write their section of BENCHMARKS.md: figure, same-run baseline, ratio, target,
-machine, date. The GPU section is written by `python -m benchmarks.bench_gpu` (`make bench-gpu`); each command
-replaces only its own section."""
+machine, date. `python -m benchmarks MODULE...` runs only those and writes a section named after that command,
+so a partial run never stands in for the whole table. The GPU section is written by `python -m benchmarks.bench_gpu`
+(`make bench-gpu`); each command replaces only its own section."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ MODULES = [
     "benchmarks.bench_generate",
     "benchmarks.bench_filter",
     "benchmarks.bench_dataset",
+    "benchmarks.bench_fid",
     "benchmarks.bench_reid",
 ]
 BENCHMARKS_FILE = Path("BENCHMARKS.md")
@@ -60,14 +62,15 @@ def write_table(rows: list[dict], section: str, file: Path = BENCHMARKS_FILE) ->
 
 
 def main(argv: list[str] | None = None) -> None:
-    selected = (argv if argv is not None else sys.argv[1:]) or MODULES
+    chosen = argv if argv is not None else sys.argv[1:]
+    selected = chosen or MODULES
     rows = []
     for name in selected:
         print(f"== {name}", flush=True)
         for row in importlib.import_module(name).run():
             print("  " + " | ".join(str(v) for v in row.values()), flush=True)
             rows.append(row)
-    write_table(rows, "CPU (`make bench`)")
+    write_table(rows, f"CPU (`python -m benchmarks {' '.join(chosen)}`)" if chosen else "CPU (`make bench`)")
     print(f"wrote {BENCHMARKS_FILE}")
 
 

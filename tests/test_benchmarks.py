@@ -13,6 +13,7 @@ TOY_SIZES = {
     "benchmarks.bench_generate": {"IDENTITIES": 2, "PER_IDENTITY": 2},
     "benchmarks.bench_filter": {"SMALL": 8, "LARGE": 16},
     "benchmarks.bench_dataset": {"SMALL": 20, "LARGE": 40},
+    "benchmarks.bench_fid": {"SMALL": 2, "LARGE": 4},
     "benchmarks.bench_reid": {"QUERIES": 40, "GALLERY": 160, "TRAIN_STEPS": 2},
 }  # benchmarks.bench_gpu: tests/test_bench_gpu.py runs its rows at toy size
 

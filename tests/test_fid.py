@@ -10,6 +10,7 @@ from vehicle_diff.training.fid import (
 )
 
 from vehicle_diff.errors import UserInputError
+from vehicle_diff.testing import random_fid_weights
 
 
 def test_one_dimensional_gaussians():
@@ -51,29 +52,6 @@ def test_sampled_features_converge_to_the_known_distance():
     assert frechet_distance_of_features(x, y) == pytest.approx(4 + 0 + 4, rel=0.02)
     with pytest.raises(ValueError, match="at least 2"):
         feature_statistics(np.zeros((1, 3)))
-
-
-def random_fid_weights(path):
-    """torch-fidelity's FID Inception with random weights, saved as its state dict under the release's file
-    name. Its constructor always loads weights (downloading them when given no path), so loading is stubbed
-    out while it is built. He-initialised convolutions keep the activations from vanishing over 90+ layers."""
-    from unittest import mock
-
-    import torch
-    import torch_fidelity.feature_extractor_inceptionv3 as inception
-
-    with (
-        mock.patch.object(inception, "load_state_dict_from_url", return_value={}),
-        mock.patch.object(inception.FeatureExtractorInceptionV3, "load_state_dict"),
-    ):
-        model = inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
-    generator = torch.Generator().manual_seed(0)
-    for module in model.modules():
-        if isinstance(module, torch.nn.Conv2d):
-            fan_in = module.weight[0].numel()
-            module.weight.data = torch.randn(module.weight.shape, generator=generator) * (2 / fan_in) ** 0.5
-    torch.save(model.state_dict(), path)
-    return path
 
 
 def write_images(folder, sizes, seed):

@@ -1,5 +1,6 @@
-"""Small helpers the tests and the benchmarks share: images and generation records written fast, and the
-per-query re-ID evaluator that toolkits write (the reference our vectorised one is checked against)."""
+"""Small helpers the tests and the benchmarks share: images and generation records written fast, FID Inception
+weights made without a download, and the per-query re-ID evaluator that toolkits write (the reference our
+vectorised one is checked against)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,29 @@ def fake_generation(out_dir, count: int, seed: int = 0):
         )
     pq.write_table(pa.Table.from_pylist(records), out_dir / "records.parquet")
     return out_dir
+
+
+def random_fid_weights(path):
+    """torch-fidelity's FID Inception with random weights, saved as its state dict under the release's file
+    name. Its constructor always loads weights (downloading them when given no path), so loading is stubbed
+    out while it is built. He-initialised convolutions keep the activations from vanishing over 90+ layers."""
+    from unittest import mock
+
+    import torch
+    import torch_fidelity.feature_extractor_inceptionv3 as inception
+
+    with (
+        mock.patch.object(inception, "load_state_dict_from_url", return_value={}),
+        mock.patch.object(inception.FeatureExtractorInceptionV3, "load_state_dict"),
+    ):
+        model = inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            fan_in = module.weight[0].numel()
+            module.weight.data = torch.randn(module.weight.shape, generator=generator) * (2 / fan_in) ** 0.5
+    torch.save(model.state_dict(), path)
+    return path
 
 
 def reference_eval(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, kind="stable"):
