@@ -37,13 +37,8 @@ def launch_two_processes(module: str, args: list[str]) -> subprocess.CompletedPr
 
 
 def sigkill_after_shards(command: list[str], stage: str, shards_dir, shards: int = 2) -> int:
-    """Run `command` with a SIGKILL injected right after its `shards`-th record shard is written (a named fault
-    point, not a timer); returns how many shards exist then."""
-    import signal
-
-    env = {**os.environ, "VEHICLE_DIFF_KILL_AT": f"{stage}.shard_written:{shards}"}
-    result = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    assert result.returncode == -signal.SIGKILL, f"{command[2:4]} ended with {result.returncode} before the fault point"
+    """Run `command` killed right after its `shards`-th record shard is written; returns how many shards exist."""
+    run_killed_at(command, f"{stage}.shard_written:{shards}")
     return len(list(shards_dir.glob("batch-*.jsonl")))
 
 

@@ -134,11 +134,7 @@ def resolve_stage_configs(config: RunConfig, out: Path) -> dict:
     wiring = {
         "prompts": {"output_dir": out / "prompts"},
         "caption": {"input_images": target, "output_dir": out / "captions"},
-        "finetune": {
-            "train_data_dir": out / "captions",
-            "output_dir": out / "lora",
-            "resume_from_checkpoint": "latest",
-        },
+        "finetune": {"train_data_dir": out / "captions", "output_dir": out / "lora"},
         "select": {
             "prompts": out / "prompts",
             "candidates": ["base", str(out / "lora")],
@@ -152,7 +148,6 @@ def resolve_stage_configs(config: RunConfig, out: Path) -> dict:
             "synthetic_data": out / "vehicle-diff",
             "data_mode": "S",
             "output_dir": out / "reid",
-            "resume_from_checkpoint": "latest",
         },
         "evaluate": {"model": out / "reid", "eval_data": out / "vehicle-diff", "output_dir": out / "evaluation"},
         "publish": {
