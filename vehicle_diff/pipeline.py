@@ -276,7 +276,10 @@ def _stage_entry(stage: str, module: str, function: str, config, kwargs: dict) -
     from .cli import run_main
 
     def stop_quietly(signum, frame):
-        raise SystemExit(130)  # cleans up like Ctrl-C; the line is `run`'s to print, once
+        # Stop at once, as a kill would (every stage is safe to kill anywhere): an exception raised here could land
+        # in a finalizer, where Python prints it and carries on. The line is `run`'s to print, once.
+        sys.stderr.flush()
+        os._exit(130)
 
     signal.signal(signal.SIGINT, stop_quietly)
     work = getattr(importlib.import_module(module), function)
