@@ -13,6 +13,7 @@ nothing the source shows (what a LoRA must learn from a few unlabeled images).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
@@ -497,3 +498,41 @@ def paint_color(image: Image.Image, box: tuple[int, int, int, int]) -> str:
     palette = np.asarray(list(PAINT.values()), dtype=np.float32)
     nearest = ((pixels[:, None, :] - palette[None]) ** 2).sum(-1).argmin(1)
     return list(PAINT)[np.bincount(nearest, minlength=len(PAINT)).argmax()]
+
+
+# -- the source world: what the toy zoo's base models are trained on --------------------------------------------
+
+COCO_CAR, COCO_TRUCK = 2, 7  # the detector's classes, as in the real COCO checkpoint
+TRUCK_STYLES = ("pickup", "truck", "bus")
+
+
+def coco_class(body_style: str) -> int:
+    return COCO_TRUCK if body_style in TRUCK_STYLES else COCO_CAR
+
+
+@functools.cache
+def catalog_prototypes() -> tuple:
+    """The prompt library's default catalog, read once per process."""
+    from vehicle_diff.generation.catalog import load_catalog
+
+    return tuple(load_catalog()[0])
+
+
+@dataclass
+class SourceScene:
+    render: Render
+    identity: dict  # color, brand, model, year, body_style
+    caption: str  # the prompt library's paper template, as `generate` will ask for it
+
+
+def source_scene(index: int, *, seed: int, size: tuple[int, int] = (64, 64)) -> SourceScene:
+    """Scene `index` of the generic source world: a catalog vehicle in one of the prompt library's colors, seen in
+    plain daylight. A pure function of (index, seed, size), so any worker can draw any scene."""
+    from vehicle_diff.generation.prompts import TEMPLATES, VERI776_COLORS, build_prompt
+
+    rng = stable_rng("source", seed, index)
+    prototype = rng.choice(catalog_prototypes())
+    identity = {"color": rng.choice(VERI776_COLORS), **vars(prototype)}
+    look = vehicle_look(**identity)
+    shot = render(look, rng.choice(SOURCE_DOMAINS), size=size, seed=hash_seed("source", seed, index))
+    return SourceScene(shot, identity, build_prompt(TEMPLATES["paper"], **identity))
