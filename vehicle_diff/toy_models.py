@@ -103,7 +103,8 @@ def train_unet(pipe, latents, captions: list[str], config: ToySDXLConfig) -> Non
     unique = sorted(set(captions))
     with torch.no_grad():
         prompt_embeds, _, pooled_embeds, _ = pipe.encode_prompt(unique, device="cpu", do_classifier_free_guidance=False)
-    caption_index = torch.tensor([unique.index(caption) for caption in captions])
+    position = {caption: index for index, caption in enumerate(unique)}
+    caption_index = torch.tensor([position[caption] for caption in captions])
     noise_schedule = DDPMScheduler.from_config(pipe.scheduler.config)
     unet, size = pipe.unet, config.image_size
     time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32).repeat(config.unet_batch_size, 1)
