@@ -6,7 +6,7 @@ import torch
 
 from vehicle_diff import models
 from vehicle_diff.errors import UserInputError
-from vehicle_diff.toy_models import ToySDXLConfig, build_toy_sdxl, reconstruction_loss, vehicle_weights
+from vehicle_diff.toy_models import ToySDXLConfig, build_toy_sdxl, reconstruction_loss, vehicle_weights, warmup_cosine
 
 
 def test_vehicle_weights_mark_each_box_and_nothing_else():
@@ -42,3 +42,16 @@ def test_a_trained_pipeline_loads_like_any_sdxl_checkpoint_and_draws_64px(tmp_pa
     assert image.images[0].size == (64, 64)
     with pytest.raises(UserInputError, match="already exists"):
         build_toy_sdxl(out, config)
+
+
+def test_the_learning_rate_warms_up_then_decays_to_zero_for_any_step_count():
+    for steps in (1, 2, 20, 600):
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        schedule = warmup_cosine(optimizer, steps)
+        rates = []
+        for _ in range(steps):
+            rates.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            schedule.step()
+        assert max(rates) == pytest.approx(1.0) and all(0 <= rate <= 1 for rate in rates)
+        assert rates[-1] <= rates[max(0, steps // 2)]

@@ -14,6 +14,7 @@ Two choices make the VAE learn paint within minutes on two cores (seen on recons
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -72,14 +73,24 @@ def reconstruction_loss(reconstruction, target, weights, chroma_weight: float) -
     return (difference.abs() * weights).mean()
 
 
+def warmup_cosine(optimizer, steps: int, warmup_share: float = 0.05):
+    """Linear warm-up over the first 5 % of the steps (at least one), then cosine decay to zero; any step count."""
+    warmup = max(1, round(warmup_share * steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def train_vae(vae, pixels, weights, config: ToySDXLConfig) -> None:
     from tqdm import tqdm
 
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.AdamW(vae.parameters(), config.vae_learning_rate, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, config.vae_learning_rate, total_steps=config.vae_steps, pct_start=0.05
-    )
+    schedule = warmup_cosine(optimizer, config.vae_steps)
     vae.train()
     for _ in tqdm(range(config.vae_steps), desc="toy zoo: VAE", unit="step"):
         batch = torch.randint(0, len(pixels), (config.vae_batch_size,), generator=generator)
@@ -110,9 +121,7 @@ def train_unet(pipe, latents, captions: list[str], config: ToySDXLConfig) -> Non
     time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32).repeat(config.unet_batch_size, 1)
     generator = torch.Generator().manual_seed(config.seed + 1)
     optimizer = torch.optim.AdamW(unet.parameters(), config.unet_learning_rate, weight_decay=1e-2)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, config.unet_learning_rate, total_steps=config.unet_steps, pct_start=0.05
-    )
+    schedule = warmup_cosine(optimizer, config.unet_steps)
     unet.train()
     for _ in tqdm(range(config.unet_steps), desc="toy zoo: UNet", unit="step"):
         batch = torch.randint(0, len(latents), (config.unet_batch_size,), generator=generator)
