@@ -337,7 +337,7 @@ class ExportConfig:
     output_dir: str = field(
         default="vehicle-diff-output/vehicle-diff", metadata={"help": "data/*.parquet, README.md, preview.png"}
     )
-    preset: str = field(default="paper", metadata={"help": "paper, tiny, or a YAML file"})
+    preset: str = field(default="paper", metadata={"help": "paper, toy, tiny, or a YAML file"})
     filtered: str = field(default="vehicle-diff-output/filtered", metadata={"help": "the filter stage's folder"})
     colors: list[str] = field(default_factory=lambda: list(VERI776_COLORS))
     eval_fraction: float = field(

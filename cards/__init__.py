@@ -15,6 +15,8 @@ import re
 from importlib.resources import files
 from pathlib import Path
 
+from vehicle_diff.models import ZOO_PREFIXES
+
 CONTEXT_FILE = "card_context.json"
 SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
 # Base models whose license the generated images and LoRAs inherit: Hub id -> (card license id, name, link)
@@ -70,7 +72,7 @@ def is_hub_id(name: str | None) -> bool:
     """`org/name` (huggingface_hub's rules) that is not a folder here: what a card may link to."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    if not name or name.startswith("tiny:") or Path(name).exists() or name.count("/") != 1:
+    if not name or name.startswith(ZOO_PREFIXES) or Path(name).exists() or name.count("/") != 1:
         return False
     try:
         validate_repo_id(name)
@@ -80,7 +82,7 @@ def is_hub_id(name: str | None) -> bool:
 
 
 def model_ref(name: str | None) -> dict:
-    """How a card names a model given by id or path: Hub ids and `tiny:` ids as they are, a local path by its
+    """How a card names a model given by id or path: Hub ids and zoo ids (`tiny:`, `toy:`) as they are, a local path by its
     last component only (the rest is the machine's business)."""
     if not name:
         return {"name": None, "hub": False, "tiny": False, "local": False}
@@ -88,7 +90,7 @@ def model_ref(name: str | None) -> dict:
     hub_name = name.removeprefix("hf-hub:").split("@")[0]
     if is_hub_id(hub_name):
         return {"name": hub_name, "hub": True, "tiny": False, "local": False}
-    if name.startswith("tiny:"):
+    if name.startswith(ZOO_PREFIXES):
         return {"name": name, "hub": False, "tiny": True, "local": False}
     if "/" in name or "\\" in name or Path(name).exists():
         return {"name": Path(name.removeprefix("local-dir:")).name, "hub": False, "tiny": False, "local": True}
@@ -164,7 +166,7 @@ def _template(name: str) -> str:
 def base_model_license(base: dict) -> dict:
     """The license fields of data or weights made with `base` (a `model_ref`)."""
     if base["tiny"]:
-        return {"license": "apache-2.0"}  # random weights made by this package: its own license
+        return {"license": "apache-2.0"}  # zoo weights made by this package (random or toy-trained): its license
     if base["hub"] and base["name"] in BASE_MODEL_LICENSES:
         license_id, name, link = BASE_MODEL_LICENSES[base["name"]]
         return (

@@ -45,7 +45,7 @@ class CaptionConfig:
     output_dir: str = field(
         default="vehicle-diff-output/captions", metadata={"help": "imagefolder: train/ + metadata.jsonl"}
     )
-    preset: str = field(default="paper", metadata={"help": "paper, tiny, or a YAML file"})
+    preset: str = field(default="paper", metadata={"help": "paper, toy, tiny, or a YAML file"})
     input_images: str | None = field(default=None, metadata={"help": "folder of unlabeled target images (recursive)"})
     input_dataset: str | None = field(
         default=None, metadata={"help": "or a datasets name / folder with an image column"}

@@ -75,7 +75,7 @@ class FilterConfig:
     output_dir: str = field(
         default="vehicle-diff-output/filtered", metadata={"help": "crops/, records.parquet, summary"}
     )
-    preset: str = field(default="paper", metadata={"help": "paper, tiny, or a YAML file"})
+    preset: str = field(default="paper", metadata={"help": "paper, toy, tiny, or a YAML file"})
     generated: str = field(default="vehicle-diff-output/generated", metadata={"help": "the generate stage's folder"})
     detector: str = field(default="yolov5x6u.pt", metadata={"help": "ultralytics weights (the paper: YOLOv5x6)"})
     detector_imgsz: int = field(default=1280, metadata={"help": "inference size (YOLOv5x6 is trained at 1280)"})

@@ -193,7 +193,7 @@ class GenerateConfig:
     output_dir: str = field(
         default="vehicle-diff-output/generated", metadata={"help": "images/, records/, records.parquet"}
     )
-    preset: str = field(default="paper", metadata={"help": "paper, tiny, or a YAML file"})
+    preset: str = field(default="paper", metadata={"help": "paper, toy, tiny, or a YAML file"})
     prompts: str = field(
         default="vehicle-diff-output/prompts", metadata={"help": "prompt library folder or Parquet file"}
     )

@@ -139,7 +139,7 @@ class PromptsConfig:
     """Build the prompt library: one row per synthetic vehicle identity (paper §III-A)."""
 
     output_dir: str = field(default="vehicle-diff-output/prompts", metadata={"help": "where the library goes"})
-    preset: str = field(default="paper", metadata={"help": "paper, tiny, or a YAML file"})
+    preset: str = field(default="paper", metadata={"help": "paper, toy, tiny, or a YAML file"})
     catalog: str | None = field(
         default=None,
         metadata={"help": "CSV / JSONL / Parquet with brand, model, year, body_style; default faker-vehicle"},

@@ -191,7 +191,7 @@ class SelectConfig:
         default="vehicle-diff-output/select", metadata={"help": "ranking, contact sheets, selected.json"}
     )
     preset: str = field(
-        default="paper", metadata={"help": "paper, tiny, or a YAML file (its generate/filter sections)"}
+        default="paper", metadata={"help": "paper, toy, tiny, or a YAML file (its generate/filter sections)"}
     )
     prompts: str = field(default="vehicle-diff-output/prompts", metadata={"help": "prompt library folder or Parquet"})
     candidates: list[str] = field(

@@ -1,12 +1,33 @@
-"""The toy zoo's text-to-image trainer: its loss weighs what prompts ask for, and what it saves is a pipeline
-that the stages load with the same call as any SDXL checkpoint."""
+"""The toy zoo: its text-to-image loss weighs what prompts ask for, what it saves loads with the stages' own calls,
+and a killed build resumes at the model it was training."""
 
 import pytest
 import torch
 
-from vehicle_diff import models
+from vehicle_diff import models, toy_models
 from vehicle_diff.errors import UserInputError
-from vehicle_diff.toy_models import ToySDXLConfig, build_toy_sdxl, reconstruction_loss, vehicle_weights, warmup_cosine
+from vehicle_diff.toy_models import (
+    ToyZooConfig,
+    build_toy_zoo,
+    framed_scene,
+    photometric_jitter,
+    reconstruction_loss,
+    vehicle_weights,
+    warmup_cosine,
+)
+
+MICRO = ToyZooConfig(
+    scenes=8,
+    vae_steps=2,
+    vae_batch_size=4,
+    unet_steps=2,
+    unet_batch_size=4,
+    detector_scenes=8,
+    detector_epochs=1,
+    clip_scenes=8,
+    clip_steps=2,
+    clip_batch_size=4,
+)
 
 
 def test_vehicle_weights_mark_each_box_and_nothing_else():
@@ -32,16 +53,75 @@ def test_the_loss_counts_a_wrong_paint_more_than_a_wrong_brightness():
     )
 
 
-def test_a_trained_pipeline_loads_like_any_sdxl_checkpoint_and_draws_64px(tmp_path):
-    config = ToySDXLConfig(scenes=8, vae_steps=2, vae_batch_size=4, unet_steps=2, unet_batch_size=4)
-    out = build_toy_sdxl(tmp_path / "sdxl", config)
-    assert [p.name for p in tmp_path.iterdir()] == ["sdxl"]  # the work folder is gone
-    pipe = models.load_sdxl_pipeline(str(out))
+def test_a_built_zoo_loads_with_the_stages_own_loaders(tmp_path):
+    out = build_toy_zoo(tmp_path / "zoo", MICRO)
+    assert sorted(p.name for p in out.iterdir()) == ["open_clip", "settings.json", "sdxl", "yolo.pt"]  # no work folder
+    pipe = models.load_sdxl_pipeline(str(out / "sdxl"))
     assert pipe.vae.config.scaling_factor != 0.18215  # measured on its own latents
     image = pipe("a red 2012 Toyota Camry sedan driving down the road.", num_inference_steps=2, height=64, width=64)
     assert image.images[0].size == (64, 64)
-    with pytest.raises(UserInputError, match="already exists"):
-        build_toy_sdxl(out, config)
+    detector = models.load_yolo(str(out / "yolo.pt"))
+    assert detector.names[2] == "car" and detector.names[7] == "truck"
+    clip, preprocess, tokenizer = models.load_open_clip(str(out / "open_clip"))
+    assert clip.encode_text(tokenizer(["a red vehicle"])).shape[-1] == 32
+    assert build_toy_zoo(out, MICRO) == out  # complete: nothing to do
+    with pytest.raises(UserInputError, match="other settings"):
+        build_toy_zoo(out, ToyZooConfig(**{**vars(MICRO), "clip_steps": 3}))
+
+
+def test_a_killed_build_keeps_finished_models_and_restarts_only_its_own_work_folder(tmp_path, monkeypatch):
+    built = []
+
+    def fake(name, fail=False):
+        def build(work, target, config):
+            (work / "scratch").write_text("half")
+            if fail:
+                raise KeyboardInterrupt  # a kill while this model trains
+            target.mkdir()
+            (target / "weights").write_text(name)
+            built.append(name)
+
+        return build
+
+    monkeypatch.setattr(toy_models, "TOY_MODELS", {"a": fake("a"), "b": fake("b", fail=True), "c": fake("c")})
+    zoo = tmp_path / "zoo"
+    with pytest.raises(KeyboardInterrupt):
+        build_toy_zoo(zoo, MICRO)
+    assert (zoo / "a" / "weights").read_text() == "a" and (zoo / "b.building" / "scratch").exists()
+    (zoo / "mine.txt").write_text("a user's file")
+    (zoo / "a.building").mkdir()  # as if killed between renaming `a` into place and removing its work folder
+    monkeypatch.setattr(toy_models, "TOY_MODELS", {"a": fake("a"), "b": fake("b"), "c": fake("c")})
+    build_toy_zoo(zoo, MICRO)
+    assert built == ["a", "b", "c"]  # `a` was not trained again
+    assert sorted(p.name for p in zoo.iterdir()) == ["a", "b", "c", "mine.txt", "settings.json"]
+
+
+def test_a_folder_of_other_files_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(UserInputError, match="not a toy zoo"):
+        build_toy_zoo(tmp_path, MICRO)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_close_ups_fill_the_frame_and_keep_the_box_on_the_vehicle():
+    def longest_side(box):
+        return max(box[2] - box[0], box[3] - box[1])
+
+    for index in range(20):
+        image, box, scene = framed_scene(index, seed=0, size=64, close_ups=1.0)
+        x0, y0, x1, y1 = box
+        assert image.size == (64, 64) and scene.caption.endswith("driving down the road.")
+        assert 0 <= x0 < x1 <= 64 and 0 <= y0 < y1 <= 64
+        assert longest_side(box) >= 64 / 1.5 - 1  # the vehicle spans most of the frame
+        far = framed_scene(index, seed=0, size=64, close_ups=0.0)
+        assert far[2].caption == scene.caption and longest_side(far[1]) <= longest_side(box)
+
+
+def test_the_clip_jitter_changes_light_but_keeps_each_image_in_one_piece():
+    pixels = torch.zeros(4, 3, 2, 2)
+    jittered = photometric_jitter(pixels, torch.Generator().manual_seed(0))
+    assert not torch.equal(jittered, pixels)
+    assert torch.allclose(jittered, jittered[:, :, :1, :1].expand_as(jittered))  # one gain / cast per image
 
 
 def test_the_learning_rate_warms_up_then_decays_to_zero_for_any_step_count():

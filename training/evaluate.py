@@ -356,7 +356,7 @@ class EvaluateConfig:
     output_dir: str = field(
         default="vehicle-diff-output/evaluation", metadata={"help": "metrics.json/md, cmc.png, retrieval.png"}
     )
-    preset: str = field(default="paper", metadata={"help": "paper, tiny, or a YAML file"})
+    preset: str = field(default="paper", metadata={"help": "paper, toy, tiny, or a YAML file"})
     model: str = field(default="vehicle-diff-output/reid", metadata={"help": "a ReIDModel folder or Hub repo"})
     eval_data: str = field(
         default="vehicle-diff-output/vehicle-diff",

@@ -31,7 +31,7 @@ class FidConfig:
     2048-d pool features of the TensorFlow FID Inception-v3, from a weights file you supply."""
 
     output_dir: str = field(default="vehicle-diff-output/fid", metadata={"help": "fid.json"})
-    preset: str = field(default="paper", metadata={"help": "paper, tiny, or a YAML file"})
+    preset: str = field(default="paper", metadata={"help": "paper, toy, tiny, or a YAML file"})
     real_images: str = field(
         default="", metadata={"help": "a folder of real images (recursive), a filter output or an exported dataset"}
     )

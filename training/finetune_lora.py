@@ -214,7 +214,7 @@ class FinetuneConfig:
     output_dir: str = field(
         default="vehicle-diff-output/lora", metadata={"help": "LoRA, checkpoints, validation grid, card"}
     )
-    preset: str = field(default="paper", metadata={"help": "paper, tiny, or a YAML file"})
+    preset: str = field(default="paper", metadata={"help": "paper, toy, tiny, or a YAML file"})
     train_data_dir: str = field(default="vehicle-diff-output/captions", metadata={"help": "imagefolder from `caption`"})
     image_column: str = "image"
     caption_column: str = "text"

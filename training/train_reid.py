@@ -85,7 +85,7 @@ class TrainReIDConfig:
     output_dir: str = field(
         default="vehicle-diff-output/reid", metadata={"help": "model.safetensors + config.json, card"}
     )
-    preset: str = field(default="paper", metadata={"help": "paper, tiny, or a YAML file"})
+    preset: str = field(default="paper", metadata={"help": "paper, toy, tiny, or a YAML file"})
     real_data: str | None = field(
         default=None, metadata={"help": "veri776:ROOT, cityflow:ROOT, vehicleid:ROOT, or a dataset"}
     )

@@ -9,9 +9,12 @@ import sys
 
 # subcommand -> (module with `main(argv)`, one-line description)
 STAGES = {
-    "tiny-models": ("vehicle_diff.tiny_models", "build the offline tiny model zoo (the `tiny` preset's models)"),
+    "tiny-models": (
+        "vehicle_diff.tiny_models",
+        "build an offline model zoo: the random `tiny` one, or the `toy` one trained on the toy world (--preset toy)",
+    ),
     "toy-world": ("vehicle_diff.toy_world", "render the toy world's target cameras as a VeRi-776-layout dataset"),
-    "run": ("vehicle_diff.pipeline", "every stage below in order, skipping finished ones (demo: --preset tiny)"),
+    "run": ("vehicle_diff.pipeline", "every stage below in order, skipping finished ones (demo: --preset toy)"),
     "prompts": (
         "vehicle_diff.generation.prompts",
         "stage 1: sample identities from the vehicle catalog into a prompt library",

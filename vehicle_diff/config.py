@@ -1,7 +1,7 @@
 """Stage settings: a dataclass of defaults per script, a YAML preset that overrides them, flags on top.
 
 A preset is a YAML file with one section per stage (`prompts:`, `generate:` ...); the keys of a section are
-that stage's flag names. `paper` and `tiny` ship with the package; any other value of `--preset` is a path.
+that stage's flag names. `paper`, `toy` and `tiny` ship with the package; any other value of `--preset` is a path.
 The resolved settings are saved next to the stage's output (`config.yaml`).
 
 Two entry points resolve the same way (dataclass defaults < preset section < the caller's values):
@@ -31,7 +31,7 @@ from .errors import UserInputError
 from .io import atomic_path
 
 PRESETS_DIR = Path(__file__).parent / "presets"
-PRESETS = ("paper", "tiny")
+PRESETS = ("paper", "toy", "tiny")
 
 
 def load_preset(name_or_path: str) -> dict:
@@ -239,7 +239,7 @@ def _parser(config_cls, stage: str, preset: str, section: dict) -> argparse.Argu
     if "preset" in _field_types(config_cls):
         parser.set_defaults(preset=preset)
     else:
-        parser.add_argument("--preset", default=preset, help="paper, tiny, or a YAML file")
+        parser.add_argument("--preset", default=preset, help="paper, toy, tiny, or a YAML file")
     parser.set_defaults(**section)
     return parser
 

@@ -1,6 +1,7 @@
 """Load every model by id-or-path with its library's own loader, the same way for `paper` and `tiny` ids.
 
-A `tiny:NAME` id names a model of the offline zoo (`vehicle_diff.tiny_models`), built on first use. Any other
+A `tiny:NAME` id names a model of the offline random zoo (`vehicle_diff.tiny_models`), a `toy:NAME` id one of the
+trained toy zoo (`vehicle_diff.toy_models`); each zoo is built on first use. Any other
 id goes to the library unchanged; when it cannot be had offline, the error is one line that names the model and
 the download that provides it (only the files the loader reads), instead of a traceback from deep inside a library.
 
@@ -19,6 +20,8 @@ from pathlib import Path
 from .errors import UserInputError
 
 TINY_PREFIX = "tiny:"
+TOY_PREFIX = "toy:"
+ZOO_PREFIXES = (TINY_PREFIX, TOY_PREFIX)
 PRECISIONS = ("no", "fp16", "bf16")  # accelerate's --mixed_precision names
 
 
@@ -63,15 +66,21 @@ OPEN_CLIP_FILES = ["open_clip_config.json", "open_clip_model.safetensors"]
 
 
 def resolve_model(name_or_path: str) -> str:
-    """`tiny:NAME` -> the path of that zoo model; anything else unchanged."""
+    """`tiny:NAME` / `toy:NAME` -> the path of that zoo model; anything else unchanged."""
     if name_or_path.startswith(TINY_PREFIX):
         from .tiny_models import ZOO_MODELS, ensure_zoo
 
-        name = name_or_path[len(TINY_PREFIX) :]
-        if name not in ZOO_MODELS:
-            raise UserInputError(f"unknown tiny model {name_or_path!r}; the zoo has: {', '.join(ZOO_MODELS)}")
-        return str(ensure_zoo() / name)
-    return name_or_path
+        zoo, names = ensure_zoo, ZOO_MODELS
+    elif name_or_path.startswith(TOY_PREFIX):
+        from .toy_models import TOY_MODELS, ensure_toy_zoo
+
+        zoo, names = ensure_toy_zoo, tuple(TOY_MODELS)
+    else:
+        return name_or_path
+    prefix, _, name = name_or_path.partition(":")
+    if name not in names:
+        raise UserInputError(f"unknown {prefix} model {name_or_path!r}; the zoo has: {', '.join(names)}")
+    return str(zoo() / name)
 
 
 def looks_like_path(name: str) -> bool:
@@ -341,7 +350,7 @@ def _resolved_revision(model_id: str, revision: str | None = None) -> str:
     Hub repo (from the local HF cache; from the Hub when online and not cached), or `sha256:HEX` of the content
     of a local folder or file and of a `tiny:` model (which has no commit)."""
     path = Path(resolve_model(model_id).removeprefix("local-dir:"))
-    if model_id.startswith(TINY_PREFIX) or path.exists():
+    if model_id.startswith(ZOO_PREFIXES) or path.exists():
         return "sha256:" + content_hash(path)
     if looks_like_path(model_id):
         raise UserInputError(f"{model_id}: no such file or folder")

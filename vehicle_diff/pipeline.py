@@ -81,7 +81,7 @@ class RunConfig:
     """Run every stage in order: prompts to publish. Stages already complete (same fingerprint) are skipped."""
 
     output_dir: str = field(default="vehicle-diff-output", metadata={"help": "one folder per stage inside"})
-    preset: str = field(default="paper", metadata={"help": "paper, tiny, or a YAML file"})
+    preset: str = field(default="paper", metadata={"help": "paper, toy, tiny, or a YAML file"})
     target_images: str | None = field(
         default=None, metadata={"help": "unlabeled target-camera images (required for paper)"}
     )
@@ -130,7 +130,7 @@ def stage_class(stage: str):
 def resolve_stage_configs(config: RunConfig, out: Path) -> dict:
     """Every stage's typed config, resolved once: preset < the run's wiring (where each stage reads and
     writes) < --override. `generate` learns the chosen LoRA and template from `select` when it has run."""
-    target = config.target_images or str(out / "target_images")
+    target = config.target_images or str(default_target_images(config, out))
     wiring = {
         "prompts": {"output_dir": out / "prompts"},
         "caption": {"input_images": target, "output_dir": out / "captions"},
@@ -296,14 +296,59 @@ def run_pipeline(config: RunConfig) -> Path:
         job.release()
 
 
+def ensure_toy_world(config: RunConfig, out: Path) -> Path:
+    """The toy world's target cameras in `out/toy-world`, rendered unless already there with these settings."""
+    from .jobs import Job
+    from .toy_world import ToyWorldConfig, build_target_dataset, world_components
+
+    world = resolve_config(
+        ToyWorldConfig, "toy-world", config.preset, {"output_dir": out / "toy-world", "overwrite": config.overwrite}
+    )
+    if not Job(world.output_dir, "toy-world", world_components(world), owned=[]).complete:
+        build_target_dataset(world)
+    return Path(world.output_dir)
+
+
+def default_target_images(config: RunConfig, out: Path) -> Path:
+    return out / "toy-world" / "image_train" if config.preset == "toy" else out / "target_images"
+
+
+def toy_reid_configs(configs: dict, out: Path, world: Path) -> dict:
+    """Re-ID trained on R, S, D and B with the preset's one budget, each evaluated on the world's query / gallery."""
+    from .toy_report import REID_MODES
+
+    target = f"veri776:{world}"
+    pairs = {}
+    for mode in REID_MODES:
+        train = dataclasses.replace(
+            configs["train-reid"],
+            real_data=target,
+            data_mode=mode,
+            eval_data=target,
+            output_dir=str(out / "toy-reid" / mode),
+        )
+        evaluation = dataclasses.replace(
+            configs["evaluate"],
+            model=train.output_dir,
+            eval_data=target,
+            output_dir=str(out / "toy-reid" / f"{mode}-evaluation"),
+        )
+        pairs[mode] = (train, evaluation)
+    return pairs
+
+
 def run_stages(config: RunConfig, out: Path) -> Path:
+    world = None
     if not config.target_images:
-        if config.preset != "tiny":
+        if config.preset == "toy":
+            world = ensure_toy_world(config, out)
+        elif config.preset == "tiny":
+            if not (out / "target_images").is_dir():
+                draw_target_images(out / "target_images", config.num_target_images)
+        else:
             raise UserInputError(
                 "--target_images is required: a folder of ~1% unlabeled images of your cameras (paper §III-B)"
             )
-        if not (out / "target_images").is_dir():
-            draw_target_images(out / "target_images", config.num_target_images)
     configs = resolve_stage_configs(config, out)
     check_given_inputs(configs)
     timings, done = {}, []
@@ -325,6 +370,18 @@ def run_stages(config: RunConfig, out: Path) -> Path:
             extra = {"force_flag": "--override publish.force=true"}
         run_stage_isolated(stage, stage_config, **extra)
         timings[stage] = round(time.perf_counter() - started, 1)
+    toy_report = None
+    if world is not None:
+        for mode, (train, evaluation) in toy_reid_configs(configs, out, world).items():
+            if not stage_is_complete("train-reid", train, configs):
+                print(f"== toy world: re-ID on {mode} -> {train.output_dir}", flush=True)
+                run_stage_isolated("train-reid", train)
+            run_stage_isolated("evaluate", evaluation)
+        from .toy_report import write_report
+
+        started = time.perf_counter()
+        toy_report = write_report(out, configs, world)
+        timings["toy report"] = round(time.perf_counter() - started, 1)
     if config.push_to_hub:
         hub = dataclasses.replace(configs["publish"], target="hub", output_dir=str(out / "publish-hub"))
         run_stage_isolated("publish", hub, force_flag="--override publish.force=true")
@@ -334,6 +391,14 @@ def run_stages(config: RunConfig, out: Path) -> Path:
             out / "mirror", "vehicle-diff/vehicle-diff", config.version, out / "publish-mirror"
         )
     summary = run_summary(out, timings, read_back)
+    if toy_report is not None:
+        from .toy_report import report_markdown
+
+        summary += (
+            "\n"
+            + report_markdown(toy_report)
+            + f"\nThe report: {out / 'toy_report.json'}, pictures: {out / 'toy_report_images.png'}\n"
+        )
     with atomic_path(out / "summary.md") as tmp:
         tmp.write_text(summary)
     print(summary)

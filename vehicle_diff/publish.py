@@ -711,7 +711,7 @@ class PublishConfig:
     """Publish the dataset, the LoRA and the re-ID model as versioned repos (Hub or local olah mirror)."""
 
     output_dir: str = field(default="vehicle-diff-output/publish", metadata={"help": "where the publish report goes"})
-    preset: str = field(default="paper", metadata={"help": "paper, tiny, or a YAML file"})
+    preset: str = field(default="paper", metadata={"help": "paper, toy, tiny, or a YAML file"})
     dataset: str | None = field(default=None, metadata={"help": "the export stage's folder"})
     lora: str | None = field(default=None, metadata={"help": "the finetune stage's folder"})
     reid: str | None = field(default=None, metadata={"help": "the train-reid stage's folder"})

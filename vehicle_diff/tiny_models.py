@@ -288,12 +288,25 @@ def ensure_zoo() -> Path:
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(prog="vehicle-diff tiny-models", description=__doc__.splitlines()[0])
-    parser.add_argument("--output_dir", default=None, help=f"default: the cache, {default_cache_dir()}")
+    parser.add_argument("--output_dir", default=None, help="default: the cache (~/.cache/vehicle-diff/)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--preset", default="tiny", choices=["tiny"], help="the zoo is the tiny preset's models")
+    parser.add_argument(
+        "--preset",
+        default="tiny",
+        choices=["tiny", "toy"],
+        help="tiny: the random zoo (seconds); toy: the zoo trained on the toy world (about 20 minutes on 2 cores)",
+    )
     args = parser.parse_args(argv)
-    out_dir = build_zoo(Path(args.output_dir) if args.output_dir else default_cache_dir(), seed=args.seed)
-    for name in ZOO_MODELS:
+    if args.preset == "toy":
+        from .toy_models import TOY_MODELS, ToyZooConfig, build_toy_zoo, default_toy_zoo_dir
+
+        config = ToyZooConfig(seed=args.seed)
+        out_dir = build_toy_zoo(Path(args.output_dir) if args.output_dir else default_toy_zoo_dir(config), config)
+        names = list(TOY_MODELS)
+    else:
+        out_dir = build_zoo(Path(args.output_dir) if args.output_dir else default_cache_dir(), seed=args.seed)
+        names = ZOO_MODELS
+    for name in names:
         print(f"{name:14s} {out_dir / name}")
     return out_dir
 

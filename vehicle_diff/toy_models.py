@@ -14,10 +14,11 @@ Two choices make the VAE learn paint within minutes on two cores (seen on recons
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import shutil
-import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +29,11 @@ YCBCR = torch.tensor([[0.299, 0.587, 0.114], [-0.169, -0.331, 0.5], [0.5, -0.419
 
 
 @dataclass
-class ToySDXLConfig:
+class ToyZooConfig:
+    """Every setting of the toy zoo's training; the built zoo records them, and a changed one builds a new zoo."""
+
     scenes: int = 4096  # source scenes rendered once, in memory (64 px: 50 MB)
+    close_ups: float = 0.3  # share of source scenes framed around the vehicle (see `framed_scene`)
     image_size: int = 64
     seed: int = 0
     vae_steps: int = 600
@@ -37,24 +41,31 @@ class ToySDXLConfig:
     vae_learning_rate: float = 3e-3
     chroma_weight: float = 3.0
     vehicle_weight: float = 4.0  # loss weight of the pixels inside the vehicle's box
-    unet_steps: int = 3000
+    unet_steps: int = 1500
     unet_batch_size: int = 64
     unet_learning_rate: float = 1e-3
     caption_dropout: float = 0.1  # trains the unconditional branch classifier-free guidance needs
+    detector_scenes: int = 3000
+    detector_epochs: int = 12
+    clip_scenes: int = 4096
+    clip_steps: int = 600
+    clip_batch_size: int = 128
+    clip_learning_rate: float = 1e-3
 
 
-def source_batch(config: ToySDXLConfig):
+def source_batch(config: ToyZooConfig):
     """Pixels in [-1, 1] (N, 3, H, W), a per-pixel loss weight (N, 1, H, W) and the captions of the source scenes."""
-    from .toy_world import source_scene
-
-    size = (config.image_size, config.image_size)
-    scenes = [source_scene(index, seed=config.seed, size=size) for index in range(config.scenes)]
-    pixels = np.stack([np.asarray(scene.render.image) for scene in scenes])
+    size = config.image_size
+    framed = [
+        framed_scene(index, seed=config.seed, size=size, close_ups=config.close_ups) for index in range(config.scenes)
+    ]
+    pixels = np.stack([np.asarray(image) for image, _, _ in framed])
     pixels = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
+    boxes = [tuple(round(v) for v in box) for _, box, _ in framed]
     return (
         pixels,
-        vehicle_weights([scene.render.box for scene in scenes], size, config.vehicle_weight),
-        [scene.caption for scene in scenes],
+        vehicle_weights(boxes, (size, size), config.vehicle_weight),
+        [scene.caption for _, _, scene in framed],
     )
 
 
@@ -85,7 +96,7 @@ def warmup_cosine(optimizer, steps: int, warmup_share: float = 0.05):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def train_vae(vae, pixels, weights, config: ToySDXLConfig) -> None:
+def train_vae(vae, pixels, weights, config: ToyZooConfig) -> None:
     from tqdm import tqdm
 
     generator = torch.Generator().manual_seed(config.seed)
@@ -94,9 +105,10 @@ def train_vae(vae, pixels, weights, config: ToySDXLConfig) -> None:
     vae.train()
     for _ in tqdm(range(config.vae_steps), desc="toy zoo: VAE", unit="step"):
         batch = torch.randint(0, len(pixels), (config.vae_batch_size,), generator=generator)
-        posterior = vae.encode(pixels[batch]).latent_dist
+        images = photometric_jitter(pixels[batch], generator).clamp(-1, 1)  # any light and cast, not the source's
+        posterior = vae.encode(images).latent_dist
         reconstruction = vae.decode(posterior.mode()).sample
-        loss = reconstruction_loss(reconstruction, pixels[batch], weights[batch], config.chroma_weight)
+        loss = reconstruction_loss(reconstruction, images, weights[batch], config.chroma_weight)
         loss = loss + 1e-6 * posterior.kl().mean()
         optimizer.zero_grad()
         loss.backward()
@@ -105,7 +117,7 @@ def train_vae(vae, pixels, weights, config: ToySDXLConfig) -> None:
     vae.eval()
 
 
-def train_unet(pipe, latents, captions: list[str], config: ToySDXLConfig) -> None:
+def train_unet(pipe, latents, captions: list[str], config: ToyZooConfig) -> None:
     """Epsilon prediction on the scaled latents with SDXL's noise schedule, size micro-conditioning of the
     full image, and zeroed text embeddings for dropped captions (SDXL's pipeline zeroes the negative prompt)."""
     from diffusers import DDPMScheduler
@@ -146,23 +158,8 @@ def train_unet(pipe, latents, captions: list[str], config: ToySDXLConfig) -> Non
     unet.eval()
 
 
-def build_toy_sdxl(out_dir: Path, config: ToySDXLConfig) -> Path:
-    """Train the VAE, then the UNet on its latents, and save the pipeline in diffusers' format to `out_dir`, a new
-    folder (built in a temp folder beside it and renamed, so a killed build leaves no half pipeline)."""
-    from .errors import UserInputError
-
-    if out_dir.exists():
-        raise UserInputError(f"{out_dir} already exists; choose a new folder for the toy pipeline")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(config.seed)
-    work = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
-    try:
-        return train_and_save(work, out_dir, config)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def train_and_save(work: Path, out_dir: Path, config: ToySDXLConfig) -> Path:
+def build_toy_sdxl(work: Path, target: Path, config: ToyZooConfig) -> None:
+    """Train the VAE, then the UNet on its latents; save the pipeline in diffusers' format at `target`."""
     from diffusers import AutoencoderKL, StableDiffusionXLPipeline
 
     from .tiny_models import build_sdxl
@@ -182,11 +179,235 @@ def train_and_save(work: Path, out_dir: Path, config: ToySDXLConfig) -> Path:
         force_upcast=True,
     )
     train_vae(vae, pixels, weights, config)
+    with (
+        torch.no_grad()
+    ):  # log-variance -30 (the clamp's floor): sampling the posterior, as fine-tuning does, gives its mean
+        vae.quant_conv.weight[vae.config.latent_channels :].zero_()
+        vae.quant_conv.bias[vae.config.latent_channels :].fill_(-30.0)
     with torch.no_grad():
         latents = torch.cat([vae.encode(chunk).latent_dist.mode() for chunk in pixels.split(256)])
     vae.register_to_config(scaling_factor=float(1 / latents.std()))  # unit-variance latents, as SDXL's factor gives
     pipe.register_modules(vae=vae)
     train_unet(pipe, latents * vae.config.scaling_factor, captions, config)
-    pipe.save_pretrained(work / "trained", safe_serialization=True)
-    (work / "trained").rename(out_dir)
+    pipe.save_pretrained(target, safe_serialization=True)
+
+
+# -- the detector -------------------------------------------------------------------------------------------------
+
+
+def framed_scene(index: int, *, seed: int, size: int, close_ups: float):
+    """Source scene `index` as (image, box, scene); a share `close_ups` of them cropped around the vehicle and scaled
+    back to `size`, as generic photographs frame vehicles both ways (and a LoRA on camera crops draws them)."""
+    from .toy_world import source_scene, stable_rng
+
+    scene = source_scene(index, seed=seed, size=(size, size))
+    image, (x0, y0, x1, y1) = scene.render.image, scene.render.box
+    rng = stable_rng("close-up", seed, index)
+    if rng.random() < close_ups:
+        side = min(size, max(x1 - x0, y1 - y0) * rng.uniform(1.1, 1.5))
+        left = min(max(0.0, (x0 + x1) / 2 - side / 2 + rng.uniform(-0.1, 0.1) * side), size - side)
+        top = min(max(0.0, (y0 + y1) / 2 - side / 2 + rng.uniform(-0.1, 0.1) * side), size - side)
+        scale = size / side
+        image = image.crop((left, top, left + side, top + side)).resize((size, size))
+        x0, x1 = (max(0.0, (x - left) * scale) for x in (x0, x1))
+        y0, y1 = (max(0.0, (y - top) * scale) for y in (y0, y1))
+        x1, y1 = min(x1, size), min(y1, size)
+    return image, (x0, y0, x1, y1), scene
+
+
+def write_detector_data(root: Path, config: ToyZooConfig) -> Path:
+    """Images and YOLO labels (class cx cy w h, relative) of the source scenes, and the dataset's YAML."""
+    import yaml
+    from PIL import ImageFilter
+    from tqdm import tqdm
+    from ultralytics.utils import YAML
+    from ultralytics.utils.checks import check_yaml
+
+    from .toy_world import coco_class, stable_rng
+
+    size = config.image_size
+    splits = {"train": range(config.detector_scenes), "val": range(10**6, 10**6 + 200)}  # val: unseen scenes
+    for split, indices in splits.items():
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+        for index in tqdm(indices, desc=f"toy zoo: detector {split} scenes", unit="scene"):
+            image, (x0, y0, x1, y1), scene = framed_scene(
+                index, seed=config.seed, size=size, close_ups=config.close_ups
+            )
+            label = coco_class(scene.identity["body_style"])
+            blur = stable_rng("detector-blur", config.seed, index).uniform(-1.0, 1.5)
+            if blur > 0:  # generated images are softer than renders: the toy VAE's 8x latents blur them
+                image = image.filter(ImageFilter.GaussianBlur(blur))
+            image.save(root / "images" / split / f"{index:07d}.png")
+            row = f"{label} {(x0 + x1) / 2 / size:.6f} {(y0 + y1) / 2 / size:.6f} {(x1 - x0) / size:.6f} {(y1 - y0) / size:.6f}"
+            (root / "labels" / split / f"{index:07d}.txt").write_text(row + "\n")
+    names = YAML.load(check_yaml("coco.yaml"))["names"]  # COCO's 80 names: class 2 is car, 7 truck
+    data = root / "data.yaml"
+    data.write_text(yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/val", "names": names}))
+    return data
+
+
+def build_toy_detector(work: Path, target: Path, config: ToyZooConfig) -> None:
+    """YOLOv5n-p6 (the paper's detector family) trained by ultralytics on the source scenes, from scratch."""
+    import os
+
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    from ultralytics import YOLO
+
+    data = write_detector_data(work / "data", config)
+    model = YOLO("yolov5n-p6.yaml", verbose=False)
+    model.train(
+        data=str(data),
+        epochs=config.detector_epochs,
+        imgsz=config.image_size,
+        batch=64,
+        device="cpu",
+        workers=0,
+        seed=config.seed,
+        deterministic=True,
+        amp=False,
+        plots=False,
+        project=str(work / "runs"),
+        name="detector",
+        exist_ok=True,
+        optimizer="AdamW",
+        lr0=0.003,
+        warmup_epochs=1,
+        mosaic=0.0,  # one vehicle per scene, as generated images show it
+        close_mosaic=0,
+        hsv_h=0.0,  # hue is the paint: never change it
+        hsv_s=0.3,
+        hsv_v=0.3,
+        scale=0.3,
+        translate=0.1,
+        verbose=False,
+    )
+    shutil.copyfile(work / "runs" / "detector" / "weights" / "last.pt", target)
+
+
+# -- the CLIP color model -----------------------------------------------------------------------------------------
+
+CLIP_TEXTS = ("a {color} vehicle", "a photo of a {color} {body_style}", "{caption}")
+
+
+def photometric_jitter(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Per-image gain, offset and a mild color cast on normalised pixels: cameras differ in all three, and the
+    paint must still be read through them (hue is never rotated)."""
+    count = len(pixels)
+    gain = 1 + 0.15 * torch.randn(count, 1, 1, 1, generator=generator)
+    cast = 0.1 * torch.randn(count, 3, 1, 1, generator=generator)
+    offset = 0.2 * torch.randn(count, 1, 1, 1, generator=generator)
+    return pixels * gain + cast + offset
+
+
+def train_clip(model, tokenizer, pixels: torch.Tensor, texts: list[tuple[str, ...]], config: ToyZooConfig) -> None:
+    """CLIP's symmetric contrastive loss, where every image of a batch whose text is the same counts as a positive
+    (the color texts repeat within a batch by design)."""
+    from tqdm import tqdm
+
+    generator = torch.Generator().manual_seed(config.seed + 2)
+    optimizer = torch.optim.AdamW(model.parameters(), config.clip_learning_rate, weight_decay=0.1)
+    schedule = warmup_cosine(optimizer, config.clip_steps)
+    model.train()
+    for _ in tqdm(range(config.clip_steps), desc="toy zoo: CLIP", unit="step"):
+        batch = torch.randint(0, len(pixels), (config.clip_batch_size,), generator=generator)
+        which = torch.randint(0, len(CLIP_TEXTS), (len(batch),), generator=generator)
+        chosen = [texts[i][w] for i, w in zip(batch.tolist(), which.tolist(), strict=True)]
+        images = torch.nn.functional.normalize(model.encode_image(photometric_jitter(pixels[batch], generator)), dim=-1)
+        words = torch.nn.functional.normalize(model.encode_text(tokenizer(chosen)), dim=-1)
+        logits = model.logit_scale.exp() * images @ words.T
+        same = torch.tensor([[a == b for b in chosen] for a in chosen], dtype=torch.float32)
+        targets = same / same.sum(1, keepdim=True)
+        loss = (
+            torch.nn.functional.cross_entropy(logits, targets) + torch.nn.functional.cross_entropy(logits.T, targets)
+        ) / 2
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+    model.eval()
+
+
+def build_toy_clip(work: Path, target: Path, config: ToyZooConfig) -> None:
+    """The tiny zoo's CLIP layout, trained contrastively on crops of the source vehicles against their color
+    texts ("a {color} vehicle", the filter's prompt), a short description and the full caption."""
+    from safetensors.torch import save_file
+
+    from .models import load_open_clip
+    from .tiny_models import build_open_clip
+    from .toy_world import crop, source_scene
+
+    build_open_clip(target)
+    model, preprocess, tokenizer = load_open_clip(str(target))
+    scenes = [
+        source_scene(index, seed=config.seed + 1, size=(config.image_size,) * 2) for index in range(config.clip_scenes)
+    ]
+    pixels = torch.stack([preprocess(crop(scene.render)) for scene in scenes])
+    texts = [tuple(text.format(caption=scene.caption, **scene.identity) for text in CLIP_TEXTS) for scene in scenes]
+    train_clip(model, tokenizer, pixels, texts, config)
+    save_file(model.state_dict(), target / "open_clip_model.safetensors")
+
+
+# -- the zoo ------------------------------------------------------------------------------------------------------
+
+TOY_ZOO_VERSION = 1
+TOY_MODELS = {"sdxl": build_toy_sdxl, "yolo.pt": build_toy_detector, "open_clip": build_toy_clip}
+SETTINGS = "settings.json"
+
+
+def zoo_settings(config: ToyZooConfig) -> dict:
+    from .toy_world import WORLD_VERSION
+
+    return {"toy_zoo_version": TOY_ZOO_VERSION, "world_version": WORLD_VERSION, **asdict(config)}
+
+
+def default_toy_zoo_dir(config: ToyZooConfig) -> Path:
+    """The cache folder of the zoo of these settings (beside the tiny zoo): other settings, another folder."""
+    from .tiny_models import default_cache_dir
+
+    digest = hashlib.sha256(json.dumps(zoo_settings(config), sort_keys=True).encode()).hexdigest()[:10]
+    return default_cache_dir().parent / f"toy-models-v{TOY_ZOO_VERSION}-{digest}"
+
+
+def build_toy_zoo(out_dir: Path, config: ToyZooConfig) -> Path:
+    """Train every toy model into `out_dir`, one at a time; each is renamed into place when complete, so a killed
+    build resumes at the model it was training (whose own `NAME.building` folder is started over)."""
+    from filelock import FileLock
+
+    from .errors import UserInputError
+    from .io import atomic_path
+    from .jobs import check_output_path
+
+    out_dir = check_output_path(out_dir)
+    settings = zoo_settings(config)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out_dir) + ".lock"):
+        if (out_dir / SETTINGS).exists():
+            if json.loads((out_dir / SETTINGS).read_text()) != settings:
+                raise UserInputError(f"{out_dir} holds a toy zoo of other settings; choose another --output_dir")
+        elif out_dir.exists() and any(out_dir.iterdir()):
+            raise UserInputError(
+                f"--output_dir {out_dir} already holds files that are not a toy zoo; choose a new folder"
+            )
+        else:
+            out_dir.mkdir(exist_ok=True)
+            with atomic_path(out_dir / SETTINGS) as tmp:
+                tmp.write_text(json.dumps(settings, indent=2, sort_keys=True))
+        for slot, (name, build) in enumerate(TOY_MODELS.items()):
+            work = out_dir / f"{name}.building"
+            shutil.rmtree(work, ignore_errors=True)  # a killed build's own folder, by its own name
+            if (out_dir / name).exists():
+                continue
+            work.mkdir()
+            torch.manual_seed(config.seed + slot)  # each model depends only on the seed and its slot
+            build(work, work / name, config)
+            (work / name).rename(out_dir / name)
+            shutil.rmtree(work)
     return out_dir
+
+
+def ensure_toy_zoo() -> Path:
+    """The cached zoo of the default settings, trained on first use (about 20 minutes on two cores)."""
+    return build_toy_zoo(default_toy_zoo_dir(ToyZooConfig()), ToyZooConfig())

@@ -456,12 +456,17 @@ class ToyWorldConfig:
             raise UserInputError(f"--identities {self.identities}: at least 4 (two to train, two to test)")
 
 
-def build_target_dataset(config: ToyWorldConfig) -> Path:
+def world_components(config: ToyWorldConfig) -> dict:
+    """What the rendered world depends on: a folder with other components is another world."""
     settings = {"identities": config.identities, "seed": config.seed, "size": [config.image_width, config.image_height]}
+    return {"settings": settings, "world_version": WORLD_VERSION}
+
+
+def build_target_dataset(config: ToyWorldConfig) -> Path:
     out_dir = replace_folder(
         config.output_dir,
         "toy-world",
-        {"settings": settings, "world_version": WORLD_VERSION},
+        world_components(config),
         lambda staging: write_target_dataset(
             staging, identities=config.identities, seed=config.seed, size=(config.image_width, config.image_height)
         ),
