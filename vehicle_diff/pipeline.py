@@ -3,11 +3,14 @@
 prompts -> caption -> finetune -> select -> generate -> filter -> export -> train-reid (synthetic) -> evaluate ->
 publish (local olah mirror; and the Hub with --push_to_hub) -> read the dataset back through olah.
 
-The target-camera images come from `--target_images`. Without it, and only for the `tiny` preset, the package
-draws simple vehicle pictures itself (a box body, windows and wheels on a road, random colors and positions) so
-the demo has something honest to caption: they are drawings, not camera images.
+The target-camera images come from `--target_images`. Without it:
+- `toy` renders the toy world's target cameras into `OUT/toy-world` (VeRi-776's layout, with ground truth), captions
+  its training images, and after the stages trains re-ID on R, S, D and B and measures the run on the world's ground
+  truth (`vehicle_diff.toy_report`: `OUT/toy_report.json`, a section of `summary.md`);
+- `tiny` draws simple vehicle pictures (a box body, windows and wheels on a road, random colors and positions) so
+  the machinery has something honest to caption: they are drawings, not camera images.
 
-    vehicle-diff run --preset tiny --output_dir demo-output
+    vehicle-diff run --preset toy --output_dir demo-output
     vehicle-diff run --preset paper --target_images /data/VeRi/image_train --output_dir out
 """
 
@@ -83,7 +86,7 @@ class RunConfig:
     output_dir: str = field(default="vehicle-diff-output", metadata={"help": "one folder per stage inside"})
     preset: str = field(default="paper", metadata={"help": "paper, toy, tiny, or a YAML file"})
     target_images: str | None = field(
-        default=None, metadata={"help": "unlabeled target-camera images (required for paper)"}
+        default=None, metadata={"help": "unlabeled target-camera images (required but for toy and tiny)"}
     )
     num_target_images: int = field(
         default=24, metadata={"help": "tiny only: how many drawings to make without --target_images"}
@@ -373,10 +376,12 @@ def run_stages(config: RunConfig, out: Path) -> Path:
     toy_report = None
     if world is not None:
         for mode, (train, evaluation) in toy_reid_configs(configs, out, world).items():
+            started = time.perf_counter()
             if not stage_is_complete("train-reid", train, configs):
                 print(f"== toy world: re-ID on {mode} -> {train.output_dir}", flush=True)
                 run_stage_isolated("train-reid", train)
             run_stage_isolated("evaluate", evaluation)
+            timings[f"re-ID {mode}"] = round(time.perf_counter() - started, 1)
         from .toy_report import write_report
 
         started = time.perf_counter()
