@@ -55,7 +55,7 @@ def test_the_loss_counts_a_wrong_paint_more_than_a_wrong_brightness():
 
 def test_a_built_zoo_loads_with_the_stages_own_loaders(tmp_path):
     out = build_toy_zoo(tmp_path / "zoo", MICRO)
-    assert sorted(p.name for p in out.iterdir()) == ["open_clip", "settings.json", "sdxl", "yolo.pt"]  # no work folder
+    assert sorted(p.name for p in out.iterdir()) == ["open_clip", "sdxl", "settings.json", "yolo.pt"]  # no work folder
     pipe = models.load_sdxl_pipeline(str(out / "sdxl"))
     assert pipe.vae.config.scaling_factor != 0.18215  # measured on its own latents
     image = pipe("a red 2012 Toyota Camry sedan driving down the road.", num_inference_steps=2, height=64, width=64)
