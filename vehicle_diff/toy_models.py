@@ -1,4 +1,5 @@
-"""The `toy` zoo's text-to-image model: SDXL's layout at toy size, trained on the toy world's source scenes.
+"""The `toy` zoo: the paper's text-to-image model, detector and CLIP at toy size, trained on the toy world's source
+scenes (never its target cameras), one model at a time (`build_toy_zoo`).
 
 The `tiny` zoo's pipeline has random weights; this one has learned to draw the source world from the prompt
 library's captions, so that a LoRA, a color check and a re-ID model downstream have something real to work on.
@@ -51,6 +52,26 @@ class ToyZooConfig:
     clip_steps: int = 600
     clip_batch_size: int = 128
     clip_learning_rate: float = 1e-3
+
+
+def framed_scene(index: int, *, seed: int, size: int, close_ups: float):
+    """Source scene `index` as (image, box, scene); a share `close_ups` of them cropped around the vehicle and scaled
+    back to `size`, as generic photographs frame vehicles both ways (and a LoRA on camera crops draws them)."""
+    from .toy_world import source_scene, stable_rng
+
+    scene = source_scene(index, seed=seed, size=(size, size))
+    image, (x0, y0, x1, y1) = scene.render.image, scene.render.box
+    rng = stable_rng("close-up", seed, index)
+    if rng.random() < close_ups:
+        side = min(size, max(x1 - x0, y1 - y0) * rng.uniform(1.1, 1.5))
+        left = min(max(0.0, (x0 + x1) / 2 - side / 2 + rng.uniform(-0.1, 0.1) * side), size - side)
+        top = min(max(0.0, (y0 + y1) / 2 - side / 2 + rng.uniform(-0.1, 0.1) * side), size - side)
+        scale = size / side
+        image = image.crop((left, top, left + side, top + side)).resize((size, size))
+        x0, x1 = (max(0.0, (x - left) * scale) for x in (x0, x1))
+        y0, y1 = (max(0.0, (y - top) * scale) for y in (y0, y1))
+        x1, y1 = min(x1, size), min(y1, size)
+    return image, (x0, y0, x1, y1), scene
 
 
 def source_batch(config: ToyZooConfig):
@@ -179,9 +200,8 @@ def build_toy_sdxl(work: Path, target: Path, config: ToyZooConfig) -> None:
         force_upcast=True,
     )
     train_vae(vae, pixels, weights, config)
-    with (
-        torch.no_grad()
-    ):  # log-variance -30 (the clamp's floor): sampling the posterior, as fine-tuning does, gives its mean
+    # log-variance -30 (the clamp's floor): sampling the posterior, as fine-tuning does, gives its mean
+    with torch.no_grad():
         vae.quant_conv.weight[vae.config.latent_channels :].zero_()
         vae.quant_conv.bias[vae.config.latent_channels :].fill_(-30.0)
     with torch.no_grad():
@@ -193,26 +213,6 @@ def build_toy_sdxl(work: Path, target: Path, config: ToyZooConfig) -> None:
 
 
 # -- the detector -------------------------------------------------------------------------------------------------
-
-
-def framed_scene(index: int, *, seed: int, size: int, close_ups: float):
-    """Source scene `index` as (image, box, scene); a share `close_ups` of them cropped around the vehicle and scaled
-    back to `size`, as generic photographs frame vehicles both ways (and a LoRA on camera crops draws them)."""
-    from .toy_world import source_scene, stable_rng
-
-    scene = source_scene(index, seed=seed, size=(size, size))
-    image, (x0, y0, x1, y1) = scene.render.image, scene.render.box
-    rng = stable_rng("close-up", seed, index)
-    if rng.random() < close_ups:
-        side = min(size, max(x1 - x0, y1 - y0) * rng.uniform(1.1, 1.5))
-        left = min(max(0.0, (x0 + x1) / 2 - side / 2 + rng.uniform(-0.1, 0.1) * side), size - side)
-        top = min(max(0.0, (y0 + y1) / 2 - side / 2 + rng.uniform(-0.1, 0.1) * side), size - side)
-        scale = size / side
-        image = image.crop((left, top, left + side, top + side)).resize((size, size))
-        x0, x1 = (max(0.0, (x - left) * scale) for x in (x0, x1))
-        y0, y1 = (max(0.0, (y - top) * scale) for y in (y0, y1))
-        x1, y1 = min(x1, size), min(y1, size)
-    return image, (x0, y0, x1, y1), scene
 
 
 def write_detector_data(root: Path, config: ToyZooConfig) -> Path:

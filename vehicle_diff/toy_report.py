@@ -103,16 +103,14 @@ def paired_difference(first: np.ndarray, second: np.ndarray) -> dict:
     return {"mean": round(float(difference.mean()), 4), "stderr": round(float(stderr), 4), "queries": len(difference)}
 
 
-def per_query_ap(model_dir: Path, world: Path) -> np.ndarray:
-    """The average precision of every query of the world's query / gallery that has a match in another camera."""
+def per_query_ap(model_dir: Path, split) -> np.ndarray:
+    """The average precision of every query of `split` (query / gallery) that has a match in another camera."""
     import torch
 
     from vehicle_diff.training.evaluate import extract_features
     from vehicle_diff.training.metrics import evaluate_rank, pairwise_distance
-    from vehicle_diff.training.reid_data import read_veri776
     from vehicle_diff.training.reid_model import ReIDModel
 
-    split = read_veri776(str(world))
     model = ReIDModel.from_pretrained(str(model_dir))
     query, gallery = (extract_features(model, part, progress=False) for part in (split.query, split.gallery))
     distance = pairwise_distance(query, gallery)
@@ -219,7 +217,7 @@ def reid_scores(out: Path, world: Path) -> dict:
         scores[mode] = {"mAP": round(metrics["mAP"], 4), "rank1": round(metrics["rank1"], 4)}
     split = read_veri776(str(world))
     scores["B_minus_R"] = paired_difference(
-        per_query_ap(out / "toy-reid" / "R", world), per_query_ap(out / "toy-reid" / "B", world)
+        per_query_ap(out / "toy-reid" / "R", split), per_query_ap(out / "toy-reid" / "B", split)
     )
     scores["chance_mAP"] = round(
         chance_map(
