@@ -50,19 +50,18 @@ def test_the_lora_moves_generation_toward_the_target_cameras(report):
     assert fd["lora"] < fd["base"], fd
 
 
-# Measured and not met at this scale (one run of the default zoo): S mAP 0.0285 against chance 0.0174 (1.6x),
-# B - R -0.0196 (standard error 0.0036). Every re-ID model here is weak (R: 0.069): 400 steps of a from-scratch
-# backbone on 64 px crops. Strict, so that the test reports when the world or the budget makes the claim hold.
-NOT_MET = "re-ID at the toy budget is too weak to show it (see the numbers above the test)"
-
-
-@pytest.mark.xfail(strict=True, reason=NOT_MET)
+# Measured: S mAP 0.071 against chance 0.017 (4.1x), R 0.178.
 def test_reid_trained_on_kept_synthetic_images_beats_chance_clearly(report):
     reid = report["reid"]
     assert reid["S"]["mAP"] > 2 * reid["chance_mAP"], reid
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_MET)
+# Measured and not met at this scale: B 0.140 against R 0.178 (paired difference -0.038, standard error 0.007 over
+# 293 queries). Not a budget effect: at 3x the steps R reaches 0.212 and B 0.149. The kept generated images are soft
+# blobs next to the sharp real renders (see toy_report_images.png), so the half of B's batches that is synthetic
+# teaches features the real query / gallery do not need. Strict, so that the test reports when a sharper generator
+# makes the claim hold.
+@pytest.mark.xfail(strict=True, reason="the toy generator's images are too far from the real renders to help re-ID")
 def test_real_plus_synthetic_is_not_worse_than_real_beyond_noise(report):
     difference = report["reid"]["B_minus_R"]
     assert difference["mean"] > -2 * difference["stderr"], report["reid"]

@@ -2,6 +2,7 @@
 and a killed build resumes at the model it was training."""
 
 import pytest
+import timm
 import torch
 
 from vehicle_diff import models, toy_models
@@ -27,6 +28,9 @@ MICRO = ToyZooConfig(
     clip_scenes=8,
     clip_steps=2,
     clip_batch_size=4,
+    reid_scenes=8,
+    reid_steps=2,
+    reid_batch_size=4,
 )
 
 
@@ -55,7 +59,7 @@ def test_the_loss_counts_a_wrong_paint_more_than_a_wrong_brightness():
 
 def test_a_built_zoo_loads_with_the_stages_own_loaders(tmp_path):
     out = build_toy_zoo(tmp_path / "zoo", MICRO)
-    assert sorted(p.name for p in out.iterdir()) == ["open_clip", "sdxl", "settings.json", "yolo.pt"]  # no work folder
+    assert sorted(p.name for p in out.iterdir()) == ["open_clip", "sdxl", "settings.json", "timm-resnet", "yolo.pt"]
     pipe = models.load_sdxl_pipeline(str(out / "sdxl"))
     assert pipe.vae.config.scaling_factor != 0.18215  # measured on its own latents
     image = pipe("a red 2012 Toyota Camry sedan driving down the road.", num_inference_steps=2, height=64, width=64)
@@ -64,6 +68,8 @@ def test_a_built_zoo_loads_with_the_stages_own_loaders(tmp_path):
     assert detector.names[2] == "car" and detector.names[7] == "truck"
     clip, preprocess, tokenizer = models.load_open_clip(str(out / "open_clip"))
     assert clip.encode_text(tokenizer(["a red vehicle"])).shape[-1] == 32
+    backbone = timm.create_model(f"local-dir:{out / 'timm-resnet'}", pretrained=True)  # as train-reid loads it
+    assert backbone(torch.zeros(2, 3, 64, 64)).shape == (2, backbone.num_features)
     assert build_toy_zoo(out, MICRO) == out  # complete: nothing to do
     with pytest.raises(UserInputError, match="other settings"):
         build_toy_zoo(out, ToyZooConfig(**{**vars(MICRO), "clip_steps": 3}))

@@ -52,6 +52,10 @@ class ToyZooConfig:
     clip_steps: int = 600
     clip_batch_size: int = 128
     clip_learning_rate: float = 1e-3
+    reid_scenes: int = 8192
+    reid_steps: int = 600
+    reid_batch_size: int = 64
+    reid_learning_rate: float = 2e-3
 
 
 def framed_scene(index: int, *, seed: int, size: int, close_ups: float):
@@ -350,10 +354,92 @@ def build_toy_clip(work: Path, target: Path, config: ToyZooConfig) -> None:
     save_file(model.state_dict(), target / "open_clip_model.safetensors")
 
 
+# -- the re-ID backbone ------------------------------------------------------------------------------------------
+
+
+def look_attributes() -> dict[str, list]:
+    """Every visible attribute of a toy vehicle and its possible values: what the backbone learns to name."""
+    from .toy_world import BADGE_SHAPES, BODY_SHAPES, PAINT, RIMS, TINTS
+
+    return {
+        "paint": list(PAINT.values()),
+        "body_style": list(BODY_SHAPES),
+        "spokes": [0, 3, 4, 5, 6],
+        "rim": RIMS,
+        "stripes": [0, 1, 2],
+        "tint": TINTS,
+        "round_lights": [False, True],
+        "roof_rack": [False, True],
+        "badge_shape": list(BADGE_SHAPES),
+    }
+
+
+def attribute_labels(look) -> list[int]:
+    return [values.index(getattr(look, name)) for name, values in look_attributes().items()]
+
+
+def train_attribute_backbone(backbone, pixels, labels, config: ToyZooConfig) -> None:
+    """Multi-attribute classification on source crops, with flips and photometric jitter: the toy world's
+    ImageNet, so that re-ID starts from features that see paint, wheels, windows and badges."""
+    from tqdm import tqdm
+
+    sizes = [len(values) for values in look_attributes().values()]
+    head = torch.nn.Linear(backbone.num_features, sum(sizes))
+    mean = torch.tensor(backbone.pretrained_cfg["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(backbone.pretrained_cfg["std"]).view(1, 3, 1, 1)
+    generator = torch.Generator().manual_seed(config.seed + 3)
+    parameters = [*backbone.parameters(), *head.parameters()]
+    optimizer = torch.optim.AdamW(parameters, config.reid_learning_rate, weight_decay=5e-4)
+    schedule = warmup_cosine(optimizer, config.reid_steps)
+    backbone.train()
+    for _ in tqdm(range(config.reid_steps), desc="toy zoo: re-ID backbone", unit="step"):
+        batch = torch.randint(0, len(pixels), (config.reid_batch_size,), generator=generator)
+        images = photometric_jitter(pixels[batch], generator).clamp(-1, 1)
+        flipped = torch.rand(len(batch), generator=generator) < 0.5
+        images[flipped] = images[flipped].flip(-1)
+        logits = head(backbone(((images + 1) / 2 - mean) / std))
+        loss = sum(
+            torch.nn.functional.cross_entropy(part, labels[batch, column])
+            for column, part in enumerate(logits.split(sizes, dim=1))
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    backbone.eval()
+
+
+def build_toy_reid_backbone(work: Path, target: Path, config: ToyZooConfig) -> None:
+    """The tiny zoo's re-ID backbone (timm's resnet layout, timm's hub format), trained to name the attributes of
+    source vehicles in crops the size re-ID sees; target cameras are never shown to it."""
+    import timm
+    from tqdm import tqdm
+
+    from .tiny_models import TIMM_BACKBONES
+    from .toy_world import crop, source_scene, vehicle_look
+
+    architecture, model_args = TIMM_BACKBONES["timm-resnet"]
+    backbone = timm.create_model(architecture, pretrained=False, num_classes=0, **model_args)
+    side = config.image_size
+    images, labels = [], []
+    for index in tqdm(range(config.reid_scenes), desc="toy zoo: re-ID crops", unit="scene"):
+        scene = source_scene(index, seed=config.seed + 3, size=(2 * side, 3 * side // 2))
+        images.append(np.asarray(crop(scene.render).resize((side, side))))
+        labels.append(attribute_labels(vehicle_look(**scene.identity)))
+    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    train_attribute_backbone(backbone, pixels, torch.tensor(labels), config)
+    timm.models.save_for_hf(backbone, target, model_args=model_args, safe_serialization=True)
+
+
 # -- the zoo ------------------------------------------------------------------------------------------------------
 
 TOY_ZOO_VERSION = 1
-TOY_MODELS = {"sdxl": build_toy_sdxl, "yolo.pt": build_toy_detector, "open_clip": build_toy_clip}
+TOY_MODELS = {
+    "sdxl": build_toy_sdxl,
+    "yolo.pt": build_toy_detector,
+    "open_clip": build_toy_clip,
+    "timm-resnet": build_toy_reid_backbone,
+}
 SETTINGS = "settings.json"
 
 
