@@ -38,13 +38,14 @@ CAPTION_CORPUS = [
 ]
 
 
+def cache_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vehicle-diff"
+
+
 def default_cache_dir() -> Path:
     """Where the zoo is built once and reused; `VEHICLE_DIFF_TINY_MODELS` overrides it."""
     env = os.environ.get("VEHICLE_DIFF_TINY_MODELS")
-    if env:
-        return Path(env)
-    cache_home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return cache_home / "vehicle-diff" / f"tiny-models-v{ZOO_VERSION}"
+    return Path(env) if env else cache_root() / f"tiny-models-v{ZOO_VERSION}"
 
 
 def clip_tokenizer(pad_token: str = "<|endoftext|>"):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -450,11 +451,13 @@ def zoo_settings(config: ToyZooConfig) -> dict:
 
 
 def default_toy_zoo_dir(config: ToyZooConfig) -> Path:
-    """The cache folder of the zoo of these settings (beside the tiny zoo): other settings, another folder."""
-    from .tiny_models import default_cache_dir
+    """The cache folder of the zoo of these settings: other settings, another folder. `VEHICLE_DIFF_TOY_MODELS`
+    moves the folder that holds them; it is not the tiny zoo's, so tests on a fresh tiny zoo reuse this one."""
+    from .tiny_models import cache_root
 
     digest = hashlib.sha256(json.dumps(zoo_settings(config), sort_keys=True).encode()).hexdigest()[:10]
-    return default_cache_dir().parent / f"toy-models-v{TOY_ZOO_VERSION}-{digest}"
+    root = Path(os.environ.get("VEHICLE_DIFF_TOY_MODELS") or cache_root())
+    return root / f"toy-models-v{TOY_ZOO_VERSION}-{digest}"
 
 
 def build_toy_zoo(out_dir: Path, config: ToyZooConfig) -> Path:
