@@ -141,3 +141,23 @@ def test_the_learning_rate_warms_up_then_decays_to_zero_for_any_step_count():
             schedule.step()
         assert max(rates) == pytest.approx(1.0) and all(0 <= rate <= 1 for rate in rates)
         assert rates[-1] <= rates[max(0, steps // 2)]
+
+
+def test_attribute_labels_name_each_visible_part_and_only_the_changed_one_moves():
+    from vehicle_diff.toy_world import vehicle_look
+
+    car = dict(brand="Toyota", model="Camry", year=2012, body_style="sedan")
+    red, blue = (toy_models.attribute_labels(vehicle_look(color=c, **car)) for c in ("red", "blue"))
+    sizes = [len(values) for values in toy_models.look_attributes().values()]
+    assert len(red) == len(sizes) and all(0 <= label < size for label, size in zip(red, sizes))
+    assert red[0] != blue[0] and red[1:] == blue[1:]  # paint is the first attribute
+
+
+def test_the_reid_backbone_is_rebuilt_bit_for_bit_from_its_seed(tmp_path):
+    built = []
+    for run in ("first", "second"):
+        (tmp_path / run).mkdir()
+        torch.manual_seed(3)  # as build_toy_zoo seeds each model
+        toy_models.build_toy_reid_backbone(tmp_path / run, tmp_path / run / "timm-resnet", MICRO)
+        built.append((tmp_path / run / "timm-resnet" / "model.safetensors").read_bytes())
+    assert built[0] == built[1]
