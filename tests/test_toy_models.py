@@ -149,7 +149,7 @@ def test_attribute_labels_name_each_visible_part_and_only_the_changed_one_moves(
     car = dict(brand="Toyota", model="Camry", year=2012, body_style="sedan")
     red, blue = (toy_models.attribute_labels(vehicle_look(color=c, **car)) for c in ("red", "blue"))
     sizes = [len(values) for values in toy_models.look_attributes().values()]
-    assert len(red) == len(sizes) and all(0 <= label < size for label, size in zip(red, sizes))
+    assert all(0 <= label < size for label, size in zip(red, sizes, strict=True))
     assert red[0] != blue[0] and red[1:] == blue[1:]  # paint is the first attribute
 
 

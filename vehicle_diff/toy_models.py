@@ -360,14 +360,14 @@ def build_toy_clip(work: Path, target: Path, config: ToyZooConfig) -> None:
 
 def look_attributes() -> dict[str, list]:
     """Every visible attribute of a toy vehicle and its possible values: what the backbone learns to name."""
-    from .toy_world import BADGE_SHAPES, BODY_SHAPES, PAINT, RIMS, TINTS
+    from .toy_world import BADGE_SHAPES, BODY_SHAPES, PAINT, RIMS, SPOKES, STRIPES, TINTS
 
     return {
         "paint": list(PAINT.values()),
         "body_style": list(BODY_SHAPES),
-        "spokes": [0, 3, 4, 5, 6],
+        "spokes": SPOKES,
         "rim": RIMS,
-        "stripes": [0, 1, 2],
+        "stripes": STRIPES,
         "tint": TINTS,
         "round_lights": [False, True],
         "roof_rack": [False, True],

@@ -45,6 +45,8 @@ VIEWS = ("left", "right", "front", "rear")
 RIMS = [(192, 192, 196), (40, 40, 44), (200, 170, 60), (150, 110, 80)]
 TINTS = [(40, 48, 60), (70, 100, 130), (150, 170, 185), (30, 30, 30)]
 BADGE_SHAPES = ("circle", "diamond", "square", "bar")
+SPOKES = [0, 3, 4, 5, 6]  # 0: hubcap
+STRIPES = [0, 1, 2]  # along the side
 
 
 @dataclass(frozen=True)
@@ -120,9 +122,9 @@ def vehicle_look(
     return Look(
         body_style=body_style,
         paint=paint,
-        spokes=by_model.choice([0, 3, 4, 5, 6]),
+        spokes=by_model.choice(SPOKES),
         rim=by_model.choice(RIMS),
-        stripes=by_model.choice([0, 0, 1, 2]),
+        stripes=by_model.choice([0, *STRIPES]),  # half of the models without
         stripe_color=contrast_color(paint),
         tint=by_year.choice(TINTS),
         round_lights=by_year.random() < 0.5,
