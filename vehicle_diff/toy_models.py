@@ -411,7 +411,7 @@ def train_attribute_backbone(backbone, pixels, labels, config: ToyZooConfig) -> 
 
 
 def build_toy_reid_backbone(work: Path, target: Path, config: ToyZooConfig) -> None:
-    """The tiny zoo's re-ID backbone (timm's resnet layout, timm's hub format), trained to name the attributes of
+    """The toy zoo's re-ID backbone (the tiny zoo's resnet layout, timm's hub format), trained to name the attributes of
     source vehicles in crops the size re-ID sees; target cameras are never shown to it."""
     import timm
     from tqdm import tqdm
