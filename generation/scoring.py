@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vehicle_diff.models import load_yolo, torch_threads_kept
+
 CAR, TRUCK = 2, 7  # COCO class ids
 BOX_RULES = ("most_confident", "largest")
 REJECT_REASONS = ("unreadable", "no_vehicle", "low_confidence", "too_small", "wrong_color", "near_duplicate")
@@ -248,8 +250,6 @@ class VehicleDetector:
         iou: float = 0.45,
         vehicle_classes=(CAR, TRUCK),
     ):
-        from vehicle_diff.models import load_yolo
-
         self.model = load_yolo(model_id)
         self.imgsz, self.device, self.floor, self.iou = imgsz, device, floor, iou
         self.vehicle_classes = list(vehicle_classes)
@@ -257,15 +257,16 @@ class VehicleDetector:
     def __call__(self, images: list) -> list[dict]:
         if not images:
             return []
-        results = self.model.predict(
-            images,
-            imgsz=self.imgsz,
-            conf=self.floor,
-            iou=self.iou,
-            classes=self.vehicle_classes,
-            device=self.device,
-            verbose=False,
-        )
+        with torch_threads_kept():
+            results = self.model.predict(
+                images,
+                imgsz=self.imgsz,
+                conf=self.floor,
+                iou=self.iou,
+                classes=self.vehicle_classes,
+                device=self.device,
+                verbose=False,
+            )
         return [
             {
                 "boxes": result.boxes.xyxy.cpu().tolist(),

@@ -54,6 +54,23 @@ def test_yolo_detector_has_coco_names_and_predicts(tiny_zoo, image):
     assert boxes.xyxy.shape[1] == 4 and set(boxes.cls.tolist()) <= {2.0, 7.0}
 
 
+@pytest.fixture
+def odd_thread_count():
+    """A thread count ultralytics never sets (it sets min(8, cores - 1)), restored after the test."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(9)
+    yield 9
+    torch.set_num_threads(before)
+
+
+def test_detecting_leaves_torchs_thread_count_as_it_was(tiny_zoo, image, odd_thread_count):
+    from generation.scoring import VehicleDetector
+
+    detector = VehicleDetector("tiny:yolo.pt", imgsz=64, device="cpu")
+    assert len(detector([image, image])) == 2
+    assert torch.get_num_threads() == odd_thread_count  # later stages compute as a resumed run would
+
+
 def test_open_clip_encodes_text_and_images(tiny_zoo, image):
     model, preprocess, tokenizer = models.load_open_clip("tiny:open_clip")
     with torch.no_grad():

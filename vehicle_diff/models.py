@@ -190,6 +190,20 @@ def ultralytics_safe_load() -> None:
     tasks.SAFE_LOAD = True
 
 
+@contextmanager
+def torch_threads_kept():
+    """ultralytics sets torch's CPU thread count to cores - 1 whenever it picks a device (to predict or to train)
+    and leaves it so. Put it back: what runs after a detector in this process must compute with the same threads
+    as in a resumed process that never ran one, or a resumed job ends with other numbers (and runs slower)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def load_yolo(model_id: str, flag="--detector"):
     """An ultralytics detector from a `.pt` path or an official release name (e.g. `yolov5x6u.pt`), loaded in
     ultralytics' safe mode: a checkpoint that references anything but known model classes is refused unopened."""
