@@ -122,32 +122,55 @@ def warmup_cosine(optimizer, steps: int, warmup_share: float = 0.05):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def train_vae(vae, pixels, weights, config: ToyZooConfig) -> None:
+def optimize(
+    model, parameters: list, step_loss, *, steps, learning_rate, weight_decay, desc, clip_norm=None, after_step=None
+):
+    """Every toy model's training loop: AdamW under `warmup_cosine`, `model` in train mode while `step_loss()`
+    draws a batch and returns its loss. The builders differ only in that loss."""
     from tqdm import tqdm
 
+    optimizer = torch.optim.AdamW(parameters, learning_rate, weight_decay=weight_decay)
+    schedule = warmup_cosine(optimizer, steps)
+    model.train()
+    for _ in tqdm(range(steps), desc=f"toy zoo: {desc}", unit="step"):
+        loss = step_loss()
+        optimizer.zero_grad()
+        loss.backward()
+        if clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(parameters, clip_norm)
+        optimizer.step()
+        schedule.step()
+        if after_step is not None:
+            after_step()
+    model.eval()
+
+
+def train_vae(vae, pixels, weights, config: ToyZooConfig) -> None:
     generator = torch.Generator().manual_seed(config.seed)
-    optimizer = torch.optim.AdamW(vae.parameters(), config.vae_learning_rate, weight_decay=0.0)
-    schedule = warmup_cosine(optimizer, config.vae_steps)
-    vae.train()
-    for _ in tqdm(range(config.vae_steps), desc="toy zoo: VAE", unit="step"):
+
+    def step_loss():
         batch = torch.randint(0, len(pixels), (config.vae_batch_size,), generator=generator)
         images = photometric_jitter(pixels[batch], generator).clamp(-1, 1)  # any light and cast, not the source's
         posterior = vae.encode(images).latent_dist
         reconstruction = vae.decode(posterior.mode()).sample
         loss = reconstruction_loss(reconstruction, images, weights[batch], config.chroma_weight)
-        loss = loss + 1e-6 * posterior.kl().mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-    vae.eval()
+        return loss + 1e-6 * posterior.kl().mean()
+
+    optimize(
+        vae,
+        list(vae.parameters()),
+        step_loss,
+        steps=config.vae_steps,
+        learning_rate=config.vae_learning_rate,
+        weight_decay=0.0,
+        desc="VAE",
+    )
 
 
 def train_unet(pipe, latents, captions: list[str], config: ToyZooConfig) -> None:
     """Epsilon prediction on the scaled latents with SDXL's noise schedule, size micro-conditioning of the
     full image, and zeroed text embeddings for dropped captions (SDXL's pipeline zeroes the negative prompt)."""
     from diffusers import DDPMScheduler
-    from tqdm import tqdm
 
     unique = sorted(set(captions))
     with torch.no_grad():
@@ -158,10 +181,8 @@ def train_unet(pipe, latents, captions: list[str], config: ToyZooConfig) -> None
     unet, size = pipe.unet, config.image_size
     time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32).repeat(config.unet_batch_size, 1)
     generator = torch.Generator().manual_seed(config.seed + 1)
-    optimizer = torch.optim.AdamW(unet.parameters(), config.unet_learning_rate, weight_decay=1e-2)
-    schedule = warmup_cosine(optimizer, config.unet_steps)
-    unet.train()
-    for _ in tqdm(range(config.unet_steps), desc="toy zoo: UNet", unit="step"):
+
+    def step_loss():
         batch = torch.randint(0, len(latents), (config.unet_batch_size,), generator=generator)
         clean = latents[batch]
         noise = torch.randn(clean.shape, generator=generator)
@@ -175,13 +196,18 @@ def train_unet(pipe, latents, captions: list[str], config: ToyZooConfig) -> None
             embeds,
             added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids},
         ).sample
-        loss = torch.nn.functional.mse_loss(prediction, noise)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-    unet.eval()
+        return torch.nn.functional.mse_loss(prediction, noise)
+
+    optimize(
+        unet,
+        list(unet.parameters()),
+        step_loss,
+        steps=config.unet_steps,
+        learning_rate=config.unet_learning_rate,
+        weight_decay=1e-2,
+        desc="UNet",
+        clip_norm=1.0,
+    )
 
 
 def build_toy_sdxl(work: Path, target: Path, config: ToyZooConfig) -> None:
@@ -311,13 +337,9 @@ def photometric_jitter(pixels: torch.Tensor, generator: torch.Generator) -> torc
 def train_clip(model, tokenizer, pixels: torch.Tensor, texts: list[tuple[str, ...]], config: ToyZooConfig) -> None:
     """CLIP's symmetric contrastive loss, where every image of a batch whose text is the same counts as a positive
     (the color texts repeat within a batch by design)."""
-    from tqdm import tqdm
-
     generator = torch.Generator().manual_seed(config.seed + 2)
-    optimizer = torch.optim.AdamW(model.parameters(), config.clip_learning_rate, weight_decay=0.1)
-    schedule = warmup_cosine(optimizer, config.clip_steps)
-    model.train()
-    for _ in tqdm(range(config.clip_steps), desc="toy zoo: CLIP", unit="step"):
+
+    def step_loss():
         batch = torch.randint(0, len(pixels), (config.clip_batch_size,), generator=generator)
         which = torch.randint(0, len(CLIP_TEXTS), (len(batch),), generator=generator)
         chosen = [texts[i][w] for i, w in zip(batch.tolist(), which.tolist(), strict=True)]
@@ -326,16 +348,24 @@ def train_clip(model, tokenizer, pixels: torch.Tensor, texts: list[tuple[str, ..
         logits = model.logit_scale.exp() * images @ words.T
         same = torch.tensor([[a == b for b in chosen] for a in chosen], dtype=torch.float32)
         targets = same / same.sum(1, keepdim=True)
-        loss = (
+        return (
             torch.nn.functional.cross_entropy(logits, targets) + torch.nn.functional.cross_entropy(logits.T, targets)
         ) / 2
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+
+    def clamp_temperature():
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
-    model.eval()
+
+    optimize(
+        model,
+        list(model.parameters()),
+        step_loss,
+        steps=config.clip_steps,
+        learning_rate=config.clip_learning_rate,
+        weight_decay=0.1,
+        desc="CLIP",
+        after_step=clamp_temperature,
+    )
 
 
 def build_toy_clip(work: Path, target: Path, config: ToyZooConfig) -> None:
@@ -385,32 +415,32 @@ def attribute_labels(look) -> list[int]:
 def train_attribute_backbone(backbone, pixels, labels, config: ToyZooConfig) -> None:
     """Multi-attribute classification on source crops, with flips and photometric jitter: the toy world's
     ImageNet, so that re-ID starts from features that see paint, wheels, windows and badges."""
-    from tqdm import tqdm
-
     sizes = [len(values) for values in look_attributes().values()]
     head = torch.nn.Linear(backbone.num_features, sum(sizes))
     mean = torch.tensor(backbone.pretrained_cfg["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(backbone.pretrained_cfg["std"]).view(1, 3, 1, 1)
     generator = torch.Generator().manual_seed(config.seed + 3)
-    parameters = [*backbone.parameters(), *head.parameters()]
-    optimizer = torch.optim.AdamW(parameters, config.reid_learning_rate, weight_decay=5e-4)
-    schedule = warmup_cosine(optimizer, config.reid_steps)
-    backbone.train()
-    for _ in tqdm(range(config.reid_steps), desc="toy zoo: re-ID backbone", unit="step"):
+
+    def step_loss():
         batch = torch.randint(0, len(pixels), (config.reid_batch_size,), generator=generator)
         images = photometric_jitter(pixels[batch], generator).clamp(-1, 1)
         flipped = torch.rand(len(batch), generator=generator) < 0.5
         images[flipped] = images[flipped].flip(-1)
         logits = head(backbone(((images + 1) / 2 - mean) / std))
-        loss = sum(
+        return sum(
             torch.nn.functional.cross_entropy(part, labels[batch, column])
             for column, part in enumerate(logits.split(sizes, dim=1))
         )
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-    backbone.eval()
+
+    optimize(
+        backbone,
+        [*backbone.parameters(), *head.parameters()],
+        step_loss,
+        steps=config.reid_steps,
+        learning_rate=config.reid_learning_rate,
+        weight_decay=5e-4,
+        desc="re-ID backbone",
+    )
 
 
 def build_toy_reid_backbone(work: Path, target: Path, config: ToyZooConfig) -> None:
