@@ -133,6 +133,18 @@ def check_output_path(
     return resolved
 
 
+def die_with_parent(parent_pid: int) -> None:
+    """Called first in a spawned worker: the kernel kills it when the process that started it dies (Linux), so a
+    killed command leaves nothing running that still writes into its output."""
+    import ctypes
+    import signal
+
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:  # the parent died before that took effect
+        os._exit(1)
+
+
 def read_json(path: Path) -> dict | None:
     try:
         return json.loads(Path(path).read_text())

@@ -242,7 +242,9 @@ def run_stage_isolated(stage: str, config, **kwargs) -> None:
 
     module, _, function = STAGE_CLASSES[stage]
     process = multiprocessing.get_context("spawn").Process(
-        target=_stage_entry, args=(stage, module, function, config, kwargs), name=f"vehicle-diff {stage}"
+        target=_stage_entry,
+        args=(stage, module, function, config, kwargs, os.getpid()),
+        name=f"vehicle-diff {stage}",
     )
     current = dict(os.environ)
     try:  # the child inherits os.environ as it is at start()
@@ -275,8 +277,11 @@ def set_environment(values: dict) -> None:
     os.environ.update(values)
 
 
-def _stage_entry(stage: str, module: str, function: str, config, kwargs: dict) -> None:
+def _stage_entry(stage: str, module: str, function: str, config, kwargs: dict, parent_pid: int) -> None:
     from .cli import run_main
+    from .jobs import die_with_parent
+
+    die_with_parent(parent_pid)
 
     def stop_quietly(signum, frame):
         # Stop at once, as a kill would (every stage is safe to kill anywhere): an exception raised here could land

@@ -20,6 +20,8 @@ import json
 import math
 import os
 import shutil
+import subprocess
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -493,6 +495,51 @@ def default_toy_zoo_dir(config: ToyZooConfig) -> Path:
     return root / f"toy-models-v{TOY_ZOO_VERSION}-{digest}"
 
 
+def build_in_own_process(build, work: Path, target: Path, config: ToyZooConfig, *, seed: int) -> None:
+    """Run one model's builder in a fresh interpreter, so that the weights depend only on the settings and the
+    seed: not on what the calling process ran before (ultralytics, for one, leaves torch at cores - 1 threads,
+    and CPU float sums follow the thread count), nor on whether the build was resumed. A plain subprocess rather
+    than multiprocessing's spawn, which would re-run a calling script that lacks a `__main__` guard."""
+    task = {
+        "build": f"{build.__module__}:{build.__qualname__}",
+        "work": str(work),
+        "target": str(target),
+        "config": asdict(config),
+        "seed": seed,
+        "parent_pid": os.getpid(),
+    }
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; from vehicle_diff.toy_models import build_entry; build_entry(sys.argv[1])",
+    ]
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, sys.path))}
+    process = subprocess.Popen([*command, json.dumps(task)], env=environment)
+    try:
+        status = process.wait()
+    finally:  # interrupted while waiting: the builder stops too
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    if status:
+        raise RuntimeError(f"training the toy zoo's {target.name} failed (exit status {status}); see above")
+
+
+def build_entry(task_json: str) -> None:
+    """The builder's process: dies with its caller, seeds torch (each model depends only on the seed and its
+    slot) and builds."""
+    from importlib import import_module
+
+    from .jobs import die_with_parent
+
+    task = json.loads(task_json)
+    die_with_parent(task["parent_pid"])
+    module, _, name = task["build"].partition(":")
+    build = getattr(import_module(module), name)
+    torch.manual_seed(task["seed"])
+    build(Path(task["work"]), Path(task["target"]), ToyZooConfig(**task["config"]))
+
+
 def build_toy_zoo(out_dir: Path, config: ToyZooConfig) -> Path:
     """Train every toy model into `out_dir`, one at a time; each is renamed into place when complete, so a killed
     build resumes at the model it was training (whose own `NAME.building` folder is started over)."""
@@ -523,8 +570,7 @@ def build_toy_zoo(out_dir: Path, config: ToyZooConfig) -> Path:
             if (out_dir / name).exists():
                 continue
             work.mkdir()
-            torch.manual_seed(config.seed + slot)  # each model depends only on the seed and its slot
-            build(work, work / name, config)
+            build_in_own_process(build, work, work / name, config, seed=config.seed + slot)
             (work / name).rename(out_dir / name)
             shutil.rmtree(work)
     return out_dir
