@@ -131,17 +131,6 @@ def test_each_model_trains_as_in_a_fresh_process_whatever_its_caller_ran_before(
     assert [(tmp_path / "zoo" / name / "threads").read_text() for name in "abc"] == [fresh] * 3
 
 
-def test_training_the_detector_leaves_torchs_thread_count_as_it_was(tmp_path):
-    """The models trained after the detector must not depend on whether the build was resumed after it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(9)  # a count ultralytics never sets (it sets min(8, cores - 1))
-    try:
-        toy_models.build_toy_detector(tmp_path, tmp_path / "yolo.pt", MICRO)
-        assert torch.get_num_threads() == 9 and (tmp_path / "yolo.pt").exists()
-    finally:
-        torch.set_num_threads(before)
-
-
 def test_a_folder_of_other_files_is_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(UserInputError, match="not a toy zoo"):

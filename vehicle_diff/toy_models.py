@@ -287,37 +287,34 @@ def build_toy_detector(work: Path, target: Path, config: ToyZooConfig) -> None:
     os.environ.setdefault("YOLO_OFFLINE", "1")
     from ultralytics import YOLO
 
-    from .models import torch_threads_kept
-
     data = write_detector_data(work / "data", config)
     model = YOLO("yolov5n-p6.yaml", verbose=False)
-    with torch_threads_kept():  # the models built after it train as they would in a resumed build
-        model.train(
-            data=str(data),
-            epochs=config.detector_epochs,
-            imgsz=config.image_size,
-            batch=64,
-            device="cpu",
-            workers=0,
-            seed=config.seed,
-            deterministic=True,
-            amp=False,
-            plots=False,
-            project=str(work / "runs"),
-            name="detector",
-            exist_ok=True,
-            optimizer="AdamW",
-            lr0=0.003,
-            warmup_epochs=1,
-            mosaic=0.0,  # one vehicle per scene, as generated images show it
-            close_mosaic=0,
-            hsv_h=0.0,  # hue is the paint: never change it
-            hsv_s=0.3,
-            hsv_v=0.3,
-            scale=0.3,
-            translate=0.1,
-            verbose=False,
-        )
+    model.train(
+        data=str(data),
+        epochs=config.detector_epochs,
+        imgsz=config.image_size,
+        batch=64,
+        device="cpu",
+        workers=0,
+        seed=config.seed,
+        deterministic=True,
+        amp=False,
+        plots=False,
+        project=str(work / "runs"),
+        name="detector",
+        exist_ok=True,
+        optimizer="AdamW",
+        lr0=0.003,
+        warmup_epochs=1,
+        mosaic=0.0,  # one vehicle per scene, as generated images show it
+        close_mosaic=0,
+        hsv_h=0.0,  # hue is the paint: never change it
+        hsv_s=0.3,
+        hsv_v=0.3,
+        scale=0.3,
+        translate=0.1,
+        verbose=False,
+    )
     shutil.copyfile(work / "runs" / "detector" / "weights" / "last.pt", target)
 
 
