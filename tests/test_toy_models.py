@@ -82,48 +82,53 @@ def test_a_built_zoo_loads_with_the_stages_own_loaders(tmp_path):
 
 def fake_build(work, target, config):
     """Stands in for a model's trainer (in the model's own process): scratch in its work folder, then the model,
-    which records the thread count it ran with; the model named by FAKE_CRASH dies instead, as a kill would."""
+    which records the thread count it ran with; the model named by VEHICLE_DIFF_FAKE_CRASH dies instead, as a kill would."""
     (work / "scratch").write_text("half")
-    if target.name == os.environ.get("FAKE_CRASH"):
+    if target.name == os.environ.get("VEHICLE_DIFF_FAKE_CRASH"):
         os.kill(os.getpid(), signal.SIGKILL)
     target.mkdir()
     (target / "threads").write_text(str(torch.get_num_threads()))
-    with open(os.environ["FAKE_BUILD_LOG"], "a") as log:
+    with open(os.environ["VEHICLE_DIFF_FAKE_BUILD_LOG"], "a") as log:
         log.write(f"{target.name}\n")
 
 
 @pytest.fixture
 def fake_models(tmp_path, monkeypatch):
     monkeypatch.setattr(toy_models, "TOY_MODELS", {"a": fake_build, "b": fake_build, "c": fake_build})
-    monkeypatch.setenv("FAKE_BUILD_LOG", str(tmp_path / "built.log"))
+    monkeypatch.setenv("VEHICLE_DIFF_FAKE_BUILD_LOG", str(tmp_path / "built.log"))
     return tmp_path / "built.log"
 
 
 def test_a_killed_build_keeps_finished_models_and_restarts_only_its_own_work_folder(tmp_path, fake_models, monkeypatch):
     zoo = tmp_path / "zoo"
-    monkeypatch.setenv("FAKE_CRASH", "b")
+    monkeypatch.setenv("VEHICLE_DIFF_FAKE_CRASH", "b")
     with pytest.raises(RuntimeError, match="toy zoo.s b failed .exit status -9"):
         build_toy_zoo(zoo, MICRO)
     assert (zoo / "a" / "threads").exists() and (zoo / "b.building" / "scratch").exists()
     (zoo / "mine.txt").write_text("a user's file")
     (zoo / "a.building").mkdir()  # as if killed between renaming `a` into place and removing its work folder
-    monkeypatch.delenv("FAKE_CRASH")
+    monkeypatch.delenv("VEHICLE_DIFF_FAKE_CRASH")
     build_toy_zoo(zoo, MICRO)
     assert fake_models.read_text().split() == ["a", "b", "c"]  # `a` was not trained again
     assert sorted(p.name for p in zoo.iterdir()) == ["a", "b", "c", "mine.txt", "settings.json"]
 
 
-def test_each_model_trains_as_in_a_fresh_process_whatever_its_caller_ran_before(tmp_path, fake_models):
-    """ultralytics leaves torch at cores - 1 threads, and CPU float sums follow the thread count: a zoo built in a
-    process that ran a detector first (a test session, a resumed build) must still equal one built alone."""
+def test_each_model_trains_as_in_a_fresh_process_whatever_its_caller_ran_before(tmp_path, fake_models, monkeypatch):
+    """ultralytics leaves torch at cores - 1 threads and the environment at OMP_NUM_THREADS=1, and CPU float sums
+    follow the thread count: a zoo built in a process that ran a detector first (a test session, a resumed build)
+    must still equal one built alone."""
+    from vehicle_diff import launch_environment
+
     fresh = subprocess.run(
         [sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
         capture_output=True,
         text=True,
         check=True,
+        env=launch_environment(),  # a process started as this one was
     ).stdout.strip()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what importing ultralytics does when it is unset
     before = torch.get_num_threads()
-    torch.set_num_threads(int(fresh) + 5)  # what the caller was left with
+    torch.set_num_threads(int(fresh) + 5)  # what its device choice does
     try:
         build_toy_zoo(tmp_path / "zoo", MICRO)
     finally:
