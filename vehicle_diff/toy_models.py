@@ -496,8 +496,10 @@ def build_in_own_process(build, work: Path, target: Path, config: ToyZooConfig, 
     """Run one model's builder in a fresh interpreter, so that the weights depend only on the settings and the
     seed: not on what the calling process ran before (ultralytics, for one, leaves torch at cores - 1 threads and
     the environment at OMP_NUM_THREADS=1, and CPU float sums follow the thread count), nor on whether the build
-    was resumed. A plain subprocess rather
-    than multiprocessing's spawn, which would re-run a calling script that lacks a `__main__` guard."""
+    was resumed. A plain subprocess rather than multiprocessing's spawn, which would re-run a calling script that
+    lacks a `__main__` guard."""
+    from . import launch_environment
+
     task = {
         "build": f"{build.__module__}:{build.__qualname__}",
         "work": str(work),
@@ -511,8 +513,6 @@ def build_in_own_process(build, work: Path, target: Path, config: ToyZooConfig, 
         "-c",
         "import sys; from vehicle_diff.toy_models import build_entry; build_entry(sys.argv[1])",
     ]
-    from . import launch_environment
-
     # as this process was started, not as imports left it (ultralytics sets OMP_NUM_THREADS=1 when unset)
     environment = {**launch_environment(), "PYTHONPATH": os.pathsep.join(filter(None, sys.path))}
     process = subprocess.Popen([*command, json.dumps(task)], env=environment)
