@@ -98,6 +98,9 @@ def test_the_command_refuses_bad_input_in_one_line_and_never_writes_into_a_users
     assert (
         too_few.returncode == 2 and len(too_few.stderr.strip().splitlines()) == 1 and "--identities" in too_few.stderr
     )
+    no_such = cli("--cameras", "moon", "--output_dir", tmp_path / "w")
+    assert no_such.returncode == 2 and len(no_such.stderr.strip().splitlines()) == 1 and "--cameras" in no_such.stderr
+    assert not (tmp_path / "w").exists()
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("mine")
@@ -111,3 +114,7 @@ def test_the_command_refuses_bad_input_in_one_line_and_never_writes_into_a_users
     assert other.returncode == 2 and "changed" in other.stderr and "--overwrite" in other.stderr, other.stderr
     assert cli("--identities", "5", "--output_dir", tmp_path / "w", "--overwrite").returncode == 0
     assert len({p.name[:4] for p in (tmp_path / "w" / "image_test").iterdir()}) == 3
+    daylight = cli("--identities", "6", "--cameras", "source", "--output_dir", tmp_path / "day")
+    assert daylight.returncode == 0, daylight.stderr[-2000:]
+    truth = (tmp_path / "day" / "ground_truth.jsonl").read_text()
+    assert read_veri776(str(tmp_path / "day")).query and "day-" in truth and "c001-" not in truth

@@ -166,6 +166,8 @@ TARGET_CAMERAS = (
     Domain("c006-rain", sky=(90, 100, 115), road=(55, 60, 70), cast=(0.9, 0.95, 1.15), blur=1.4, noise=6.0),
 )
 
+CAMERA_SETS = {"target": TARGET_CAMERAS, "source": SOURCE_DOMAINS}
+
 
 @dataclass
 class Render:
@@ -448,19 +450,29 @@ class ToyWorldConfig:
     seed: int = 0
     image_width: int = 128
     image_height: int = 96
+    # `target`: the six target cameras; `source`: the source world's plain daylight, which the toy zoo was trained
+    # on (as a perfect base generator would draw the vehicles: the README's oracle ablation)
+    cameras: str = "target"
     overwrite: bool = False  # replace an earlier world of other settings in --output_dir
 
     def __post_init__(self):
         from .config import check_ranges
 
         check_ranges(self, positive=("image_width", "image_height"))
+        if self.cameras not in CAMERA_SETS:
+            raise UserInputError(f"--cameras {self.cameras!r}: use one of {', '.join(CAMERA_SETS)}")
         if self.identities < 4:
             raise UserInputError(f"--identities {self.identities}: at least 4 (two to train, two to test)")
 
 
 def world_components(config: ToyWorldConfig) -> dict:
     """What the rendered world depends on: a folder with other components is another world."""
-    settings = {"identities": config.identities, "seed": config.seed, "size": [config.image_width, config.image_height]}
+    settings = {
+        "identities": config.identities,
+        "seed": config.seed,
+        "size": [config.image_width, config.image_height],
+        "cameras": config.cameras,
+    }
     return {"settings": settings, "world_version": WORLD_VERSION}
 
 
@@ -470,7 +482,11 @@ def build_target_dataset(config: ToyWorldConfig) -> Path:
         "toy-world",
         world_components(config),
         lambda staging: write_target_dataset(
-            staging, identities=config.identities, seed=config.seed, size=(config.image_width, config.image_height)
+            staging,
+            identities=config.identities,
+            seed=config.seed,
+            cameras=CAMERA_SETS[config.cameras],
+            size=(config.image_width, config.image_height),
         ),
         owned=WORLD_FILES,
         overwrite=config.overwrite,
