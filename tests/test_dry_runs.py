@@ -202,7 +202,7 @@ def paper_export(tmp_path_factory):
         ("S", [], 149_472, 4_896, 140_100),  # 2,335 steps an epoch
         ("S", ["--max_synthetic_images", "45338"], 45_338, 4_896, 42_480),  # 708 an epoch
         ("D", [], 37_778 + 149_472, 576 + 4_896, 175_500),  # 2,925 an epoch
-        ("B", [], 37_778 + 149_472, 576 + 4_896, 175_500),
+        ("B", [], 37_778 + 149_472, 576 + 4_896, 87_720),  # a real and a synthetic mini-batch: 1,462 an epoch
     ],
 )
 def test_reid_dry_run_plans_every_synthetic_image(
@@ -216,7 +216,9 @@ def test_reid_dry_run_plans_every_synthetic_image(
     main([*args, "--backbone", NO_MODEL, "--output_dir", str(tmp_path / "reid"), "--dry_run"])
     result = plan(tmp_path / "reid")
     assert (result["num_images"], result["num_identities"]) == (images, identities)
-    assert result["total_steps"] == steps == 60 * (images // 64) and result["warmup_steps"] == steps // 6
+    batch = 128 if mode == "B" else 64
+    assert result["batch_size"] == batch
+    assert result["total_steps"] == steps == 60 * (images // batch) and result["warmup_steps"] == steps // 6
 
 
 def test_a_whole_synthetic_export_needs_eval_data_before_any_training(paper_export, tmp_path):

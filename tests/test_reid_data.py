@@ -75,14 +75,14 @@ def test_modes_pool_or_balance_real_and_synthetic():
         steps[mode] = len(sampler)
         for batch in sampler:
             kinds = Counter(sources[i] for i in batch)
-            assert len(batch) == 32 and set(Counter(labels[i] for i in batch).values()) == {4}
+            assert len(batch) == (64 if mode == "B" else 32) and set(Counter(labels[i] for i in batch).values()) == {4}
             if mode == "R":
                 assert kinds == {"real": 32}
             if mode == "S":
                 assert kinds == {"synthetic": 32}
             if mode == "B":
-                assert kinds == {"real": 16, "synthetic": 16}
-    assert steps == {"R": 600 // 32, "S": 1_400 // 32, "D": 2_000 // 32, "B": 2_000 // 32}
+                assert kinds == {"real": 32, "synthetic": 32}  # a real mini-batch merged with a synthetic one
+    assert steps == {"R": 600 // 32, "S": 1_400 // 32, "D": 2_000 // 32, "B": 2_000 // 64}
 
 
 def test_identities_with_fewer_than_k_images_repeat_some():
@@ -97,7 +97,7 @@ def test_sampler_refuses_too_few_identities():
     with pytest.raises(UserInputError, match="only 3 identities for 4"):
         IdentityBatchSampler([0, 0, 1, 1, 2, 2], ["real"] * 6, p=4, k=2, mode="R", seed=0)
     with pytest.raises(UserInputError, match="only 1 synthetic identities"):
-        IdentityBatchSampler([0, 1, 2, 3], ["real"] * 3 + ["synthetic"], p=4, k=2, mode="B", seed=0)
+        IdentityBatchSampler([0, 1, 2, 3], ["real"] * 3 + ["synthetic"], p=2, k=2, mode="B", seed=0)
 
 
 def synthetic_samples(sizes):

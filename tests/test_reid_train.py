@@ -52,17 +52,18 @@ def sampler(mode, seed=0, epoch=0, rank=0, world=1):
 def test_identity_batches(mode):
     s, labels, sources = sampler(mode)
     batches = list(s)
-    assert batches and all(len(b) == 8 for b in batches)
+    identities = 8 if mode == "B" else 4  # B: a real mini-batch of P identities merged with a synthetic one
+    assert batches and all(len(b) == identities * 2 for b in batches)
     for batch in batches:
         ids = [labels[i] for i in batch]
-        assert all(ids.count(pid) == 2 for pid in set(ids)) and len(set(ids)) == 4  # P x K
+        assert all(ids.count(pid) == 2 for pid in set(ids)) and len(set(ids)) == identities  # P x K
         kinds = [sources[i] for i in batch]
         if mode == "R":
             assert set(kinds) == {"real"}
         if mode == "S":
             assert set(kinds) == {"synthetic"}
         if mode == "B":
-            assert kinds.count("real") == kinds.count("synthetic") == 4
+            assert kinds.count("real") == kinds.count("synthetic") == 8
     assert list(sampler(mode)[0]) == batches  # seeded
     assert list(sampler(mode, epoch=1)[0]) != batches  # another epoch, another order
 

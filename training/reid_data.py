@@ -356,9 +356,11 @@ class IdentityBatchSampler:
     """P identities x K images per batch so every anchor has positives (circle loss needs them).
 
     Modes (paper Table II): `R`/`S`: one source; `D`: real and synthetic pooled, identities drawn at random;
-    `B`: balanced, every batch P/2 real and P/2 synthetic identities. An epoch is a pass over the images of the
-    mode's pool (R: real, S: synthetic, D and B: both), as in fast-reid: num_images // (P x K) batches over all
-    processes together, so D and B train on the same number of images. Order depends only on (seed, epoch),
+    `B`: balanced, every batch a real mini-batch of P identities merged with a synthetic one of P identities
+    (2 x P x K images; paper §III-D: "we merge two mini-batch samples from real and synthetic datasets as a new
+    mini-batch"). An epoch is a pass over the images of the mode's pool (R: real, S: synthetic, D and B: both), as
+    in fast-reid: num_images // batch size batches over all processes together, so an epoch of D and one of B
+    train on the same number of images. Order depends only on (seed, epoch),
     drawn with the sampler's own generator; processes take batches in turn (rank, world); `skip` leaves out
     the batches of this epoch already trained (resume).
     """
@@ -382,8 +384,6 @@ class IdentityBatchSampler:
             raise UserInputError("--sampler random draws from one pool; data mode B balances identities (use D)")
         if p < 1 or k < 1:
             raise UserInputError(f"--ids_per_batch and --images_per_id must be positive (got {p}, {k})")
-        if mode == "B" and p % 2:
-            raise UserInputError(f"--ids_per_batch {p} must be even in balanced mode (half real, half synthetic)")
         self.p, self.k, self.mode, self.seed, self.rank, self.world, self.epoch = p, k, mode, seed, rank, world, 0
         self.skip, self.random_batches = 0, random_batches
         self.by_identity: dict[str, dict[int, list[int]]] = {"real": {}, "synthetic": {}}
@@ -392,10 +392,9 @@ class IdentityBatchSampler:
         real, synthetic = self.by_identity["real"], self.by_identity["synthetic"]
         if mode == "B":
             for source, identities in (("real", real), ("synthetic", synthetic)):
-                if len(identities) < p // 2:
+                if len(identities) < p:
                     raise UserInputError(
-                        f"data mode B: only {len(identities)} {source} identities for {p // 2} "
-                        f"{source} identities per batch"
+                        f"data mode B: only {len(identities)} {source} identities for {p} {source} identities per batch"
                     )
         else:
             needed = {"R": ["real"], "S": ["synthetic"], "D": ["real", "synthetic"]}[mode]
@@ -407,7 +406,8 @@ class IdentityBatchSampler:
                 raise UserInputError(f"data mode {mode}: only {pooled} identities for {p} identities per batch")
         sources_used = {"R": ["real"], "S": ["synthetic"]}.get(mode, ["real", "synthetic"])
         self.num_images = sum(len(v) for source in sources_used for v in self.by_identity[source].values())
-        self.steps_per_epoch = self.num_images // (p * k)  # over all processes
+        self.batch_size = p * k * (2 if mode == "B" else 1)
+        self.steps_per_epoch = self.num_images // self.batch_size  # over all processes
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -417,8 +417,8 @@ class IdentityBatchSampler:
         rng = random.Random(f"{self.seed}/{self.epoch}")
         real, synthetic = self.by_identity["real"], self.by_identity["synthetic"]
         if self.mode == "B":
-            real_groups = identity_groups(rng, real, self.p // 2, self.k)
-            synthetic_groups = identity_groups(rng, synthetic, self.p // 2, self.k)
+            real_groups = identity_groups(rng, real, self.p, self.k)
+            synthetic_groups = identity_groups(rng, synthetic, self.p, self.k)
             return [next(real_groups) + next(synthetic_groups) for _ in range(self.steps_per_epoch)]
         if self.random_batches:  # the IDE baseline: shuffled images of the pool, no identity structure
             sources = {"R": ["real"], "S": ["synthetic"], "D": ["real", "synthetic"]}[self.mode]

@@ -1,8 +1,8 @@
 """Stage 5a: train a re-ID model on real and / or synthetic data (paper §III-D, §IV, Table II), with accelerate.
 
 Data modes: `R` real only, `S` synthetic only, `D` both pooled (identities drawn at random), `B` balanced (every
-batch half real, half synthetic identities). Synthetic identity labels start after the real ones. Loss: cross-
-entropy + circle loss on the main head and the same on the auxiliary head.
+batch a real mini-batch of P identities merged with a synthetic one of P identities). Synthetic identity labels
+start after the real ones. Loss: cross-entropy + circle loss on the main head and the same on the auxiliary head.
 
     accelerate launch -m vehicle_diff.training.train_reid --real_data veri776:/data/VeRi --synthetic_data out/vehicle-diff --data_mode B
     vehicle-diff train-reid --preset tiny --synthetic_data demo-output/vehicle-diff --data_mode S
@@ -102,7 +102,7 @@ class TrainReIDConfig:
     aux_head: bool = True
     aux_loss_weight: float = field(default=1.0, metadata={"help": "the paper applies the same losses to both heads"})
     image_size: list[int] = field(default_factory=lambda: [256, 256])
-    ids_per_batch: int = field(default=16, metadata={"help": "P identities per batch"})
+    ids_per_batch: int = field(default=16, metadata={"help": "P identities per batch (B: P real and P synthetic)"})
     images_per_id: int = field(default=4, metadata={"help": "K images per identity"})
     num_train_epochs: int = 60
     max_train_steps: int | None = None
@@ -235,7 +235,6 @@ def dry_run(config: TrainReIDConfig) -> Path:
 
     samples, sources, sampler, eval_data = training_data(config)
     total, epochs, warmup = schedule(config, len(sampler))
-    batch = config.ids_per_batch * config.images_per_id
     real_share = {"R": 1.0, "S": 0.0, "B": 0.5}.get(config.data_mode, round(sources.count("real") / len(sources), 4))
     plan = {
         "stage": "train-reid",
@@ -244,7 +243,7 @@ def dry_run(config: TrainReIDConfig) -> Path:
         "num_real_images": sources.count("real"),
         "num_synthetic_images": sources.count("synthetic"),
         "num_identities": len({s.pid for s in samples}),
-        "batch_size": batch,
+        "batch_size": sampler.batch_size,
         "steps_per_epoch": len(sampler),
         "epochs": epochs,
         "total_steps": total,
@@ -439,7 +438,7 @@ def train_reid(config: TrainReIDConfig) -> Path:
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(model)
         final.save_pretrained(out_dir)
-        images_seen = step * config.ids_per_batch * config.images_per_id * accelerator.num_processes
+        images_seen = step * sampler.batch_size * accelerator.num_processes
         stats = {
             "steps": step,
             "seconds": round(seconds, 3),
