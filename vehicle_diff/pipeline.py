@@ -5,7 +5,8 @@ publish (local olah mirror; and the Hub with --push_to_hub) -> read the dataset 
 
 The target-camera images come from `--target_images`. Without it:
 - `toy` renders the toy world's target cameras into `OUT/toy-world` (VeRi-776's layout, with ground truth), captions
-  its training images, and after the stages trains re-ID on R, S, D and B and measures the run on the world's ground
+  its training images, and after the stages trains re-ID on R, S, D and B (and on B with the world's own renders in
+  place of the generated images, `OUT/toy-oracle`) and measures the run on the world's ground
   truth (`vehicle_diff.toy_report`: `OUT/toy_report.json`, a section of `summary.md`);
 - `tiny` draws simple vehicle pictures (a box body, windows and wheels on a road, random colors and positions) so
   the machinery has something honest to caption: they are drawings, not camera images.
@@ -304,45 +305,68 @@ def run_pipeline(config: RunConfig) -> Path:
         job.release()
 
 
-def ensure_toy_world(config: RunConfig, out: Path) -> Path:
-    """The toy world's target cameras in `out/toy-world`, rendered unless already there with these settings."""
+def ensure_toy_world(config: RunConfig, out: Path, name: str = "toy-world", **settings):
+    """The toy world's target cameras in `out/name` (the preset's world, with `settings` changed), rendered unless
+    already there with these settings; its resolved config."""
     from .jobs import Job
     from .toy_world import ToyWorldConfig, build_target_dataset, world_components
 
     world = resolve_config(
-        ToyWorldConfig, "toy-world", config.preset, {"output_dir": out / "toy-world", "overwrite": config.overwrite}
+        ToyWorldConfig,
+        "toy-world",
+        config.preset,
+        {"output_dir": out / name, "overwrite": config.overwrite, **settings},
     )
     if not Job(world.output_dir, "toy-world", world_components(world), owned=[]).complete:
         build_target_dataset(world)
-    return Path(world.output_dir)
+    return world
 
 
 def default_target_images(config: RunConfig, out: Path) -> Path:
     return out / "toy-world" / "image_train" if config.preset == "toy" else out / "target_images"
 
 
-def toy_reid_configs(configs: dict, out: Path, world: Path) -> dict:
-    """Re-ID trained on R, S, D and B with the preset's one budget, each evaluated on the world's query / gallery."""
-    from .toy_report import REID_MODES
-
+def toy_reid_pair(configs: dict, out: Path, world: Path, name: str, **settings) -> tuple:
+    """Re-ID trained with the preset's one budget on the world's training cameras and `settings`, and its
+    evaluation on the world's query / gallery."""
     target = f"veri776:{world}"
-    pairs = {}
-    for mode in REID_MODES:
-        train = dataclasses.replace(
-            configs["train-reid"],
-            real_data=target,
-            data_mode=mode,
-            eval_data=target,
-            output_dir=str(out / "toy-reid" / mode),
-        )
-        evaluation = dataclasses.replace(
-            configs["evaluate"],
-            model=train.output_dir,
-            eval_data=target,
-            output_dir=str(out / "toy-reid" / f"{mode}-evaluation"),
-        )
-        pairs[mode] = (train, evaluation)
-    return pairs
+    train = dataclasses.replace(
+        configs["train-reid"], real_data=target, eval_data=target, output_dir=str(out / "toy-reid" / name), **settings
+    )
+    evaluation = dataclasses.replace(
+        configs["evaluate"], model=train.output_dir, eval_data=target, output_dir=f"{train.output_dir}-evaluation"
+    )
+    return train, evaluation
+
+
+def toy_oracle_pair(config: RunConfig, configs: dict, out: Path, world) -> tuple:
+    """B with a perfect generator: the world's own renders of new vehicles through the target cameras in place of
+    the kept generated images, as many identities and images as S trained on. Set beside B, it says how much of
+    B's gap to R is the generator's."""
+    from .toy_report import ORACLE_MODE
+
+    synthetic = json.loads((out / "toy-reid" / "S" / "training_stats.json").read_text())
+    oracle = ensure_toy_world(
+        config, out, "toy-oracle", identities=2 * synthetic["num_classes"], seed=world.seed + 1
+    )  # half of a world's vehicles are its training split
+    return toy_reid_pair(
+        configs,
+        out,
+        Path(world.output_dir),
+        ORACLE_MODE,
+        data_mode="B",
+        synthetic_data=f"veri776:{oracle.output_dir}",
+        max_synthetic_images=synthetic["synthetic_images"],
+    )
+
+
+def run_toy_reid(mode: str, train, evaluation, configs: dict, timings: dict) -> None:
+    started = time.perf_counter()
+    if not stage_is_complete("train-reid", train, configs):
+        print(f"== toy world: re-ID on {mode} -> {train.output_dir}", flush=True)
+        run_stage_isolated("train-reid", train)
+    run_stage_isolated("evaluate", evaluation)
+    timings[f"re-ID {mode}"] = round(time.perf_counter() - started, 1)
 
 
 def run_stages(config: RunConfig, out: Path) -> Path:
@@ -380,17 +404,14 @@ def run_stages(config: RunConfig, out: Path) -> Path:
         timings[stage] = round(time.perf_counter() - started, 1)
     toy_report = None
     if world is not None:
-        for mode, (train, evaluation) in toy_reid_configs(configs, out, world).items():
-            started = time.perf_counter()
-            if not stage_is_complete("train-reid", train, configs):
-                print(f"== toy world: re-ID on {mode} -> {train.output_dir}", flush=True)
-                run_stage_isolated("train-reid", train)
-            run_stage_isolated("evaluate", evaluation)
-            timings[f"re-ID {mode}"] = round(time.perf_counter() - started, 1)
-        from .toy_report import write_report
+        from .toy_report import ORACLE_MODE, REID_MODES, write_report
 
+        world_dir = Path(world.output_dir)
+        for mode in REID_MODES:
+            run_toy_reid(mode, *toy_reid_pair(configs, out, world_dir, mode, data_mode=mode), configs, timings)
+        run_toy_reid(ORACLE_MODE, *toy_oracle_pair(config, configs, out, world), configs, timings)
         started = time.perf_counter()
-        toy_report = write_report(out, configs, world)
+        toy_report = write_report(out, configs, world_dir)
         timings["toy report"] = round(time.perf_counter() - started, 1)
     if config.push_to_hub:
         hub = dataclasses.replace(configs["publish"], target="hub", output_dir=str(out / "publish-hub"))
