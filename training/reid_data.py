@@ -394,7 +394,8 @@ class IdentityBatchSampler:
             for source, identities in (("real", real), ("synthetic", synthetic)):
                 if len(identities) < p:
                     raise UserInputError(
-                        f"data mode B: only {len(identities)} {source} identities for {p} {source} identities per batch"
+                        f"data mode B: only {len(identities)} {source} identities for --ids_per_batch {p} "
+                        f"{source} identities a batch; lower --ids_per_batch"
                     )
         else:
             needed = {"R": ["real"], "S": ["synthetic"], "D": ["real", "synthetic"]}[mode]
@@ -403,7 +404,9 @@ class IdentityBatchSampler:
                     raise UserInputError(f"data mode {mode}: no {source} images")
             pooled = sum(len(self.by_identity[source]) for source in needed)
             if pooled < p:
-                raise UserInputError(f"data mode {mode}: only {pooled} identities for {p} identities per batch")
+                raise UserInputError(
+                    f"data mode {mode}: only {pooled} identities for --ids_per_batch {p}; lower --ids_per_batch"
+                )
         sources_used = {"R": ["real"], "S": ["synthetic"]}.get(mode, ["real", "synthetic"])
         self.num_images = sum(len(v) for source in sources_used for v in self.by_identity[source].values())
         self.batch_size = p * k * (2 if mode == "B" else 1)

@@ -207,7 +207,9 @@ def training_data(config: TrainReIDConfig, *, rank: int = 0, world: int = 1):
     )
     if len(sampler) == 0:
         raise UserInputError(
-            f"no full batch of {config.ids_per_batch} identities x {config.images_per_id} images per process"
+            f"no full batch of {sampler.batch_size} images ({config.ids_per_batch} identities x "
+            f"{config.images_per_id} images{', real and synthetic each' if config.data_mode == 'B' else ''}) "
+            "per process: lower --ids_per_batch or --images_per_id"
         )
     if not config.eval_data and not (real and real.query) and not (synthetic and synthetic.query):
         raise UserInputError(
@@ -261,7 +263,7 @@ def job_components(config: TrainReIDConfig) -> dict:
     """The model depends on its settings and the content of its data (dataset folders or reader roots)."""
     from vehicle_diff.jobs import output_settings
 
-    return {
+    components = {
         "settings": output_settings(
             config,
             ignore=(
@@ -277,6 +279,9 @@ def job_components(config: TrainReIDConfig) -> dict:
         "synthetic_data": source_digest(config.synthetic_data),
         "eval_data": source_digest(config.eval_data),
     }
+    if config.data_mode == "B":  # B once split one batch in halves: a model trained so is another recipe
+        components["balanced_batches"] = "a real and a synthetic mini-batch, merged"
+    return components
 
 
 def train_reid(config: TrainReIDConfig) -> Path:
