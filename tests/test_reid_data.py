@@ -94,7 +94,7 @@ def test_identities_with_fewer_than_k_images_repeat_some():
 
 
 def test_sampler_refuses_too_few_identities():
-    with pytest.raises(UserInputError, match="only 3 identities for 4"):
+    with pytest.raises(UserInputError, match="only 3 identities for --ids_per_batch 4"):
         IdentityBatchSampler([0, 0, 1, 1, 2, 2], ["real"] * 6, p=4, k=2, mode="R", seed=0)
     with pytest.raises(UserInputError, match="only 1 synthetic identities"):
         IdentityBatchSampler([0, 1, 2, 3], ["real"] * 3 + ["synthetic"], p=2, k=2, mode="B", seed=0)

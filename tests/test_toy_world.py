@@ -118,3 +118,6 @@ def test_the_command_refuses_bad_input_in_one_line_and_never_writes_into_a_users
     assert daylight.returncode == 0, daylight.stderr[-2000:]
     truth = (tmp_path / "day" / "ground_truth.jsonl").read_text()
     assert read_veri776(str(tmp_path / "day")).query and "day-" in truth and "c001-" not in truth
+    target_world = (tmp_path / "w" / "job.json").read_text()
+    assert "cameras" not in target_world  # a target world keeps the fingerprint it had before --cameras existed
+    assert cli("--identities", "5", "--cameras", "source", "--output_dir", tmp_path / "w").returncode == 2

@@ -443,16 +443,17 @@ def hash_seed(*parts) -> int:
 
 @dataclass
 class ToyWorldConfig:
-    """Render the toy world's target dataset (VeRi-776 layout) into --output_dir."""
+    """Render the toy world's dataset (VeRi-776 layout) through --cameras into --output_dir."""
 
     output_dir: str = "toy-world"
     identities: int = 60  # half train, half query/test, as VeRi-776 splits its vehicles
     seed: int = 0
     image_width: int = 128
     image_height: int = 96
-    # `target`: the six target cameras; `source`: the source world's plain daylight, which the toy zoo was trained
-    # on (as a perfect base generator would draw the vehicles: the README's oracle ablation)
-    cameras: str = "target"
+    cameras: str = field(
+        default="target",
+        metadata={"help": "target (the six target cameras) or source (the daylight the toy zoo was trained on)"},
+    )
     overwrite: bool = False  # replace an earlier world of other settings in --output_dir
 
     def __post_init__(self):
@@ -467,12 +468,9 @@ class ToyWorldConfig:
 
 def world_components(config: ToyWorldConfig) -> dict:
     """What the rendered world depends on: a folder with other components is another world."""
-    settings = {
-        "identities": config.identities,
-        "seed": config.seed,
-        "size": [config.image_width, config.image_height],
-        "cameras": config.cameras,
-    }
+    settings = {"identities": config.identities, "seed": config.seed, "size": [config.image_width, config.image_height]}
+    if config.cameras != "target":  # worlds rendered before the choice existed are target worlds
+        settings["cameras"] = config.cameras
     return {"settings": settings, "world_version": WORLD_VERSION}
 
 
