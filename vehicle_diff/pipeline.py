@@ -6,8 +6,8 @@ publish (local olah mirror; and the Hub with --push_to_hub) -> read the dataset 
 The target-camera images come from `--target_images`. Without it:
 - `toy` renders the toy world's target cameras into `OUT/toy-world` (VeRi-776's layout, with ground truth), captions
   its training images, and after the stages trains re-ID on R, S, D and B (and on B with the world's own renders in
-  place of the generated images, `OUT/toy-oracle`) and measures the run on the world's ground
-  truth (`vehicle_diff.toy_report`: `OUT/toy_report.json`, a section of `summary.md`);
+  place of the generated images, `OUT/toy-oracle`) and measures the run on the world's ground truth
+  (`vehicle_diff.toy_report`: `OUT/toy_report.json`, a section of `summary.md`);
 - `tiny` draws simple vehicle pictures (a box body, windows and wheels on a road, random colors and positions) so
   the machinery has something honest to caption: they are drawings, not camera images.
 
