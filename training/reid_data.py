@@ -394,8 +394,8 @@ class IdentityBatchSampler:
             for source, identities in (("real", real), ("synthetic", synthetic)):
                 if len(identities) < p:
                     raise UserInputError(
-                        f"data mode B: only {len(identities)} {source} identities for --ids_per_batch {p} "
-                        f"{source} identities a batch; lower --ids_per_batch"
+                        f"data mode B: only {len(identities)} {source} identities, and every batch takes "
+                        f"--ids_per_batch {p} of each source; lower --ids_per_batch"
                     )
         else:
             needed = {"R": ["real"], "S": ["synthetic"], "D": ["real", "synthetic"]}[mode]
