@@ -22,6 +22,7 @@ import numpy as np
 
 REID_MODES = ("R", "S", "D", "B")
 ORACLE_MODE = "B-oracle"
+REPORTED_MODES = (*REID_MODES, ORACLE_MODE)
 IOU_HIT = 0.5
 FD_PROMPTS = 64  # generated with each model for the Fréchet distance
 THUMBNAIL = 4
@@ -215,7 +216,7 @@ def reid_scores(out: Path, world: Path) -> dict:
     from vehicle_diff.training.reid_data import read_veri776
 
     scores = {}
-    for mode in (*REID_MODES, ORACLE_MODE):
+    for mode in REPORTED_MODES:
         metrics = json.loads((out / "toy-reid" / f"{mode}-evaluation" / "metrics.json").read_text())["plain"]
         scores[mode] = {"mAP": round(metrics["mAP"], 4), "rank1": round(metrics["rank1"], 4)}
     split = read_veri776(str(world))
@@ -293,7 +294,7 @@ def report_markdown(report: dict) -> str:
         "",
         "| re-ID trained on | mAP | rank-1 |",
         "|---|---|---|",
-        *(f"| {mode} | {reid[mode]['mAP']:.4f} | {reid[mode]['rank1']:.4f} |" for mode in (*REID_MODES, ORACLE_MODE)),
+        *(f"| {mode} | {reid[mode]['mAP']:.4f} | {reid[mode]['rank1']:.4f} |" for mode in REPORTED_MODES),
         f"| chance | {reid['chance_mAP']:.4f} | |",
         "",
         f"{ORACLE_MODE}: B with the world's own renders in place of the generated images (a perfect generator).",
