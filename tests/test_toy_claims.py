@@ -29,6 +29,11 @@ def test_the_run_writes_its_report_pictures_and_summary(toy_run, report):
     assert (toy_run / "toy_report_images.png").is_file()
     assert (toy_run / "filtered" / "contact_sheets" / "kept.png").is_file()
     assert (toy_run / "toy-reid" / "B-evaluation" / "retrieval.png").is_file()
+    # S is the run's own re-ID stage, evaluated on the world's query / gallery, not trained a second time
+    assert json.loads((toy_run / "evaluation" / "metrics.json").read_text())["plain"]["mAP"] == pytest.approx(
+        report["reid"]["S"]["mAP"], abs=1e-4
+    )
+    assert not (toy_run / "toy-reid" / "S").exists()
     assert "measured on its ground truth" in (toy_run / "summary.md").read_text()
     assert set(report) >= {"color_precision", "detector", "fd_to_target", "reid"}
     assert set(report["reid"]) >= {"R", "S", "D", "B", "B-oracle", "B_minus_R", "B_oracle_minus_R", "chance_mAP"}

@@ -131,10 +131,12 @@ def stage_class(stage: str):
     return getattr(importlib.import_module(module), class_name)
 
 
-def resolve_stage_configs(config: RunConfig, out: Path) -> dict:
+def resolve_stage_configs(config: RunConfig, out: Path, world: Path | None = None) -> dict:
     """Every stage's typed config, resolved once: preset < the run's wiring (where each stage reads and
-    writes) < --override. `generate` learns the chosen LoRA and template from `select` when it has run."""
+    writes) < --override. `generate` learns the chosen LoRA and template from `select` when it has run. With a toy
+    `world`, the run's re-ID (S) is evaluated on the world's query / gallery instead of held-out synthetic ones."""
     target = config.target_images or str(default_target_images(config, out))
+    eval_data = f"veri776:{world}" if world else str(out / "vehicle-diff")
     wiring = {
         "prompts": {"output_dir": out / "prompts"},
         "caption": {"input_images": target, "output_dir": out / "captions"},
@@ -151,9 +153,10 @@ def resolve_stage_configs(config: RunConfig, out: Path) -> dict:
         "train-reid": {
             "synthetic_data": out / "vehicle-diff",
             "data_mode": "S",
+            **({"eval_data": eval_data} if world else {}),
             "output_dir": out / "reid",
         },
-        "evaluate": {"model": out / "reid", "eval_data": out / "vehicle-diff", "output_dir": out / "evaluation"},
+        "evaluate": {"model": out / "reid", "eval_data": eval_data, "output_dir": out / "evaluation"},
         "publish": {
             "dataset": out / "vehicle-diff",
             "lora": out / "lora",
@@ -329,12 +332,15 @@ def default_target_images(config: RunConfig, out: Path) -> Path:
 def toy_reid_pair(configs: dict, out: Path, world: Path, name: str, **settings) -> tuple:
     """Re-ID trained with the preset's one budget on the world's training cameras and `settings`, and its
     evaluation on the world's query / gallery."""
+    from .toy_report import reid_dirs
+
     target = f"veri776:{world}"
+    train_dir, evaluation_dir = reid_dirs(out, name)
     train = dataclasses.replace(
-        configs["train-reid"], real_data=target, eval_data=target, output_dir=str(out / "toy-reid" / name), **settings
+        configs["train-reid"], real_data=target, eval_data=target, output_dir=str(train_dir), **settings
     )
     evaluation = dataclasses.replace(
-        configs["evaluate"], model=train.output_dir, eval_data=target, output_dir=f"{train.output_dir}-evaluation"
+        configs["evaluate"], model=train.output_dir, eval_data=target, output_dir=str(evaluation_dir)
     )
     return train, evaluation
 
@@ -343,9 +349,9 @@ def toy_oracle_pair(config: RunConfig, configs: dict, out: Path, world) -> tuple
     """B with a perfect generator: the world's own renders of new vehicles through the target cameras in place of
     the kept generated images, as many identities and images as S trained on. Set beside B, it says how much of
     B's gap to R is the generator's."""
-    from .toy_report import ORACLE_MODE
+    from .toy_report import ORACLE_MODE, reid_dirs
 
-    synthetic = json.loads((out / "toy-reid" / "S" / "training_stats.json").read_text())
+    synthetic = json.loads((reid_dirs(out, "S")[0] / "training_stats.json").read_text())
     oracle = ensure_toy_world(
         config, out, "toy-oracle", identities=2 * synthetic["num_classes"], seed=world.seed + 1
     )  # half of a world's vehicles are its training split
@@ -381,7 +387,8 @@ def run_stages(config: RunConfig, out: Path) -> Path:
             raise UserInputError(
                 "--target_images is required: a folder of ~1% unlabeled images of your cameras (paper §III-B)"
             )
-    configs = resolve_stage_configs(config, out)
+    world_dir = Path(world.output_dir) if world else None
+    configs = resolve_stage_configs(config, out, world_dir)
     check_given_inputs(configs)
     timings, done = {}, []
     for stage in STAGE_CLASSES:
@@ -406,9 +413,9 @@ def run_stages(config: RunConfig, out: Path) -> Path:
     if world is not None:
         from .toy_report import ORACLE_MODE, REID_MODES, write_report
 
-        world_dir = Path(world.output_dir)
         for mode in REID_MODES:
-            run_toy_reid(mode, *toy_reid_pair(configs, out, world_dir, mode, data_mode=mode), configs, timings)
+            if mode != "S":  # S is the run's own train-reid and evaluate, done above
+                run_toy_reid(mode, *toy_reid_pair(configs, out, world_dir, mode, data_mode=mode), configs, timings)
         run_toy_reid(ORACLE_MODE, *toy_oracle_pair(config, configs, out, world), configs, timings)
         started = time.perf_counter()
         toy_report = write_report(out, configs, world_dir)

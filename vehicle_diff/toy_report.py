@@ -23,6 +23,17 @@ import numpy as np
 REID_MODES = ("R", "S", "D", "B")
 ORACLE_MODE = "B-oracle"
 REPORTED_MODES = (*REID_MODES, ORACLE_MODE)
+
+
+def reid_dirs(out: Path, mode: str) -> tuple[Path, Path]:
+    """Where re-ID trained on `mode` and its evaluation are. S is the run's own `train-reid` and `evaluate` stages
+    (`reid`, `evaluation`), which the toy preset trains on the kept synthetic set and evaluates on the world's query /
+    gallery; the other modes are trained beside them in `toy-reid`."""
+    if mode == "S":
+        return out / "reid", out / "evaluation"
+    return out / "toy-reid" / mode, out / "toy-reid" / f"{mode}-evaluation"
+
+
 IOU_HIT = 0.5
 FD_PROMPTS = 64  # generated with each model for the Fréchet distance
 THUMBNAIL = 4
@@ -217,12 +228,12 @@ def reid_scores(out: Path, world: Path) -> dict:
 
     scores = {}
     for mode in REPORTED_MODES:
-        metrics = json.loads((out / "toy-reid" / f"{mode}-evaluation" / "metrics.json").read_text())["plain"]
+        metrics = json.loads((reid_dirs(out, mode)[1] / "metrics.json").read_text())["plain"]
         scores[mode] = {"mAP": round(metrics["mAP"], 4), "rank1": round(metrics["rank1"], 4)}
     split = read_veri776(str(world))
-    real = per_query_ap(out / "toy-reid" / "R", split)
-    scores["B_minus_R"] = paired_difference(real, per_query_ap(out / "toy-reid" / "B", split))
-    scores["B_oracle_minus_R"] = paired_difference(real, per_query_ap(out / "toy-reid" / ORACLE_MODE, split))
+    real = per_query_ap(reid_dirs(out, "R")[0], split)
+    scores["B_minus_R"] = paired_difference(real, per_query_ap(reid_dirs(out, "B")[0], split))
+    scores["B_oracle_minus_R"] = paired_difference(real, per_query_ap(reid_dirs(out, ORACLE_MODE)[0], split))
     scores["chance_mAP"] = round(
         chance_map(
             [s.pid for s in split.query],
