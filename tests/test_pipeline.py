@@ -48,6 +48,12 @@ def test_a_second_run_skips_finished_stages(demo_run, capsys):
     assert (demo_run / "generated" / "records.parquet").stat().st_mtime_ns == before
 
 
+def test_toy_run_keeps_its_own_reid_as_the_reports_s(tmp_path):
+    with pytest.raises(UserInputError, match="--override train-reid.data_mode"):
+        main(["--preset", "toy", "--output_dir", str(tmp_path / "out"), "--override", "train-reid.data_mode=B"])
+    assert not (tmp_path / "out" / "toy-world").exists()  # refused before anything was rendered
+
+
 def test_paper_preset_needs_target_images(tmp_path):
     with pytest.raises(UserInputError, match="--target_images is required"):
         main(["--preset", "paper", "--output_dir", str(tmp_path / "out")])

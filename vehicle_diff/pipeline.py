@@ -379,6 +379,11 @@ def run_stages(config: RunConfig, out: Path) -> Path:
     world = None
     if not config.target_images:
         if config.preset == "toy":
+            if parse_overrides(config.override).get("train-reid", {}).get("data_mode", "S") != "S":
+                raise UserInputError(
+                    "--override train-reid.data_mode: on the toy world the run's own re-ID is the report's S "
+                    "(R, D and B are trained beside it, in toy-reid/); leave data_mode out"
+                )
             world = ensure_toy_world(config, out)
         elif config.preset == "tiny":
             if not (out / "target_images").is_dir():
