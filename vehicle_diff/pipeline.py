@@ -331,17 +331,14 @@ def default_target_images(config: RunConfig, out: Path) -> Path:
 
 def toy_reid_pair(configs: dict, out: Path, world: Path, name: str, **settings) -> tuple:
     """Re-ID trained with the preset's one budget on the world's training cameras and `settings`, and its
-    evaluation on the world's query / gallery."""
+    evaluation on the world's query / gallery (where the run's own re-ID stages already evaluate)."""
     from .toy_report import reid_dirs
 
-    target = f"veri776:{world}"
     train_dir, evaluation_dir = reid_dirs(out, name)
     train = dataclasses.replace(
-        configs["train-reid"], real_data=target, eval_data=target, output_dir=str(train_dir), **settings
+        configs["train-reid"], real_data=f"veri776:{world}", output_dir=str(train_dir), **settings
     )
-    evaluation = dataclasses.replace(
-        configs["evaluate"], model=train.output_dir, eval_data=target, output_dir=str(evaluation_dir)
-    )
+    evaluation = dataclasses.replace(configs["evaluate"], model=train.output_dir, output_dir=str(evaluation_dir))
     return train, evaluation
 
 

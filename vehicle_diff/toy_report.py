@@ -23,6 +23,9 @@ import numpy as np
 REID_MODES = ("R", "S", "D", "B")
 ORACLE_MODE = "B-oracle"
 REPORTED_MODES = (*REID_MODES, ORACLE_MODE)
+IOU_HIT = 0.5
+FD_PROMPTS = 64  # generated with each model for the Fréchet distance
+THUMBNAIL = 4
 
 
 def reid_dirs(out: Path, mode: str) -> tuple[Path, Path]:
@@ -32,11 +35,6 @@ def reid_dirs(out: Path, mode: str) -> tuple[Path, Path]:
     if mode == "S":
         return out / "reid", out / "evaluation"
     return out / "toy-reid" / mode, out / "toy-reid" / f"{mode}-evaluation"
-
-
-IOU_HIT = 0.5
-FD_PROMPTS = 64  # generated with each model for the Fréchet distance
-THUMBNAIL = 4
 
 
 def box_iou(a, b) -> float:
