@@ -289,3 +289,61 @@ def test_a_copied_run_folder_is_recognised_and_a_taken_version_names_runs_overri
     taken = f"version {settings['version']} exists with other content; use a new --version, or --override publish.force=true"
     assert taken in result.stderr
     assert "--force" not in result.stderr.replace("publish.force", "")
+
+
+def process_table() -> dict[int, tuple[int, str]]:
+    """PID -> (parent PID, state) of every process, from /proc."""
+    from pathlib import Path
+
+    table = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        table[int(stat.parent.name)] = (int(fields[1]), fields[0])
+    return table
+
+
+def descendants(pid: int) -> dict[int, str]:
+    table, found, frontier = process_table(), {}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, (ppid, state) in table.items():
+            if ppid == parent and child not in found:
+                found[child] = state
+                frontier.append(child)
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_a_killed_run_leaves_no_stage_process_behind(tiny_zoo, tmp_path):
+    """SIGKILL to `run` while its stage is held at a named point: the stage's process (and the server it was
+    forked from) must not outlive it, or it would go on writing into the folder."""
+    import os
+    import signal
+    import time
+
+    from vehicle_diff import launch_environment
+
+    env = {**launch_environment(), "VEHICLE_DIFF_STOP_AT": "prompts.opened"}
+    command = [sys.executable, "-m", "vehicle_diff.cli", "run", "--preset", "tiny", "--output_dir", str(tmp_path)]
+    run = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600  # a wait for the stage to get there, not a measure of speed
+        while "T" not in descendants(run.pid).values():
+            assert run.poll() is None and time.monotonic() < deadline, "the stage never reached prompts.opened"
+            time.sleep(0.2)
+        left = descendants(run.pid)
+    finally:
+        run.kill()
+        run.wait()
+    deadline = time.monotonic() + 120
+    while True:
+        alive = {pid for pid, (_, state) in process_table().items() if pid in left and state not in "ZX"}
+        if not alive or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, f"still running after `run` was killed: {sorted(alive)} of {left}"

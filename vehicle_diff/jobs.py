@@ -134,15 +134,19 @@ def check_output_path(
 
 
 def die_with_parent(parent_pid: int) -> None:
-    """Called first in a spawned worker: the kernel kills it when the process that started it dies (Linux), so a
-    killed command leaves nothing running that still writes into its output."""
+    """Called first in a worker: the kernel kills it when the process that started it dies (Linux), so a killed
+    command leaves nothing running that still writes into its output. A worker of `parent_pid`'s forkserver dies
+    with the server, which exits when `parent_pid` does."""
     import ctypes
     import signal
 
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    if os.getppid() != parent_pid:  # the parent died before that took effect
-        os._exit(1)
+    if os.getppid() != parent_pid:  # started by a forkserver, or the parent died before that took effect
+        try:
+            os.kill(parent_pid, 0)
+        except ProcessLookupError:
+            os._exit(1)
 
 
 def read_json(path: Path) -> dict | None:
