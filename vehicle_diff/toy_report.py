@@ -6,7 +6,10 @@
   (source scenes and the target cameras), a hit being IoU >= 0.5;
 - `fd_to_target`: the Fréchet distance between generated images and the target's real training images, for the base
   model and for the LoRA (same prompts, same seeds), on a fixed feature: the 4x4 area-averaged RGB thumbnail of the
-  whole image (48 numbers: what a camera's light, cast and framing change);
+  whole image (48 numbers: what a camera's light, cast and framing change); `fd_to_target_unguided`: the same at
+  guidance 1, the prompt's conditional prediction alone. The toy LoRA learns from random captions, so it moves the
+  unconditional prediction too, and classifier-free guidance extrapolates the difference of the two shifts: at the
+  generate stage's guidance its direction depends on the CPU that trained the zoo; without guidance it does not;
 - `reid`: mAP and rank-1 on the target's query / gallery for re-ID trained on R, S, D and B with one budget; for
   `B-oracle`, B with a perfect generator (the world's own renders of as many new vehicles and images as S had, through
   the target cameras); B - R and B-oracle - R paired over the same queries; and the chance level (the mean mAP of
@@ -197,8 +200,9 @@ def measure_detector(filter_config, count: int = 200, seed: int = 12345) -> dict
     return scores
 
 
-def render_with_and_without_lora(generate_config, lora: Path, prompts: list[str]) -> dict:
-    """The same prompts and seeds through the base model and through base + LoRA, at the generate stage's settings."""
+def render_with_and_without_lora(generate_config, lora: Path, prompts: list[str], guidance_scale: float) -> dict:
+    """The same prompts and seeds through the base model and through base + LoRA, at the generate stage's settings
+    but `guidance_scale`; per guidance scale, {"base": images, "lora": images}."""
     from vehicle_diff.generation.generate import attach_lora, load_pipeline, render
 
     pipe = load_pipeline(
@@ -206,18 +210,19 @@ def render_with_and_without_lora(generate_config, lora: Path, prompts: list[str]
     )
     settings = {
         "num_inference_steps": generate_config.num_inference_steps,
-        "guidance_scale": generate_config.guidance_scale,
         "height": generate_config.height,
         "width": generate_config.width,
     }
-    images = {}
+    images = {scale: {} for scale in (generate_config.guidance_scale, guidance_scale)}
     for name in ("base", "lora"):
         if name == "lora":
             attach_lora(pipe, lora, generate_config.pretrained_model_name_or_path)
-        images[name] = []
-        for start in range(0, len(prompts), generate_config.batch_size):
-            chunk = prompts[start : start + generate_config.batch_size]
-            images[name] += render(pipe, chunk, list(range(start, start + len(chunk))), **settings)
+        for scale in images:
+            images[scale][name] = []
+            for start in range(0, len(prompts), generate_config.batch_size):
+                chunk = prompts[start : start + generate_config.batch_size]
+                seeds = list(range(start, start + len(chunk)))
+                images[scale][name] += render(pipe, chunk, seeds, guidance_scale=scale, **settings)
     return images
 
 
@@ -257,21 +262,27 @@ def write_report(out: Path, configs: dict, world: Path) -> dict:
     rows = filter_rows_with_oracle(out / "filtered", out / "generated")
     prompts = pq.read_table(out / "prompts" / "prompts.parquet", columns=["prompt"]).column("prompt").to_pylist()
     prompts = (prompts * FD_PROMPTS)[:FD_PROMPTS]
-    generated = render_with_and_without_lora(
-        configs["generate"], out / "lora" / "pytorch_lora_weights.safetensors", prompts
+    guidance = configs["generate"].guidance_scale
+    by_guidance = render_with_and_without_lora(
+        configs["generate"], out / "lora" / "pytorch_lora_weights.safetensors", prompts, guidance_scale=1.0
     )
+    generated = by_guidance[guidance]
     real_files = sorted((world / "image_train").glob("*.jpg"))
     real = [Image.open(path).convert("RGB") for path in real_files]
     real_features = thumbnail_features(real)
     report = {
         "color_precision": color_precision(rows),
         "detector": measure_detector(configs["filter"]),
-        "fd_to_target": {
-            name: round(frechet_distance_of_features(thumbnail_features(images), real_features), 4)
-            for name, images in generated.items()
+        **{
+            key: {
+                name: round(frechet_distance_of_features(thumbnail_features(images), real_features), 4)
+                for name, images in by_guidance[scale].items()
+            }
+            for key, scale in (("fd_to_target", guidance), ("fd_to_target_unguided", 1.0))
         },
         "fd_feature": "4x4 area-averaged RGB thumbnail of the whole image (48-d), "
-        f"{FD_PROMPTS} generated images per model vs {len(real)} real target training images",
+        f"{FD_PROMPTS} generated images per model vs {len(real)} real target training images; "
+        f"fd_to_target at the generate stage's guidance {guidance}, fd_to_target_unguided at 1",
         "reid": reid_scores(out, world),
     }
     with atomic_path(out / "toy_report.json") as tmp:
@@ -292,6 +303,7 @@ def write_report(out: Path, configs: dict, world: Path) -> dict:
 
 def report_markdown(report: dict) -> str:
     color, fd, reid = report["color_precision"], report["fd_to_target"], report["reid"]
+    unguided = report["fd_to_target_unguided"]
     lines = [
         "## The toy world, measured on its ground truth",
         "",
@@ -299,7 +311,8 @@ def report_markdown(report: dict) -> str:
         f"{color['rejected']} of those it rejected for their color ({color['rejected_images']}) (pixel oracle)",
         "- detector (recall / precision at the filter's confidence, IoU >= 0.5): "
         + "; ".join(f"{world} {s['recall']} / {s['precision']}" for world, s in report["detector"].items()),
-        f"- Fréchet distance to the target's real images ({report['fd_feature']}): base {fd['base']}, LoRA {fd['lora']}",
+        f"- Fréchet distance to the target's real images ({report['fd_feature']}): base {fd['base']}, LoRA {fd['lora']}; "
+        f"unguided: base {unguided['base']}, LoRA {unguided['lora']}",
         "",
         "| re-ID trained on | mAP | rank-1 |",
         "|---|---|---|",
