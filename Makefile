@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-# The method in miniature on the toy world; its trained zoo is built on first use (21 to 29 minutes on 2 cores).
+# The method in miniature on the toy world; its trained zoo is built on first use (15 to 29 minutes on 2 cores, by the host).
 demo: setup
 	$(VENV)/bin/vehicle-diff run --preset toy --output_dir $(DEMO_DIR)
 

@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> Path:
         "--preset",
         default="tiny",
         choices=["tiny", "toy"],
-        help="tiny: the random zoo (seconds); toy: the zoo trained on the toy world (21 to 29 minutes on 2 cores)",
+        help="tiny: the random zoo (seconds); toy: the zoo trained on the toy world (15 to 29 minutes on 2 cores, by the host)",
     )
     args = parser.parse_args(argv)
     if args.preset == "toy":

@@ -580,5 +580,5 @@ def build_toy_zoo(out_dir: Path, config: ToyZooConfig) -> Path:
 
 
 def ensure_toy_zoo() -> Path:
-    """The cached zoo of the default settings, trained on first use (21 to 29 minutes on two cores)."""
+    """The cached zoo of the default settings, trained on first use (15 to 29 minutes on two cores, by the host)."""
     return build_toy_zoo(default_toy_zoo_dir(ToyZooConfig()), ToyZooConfig())
