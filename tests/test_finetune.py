@@ -8,7 +8,14 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from vehicle_diff.training.finetune_lora import CaptionedImages, augment, lora_target_modules, main, warmup_steps
+from vehicle_diff.training.finetune_lora import (
+    CaptionedImages,
+    augment,
+    dropped_captions,
+    lora_target_modules,
+    main,
+    warmup_steps,
+)
 
 from tests.conftest import launch_two_processes, run_killed_at
 from vehicle_diff.errors import UserInputError
@@ -65,6 +72,26 @@ def tiny_args(captions, out_dir, *extra):
     return ["--preset", "tiny", "--train_data_dir", str(captions), "--output_dir", str(out_dir), *extra]
 
 
+def test_caption_dropout_depends_on_seed_epoch_and_image_only():
+    images = list(range(2000))
+    assert not any(dropped_captions(images, epoch=0, seed=0, share=0.0))
+    dropped = dropped_captions(images, epoch=3, seed=0, share=0.1)
+    assert 0.08 < sum(dropped) / len(images) < 0.12
+    assert dropped_captions(images[5:9], epoch=3, seed=0, share=0.1) == dropped[5:9]  # batch-independent
+    assert dropped != dropped_captions(images, epoch=4, seed=0, share=0.1)
+    assert dropped != dropped_captions(images, epoch=3, seed=1, share=0.1)
+
+
+def test_caption_dropout_trains_the_unconditional_branch(tiny_captions, tmp_path):
+    """A dropped caption's conditioning is zeroed, so the LoRA learns something else from the same images."""
+    flags = ["--max_train_steps", "6", "--validation_seeds", "0"]  # one epoch: 3 of its 6 captions are dropped
+    plain = main(tiny_args(tiny_captions, tmp_path / "plain", *flags))
+    dropout = main(tiny_args(tiny_captions, tmp_path / "dropout", *flags, "--caption_dropout", "0.5"))
+    assert "0.5 of them dropped" in (dropout / "README.md").read_text()
+    plain, dropout = (load_file(out / "pytorch_lora_weights.safetensors") for out in (plain, dropout))
+    assert any(not torch.equal(plain[key], dropout[key]) for key in plain)
+
+
 def test_finetune_writes_an_up_blocks_lora_that_stock_diffusers_loads(tiny_captions, tmp_path):
     out = main(tiny_args(tiny_captions, tmp_path / "lora"))
     weights = load_file(out / "pytorch_lora_weights.safetensors")
@@ -118,6 +145,8 @@ def test_bad_training_sets_fail_before_any_model_loads(tiny_captions, tmp_path):
         main(tiny_args(tiny_captions, tmp_path / "lora", "--caption_column", "prompt"))
     with pytest.raises(UserInputError, match="not a folder"):
         main(tiny_args(tmp_path / "absent", tmp_path / "lora"))
+    with pytest.raises(UserInputError, match=r"--caption_dropout must be in \[0, 1\)"):
+        main(tiny_args(tiny_captions, tmp_path / "lora", "--caption_dropout", "1"))
     with pytest.raises(UserInputError, match="--resolution must be a positive multiple of 8"):
         main(tiny_args(tiny_captions, tmp_path / "lora", "--resolution", "60"))
     with pytest.raises(

@@ -162,6 +162,12 @@ def collate(examples: list[dict]) -> dict:
     return batch
 
 
+def dropped_captions(indices: list[int], *, epoch: int, seed: int, share: float) -> list[bool]:
+    """Which images of a batch train the unconditional branch this epoch: a pure function of (seed, epoch, image),
+    so a resumed run drops the same captions as an uninterrupted one."""
+    return [share > 0 and random.Random(f"{seed}/{epoch}/{index}").random() < share for index in indices]
+
+
 def encode_prompt(text_encoders, tokenizers, captions: list[str], device):
     """SDXL's conditioning: both encoders' penultimate hidden states, concatenated, and encoder 2's pooled,
     projected embedding."""
@@ -225,6 +231,10 @@ class FinetuneConfig:
     rank: int = 4
     lora_alpha: int = 4
     train_text_encoder: bool = field(default=False, metadata={"help": "also LoRA on both text encoders"})
+    caption_dropout: float = field(
+        default=0.0,
+        metadata={"help": "share of images trained with zeroed text conditioning, guidance's unconditional branch"},
+    )
     resolution: int = 1024
     center_crop: bool = False
     random_flip: bool = True
@@ -290,6 +300,8 @@ class FinetuneConfig:
             raise UserInputError("--learning_rate, --max_grad_norm and --lr_power must be positive")
         if self.lr_warmup_epochs < 0 or (self.lr_warmup_steps is not None and self.lr_warmup_steps < 0):
             raise UserInputError("--lr_warmup_epochs and --lr_warmup_steps must be >= 0")
+        if not 0 <= self.caption_dropout < 1:
+            raise UserInputError(f"--caption_dropout must be in [0, 1) (got {self.caption_dropout})")
         if self.adam_weight_decay < 0 or self.validation_seeds < 0 or self.validation_inference_steps <= 0:
             raise UserInputError(
                 "--adam_weight_decay and --validation_seeds must be >= 0, --validation_inference_steps > 0"
@@ -621,6 +633,14 @@ def finetune(config: FinetuneConfig) -> Path:
         for batch in accelerator.skip_first_batches(loader, skip) if skip else loader:
             with accelerator.accumulate(*trained):
                 latents, time_ids, prompt_embeds, pooled = model_inputs(batch)
+                dropped = dropped_captions(
+                    batch["indices"], epoch=epoch, seed=config.seed, share=config.caption_dropout
+                )
+                if any(dropped):  # zeroed as SDXL's pipeline zeroes an empty negative prompt
+                    keep = torch.tensor(
+                        [not d for d in dropped], device=prompt_embeds.device, dtype=prompt_embeds.dtype
+                    )
+                    prompt_embeds, pooled = prompt_embeds * keep[:, None, None], pooled * keep[:, None]
                 latents = latents.to(weight_dtype)
                 noise = torch.randn_like(latents)
                 timesteps = torch.randint(

@@ -7,10 +7,9 @@
 - `fd_to_target`: the Fréchet distance between generated images and the target's real training images, for the base
   model and for the LoRA (same prompts, same seeds), on a fixed feature: the 4x4 area-averaged RGB thumbnail of the
   whole image (48 numbers: what a camera's light, cast and framing change); `fd_to_target_unguided`: the same at
-  guidance 1, the prompt's conditional prediction alone. The toy LoRA learns from random captions, so it moves the
-  unconditional prediction too, and classifier-free guidance extrapolates the difference of the two shifts: at the
-  generate stage's guidance its direction depends on the CPU that trained the zoo; without guidance it pointed to
-  the target for every LoRA measured;
+  guidance 1, the prompt's conditional prediction alone. Classifier-free guidance multiplies the LoRA's change to
+  the conditional prediction and, at the toy's size, overshoots: at the generate stage's guidance the direction
+  depends on the CPU that trained the zoo; without guidance it pointed to the target for every LoRA measured;
 - `reid`: mAP and rank-1 on the target's query / gallery for re-ID trained on R, S, D and B with one budget; for
   `B-oracle`, B with a perfect generator (the world's own renders of as many new vehicles and images as S had, through
   the target cameras); B - R and B-oracle - R paired over the same queries; and the chance level (the mean mAP of
