@@ -637,9 +637,7 @@ def finetune(config: FinetuneConfig) -> Path:
                     batch["indices"], epoch=epoch, seed=config.seed, share=config.caption_dropout
                 )
                 if any(dropped):  # zeroed as SDXL's pipeline zeroes an empty negative prompt
-                    keep = torch.tensor(
-                        [not d for d in dropped], device=prompt_embeds.device, dtype=prompt_embeds.dtype
-                    )
+                    keep = ~torch.tensor(dropped, device=prompt_embeds.device)
                     prompt_embeds, pooled = prompt_embeds * keep[:, None, None], pooled * keep[:, None]
                 latents = latents.to(weight_dtype)
                 noise = torch.randn_like(latents)

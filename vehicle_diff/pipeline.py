@@ -254,11 +254,17 @@ PRELOADED_MODULES = [
 ]
 
 
+def has_forkserver() -> bool:
+    import multiprocessing
+
+    return "forkserver" in multiprocessing.get_all_start_methods()
+
+
 def stage_context():
     """Where stages start: forked from a preloaded server where the platform has one, else fresh (spawn)."""
     import multiprocessing
 
-    if "forkserver" not in multiprocessing.get_all_start_methods():
+    if not has_forkserver():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOADED_MODULES)
@@ -301,7 +307,7 @@ def run_stage_isolated(stage: str, config, **kwargs) -> None:
     current = dict(os.environ)
     try:  # the server (or a spawned child) starts with os.environ as it is
         set_environment(environment)
-        if context.get_start_method() == "forkserver":
+        if has_forkserver():
             start_stage_server()
         process.start()
     finally:
@@ -371,7 +377,7 @@ def run_pipeline(config: RunConfig) -> Path:
     try:
         return run_stages(config, job.out_dir)
     finally:
-        if stage_context().get_start_method() == "forkserver":
+        if has_forkserver():
             stop_stage_server()
         job.release()
 

@@ -200,9 +200,9 @@ def measure_detector(filter_config, count: int = 200, seed: int = 12345) -> dict
     return scores
 
 
-def render_with_and_without_lora(generate_config, lora: Path, prompts: list[str], guidance_scale: float) -> dict:
+def render_with_and_without_lora(generate_config, lora: Path, prompts: list[str], guidance_scales) -> dict:
     """The same prompts and seeds through the base model and through base + LoRA, at the generate stage's settings
-    but `guidance_scale`; per guidance scale, {"base": images, "lora": images}."""
+    but each of `guidance_scales`; per guidance scale, {"base": images, "lora": images}."""
     from vehicle_diff.generation.generate import attach_lora, load_pipeline, render
 
     pipe = load_pipeline(
@@ -213,7 +213,7 @@ def render_with_and_without_lora(generate_config, lora: Path, prompts: list[str]
         "height": generate_config.height,
         "width": generate_config.width,
     }
-    images = {scale: {} for scale in (generate_config.guidance_scale, guidance_scale)}
+    images = {scale: {} for scale in guidance_scales}
     for name in ("base", "lora"):
         if name == "lora":
             attach_lora(pipe, lora, generate_config.pretrained_model_name_or_path)
@@ -263,8 +263,9 @@ def write_report(out: Path, configs: dict, world: Path) -> dict:
     prompts = pq.read_table(out / "prompts" / "prompts.parquet", columns=["prompt"]).column("prompt").to_pylist()
     prompts = (prompts * FD_PROMPTS)[:FD_PROMPTS]
     guidance = configs["generate"].guidance_scale
+    fd_guidance = {"fd_to_target": guidance, "fd_to_target_unguided": 1.0}
     by_guidance = render_with_and_without_lora(
-        configs["generate"], out / "lora" / "pytorch_lora_weights.safetensors", prompts, guidance_scale=1.0
+        configs["generate"], out / "lora" / "pytorch_lora_weights.safetensors", prompts, fd_guidance.values()
     )
     generated = by_guidance[guidance]
     real_files = sorted((world / "image_train").glob("*.jpg"))
@@ -278,7 +279,7 @@ def write_report(out: Path, configs: dict, world: Path) -> dict:
                 name: round(frechet_distance_of_features(thumbnail_features(images), real_features), 4)
                 for name, images in by_guidance[scale].items()
             }
-            for key, scale in (("fd_to_target", guidance), ("fd_to_target_unguided", 1.0))
+            for key, scale in fd_guidance.items()
         },
         "fd_feature": "4x4 area-averaged RGB thumbnail of the whole image (48-d), "
         f"{FD_PROMPTS} generated images per model vs {len(real)} real target training images; "
